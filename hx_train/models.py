@@ -1,0 +1,181 @@
+"""pix2pix networks (Isola et al. 2017): U-Net generator, PatchGAN discriminator, presets, init.
+
+The generator maps a photo to an alpha matte (1 channel) or to the person painted on white
+(3 channels). The discriminator judges (photo, target) pairs patch by patch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Network widths. `ngf`/`ndf`: filters in the first generator/discriminator layer."""
+
+    ngf: int
+    ndf: int
+    n_layers: int  # PatchGAN depth; 3 gives the paper's 70x70 receptive field
+    why: str
+
+
+PRESETS: dict[str, Preset] = {
+    "base": Preset(ngf=64, ndf=64, n_layers=3, why="the paper's unet_256 + 70x70 PatchGAN"),
+    "lite": Preset(ngf=16, ndf=32, n_layers=3, why="1/16 of base's convolution cost, for CPU inference"),
+}
+
+MIN_SIZE, MAX_SIZE = 64, 512
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+
+
+def check_size(size: int) -> int:
+    """Return the number of down-samplings for `size`, or raise if it is not a power of two in range."""
+    if size < MIN_SIZE or size > MAX_SIZE or size & (size - 1):
+        raise ValueError(f"--size must be a power of two from {MIN_SIZE} to {MAX_SIZE}, got {size}")
+    return int(math.log2(size))
+
+
+class UnetBlock(nn.Module):
+    """One level of the U-Net: down-sample, the inner levels, up-sample, and concatenate the skip.
+
+    x: [B, C_outer, H, W] -> [B, 2*C_outer, H, W] (skip + up), or [B, C_out, H, W] at the outermost level.
+    """
+
+    def __init__(self, outer: int, inner: int, submodule: nn.Module | None = None, *,
+                 in_channels: int | None = None, out_channels: int | None = None,
+                 outermost: bool = False, dropout: bool = False):
+        super().__init__()
+        self.outermost = outermost
+        in_channels = in_channels or outer
+        down_conv = nn.Conv2d(in_channels, inner, 4, 2, 1, bias=False)
+        if outermost:
+            up_conv = nn.ConvTranspose2d(inner * 2, out_channels, 4, 2, 1)
+            layers = [down_conv, submodule, nn.ReLU(True), up_conv, nn.Tanh()]
+        elif submodule is None:  # innermost: 1x1 bottleneck, no norm on the way down (as in pix2pix)
+            up_conv = nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=False)
+            layers = [nn.LeakyReLU(0.2, True), down_conv, nn.ReLU(True), up_conv, nn.BatchNorm2d(outer)]
+        else:
+            up_conv = nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1, bias=False)
+            layers = [nn.LeakyReLU(0.2, True), down_conv, nn.BatchNorm2d(inner), submodule,
+                      nn.ReLU(True), up_conv, nn.BatchNorm2d(outer)]
+            if dropout:
+                layers.append(nn.Dropout(0.5))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], 1)
+
+
+class UnetGenerator(nn.Module):
+    """U-Net with log2(size) down-samplings, so the bottleneck is 1x1 (unet_128, unet_256, ...).
+
+    image: [B, 3, S, S] float in [-1, 1] -> [B, out_channels, S, S] in [-1, 1] (tanh).
+    """
+
+    def __init__(self, size: int, ngf: int, out_channels: int = 1):
+        super().__init__()
+        num_downs = check_size(size)
+        # Innermost to outermost: the deepest levels stay at 8*ngf; the three nearest the
+        # bottleneck (after the innermost) carry dropout, the paper's noise source.
+        block = UnetBlock(ngf * 8, ngf * 8)
+        for i in range(num_downs - 5):
+            block = UnetBlock(ngf * 8, ngf * 8, block, dropout=i < 3)
+        block = UnetBlock(ngf * 4, ngf * 8, block)
+        block = UnetBlock(ngf * 2, ngf * 4, block)
+        block = UnetBlock(ngf, ngf * 2, block)
+        self.model = UnetBlock(ngf, ngf, block, in_channels=3, out_channels=out_channels, outermost=True)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN conditioned on the photo: [B, 3 + C_target, S, S] -> [B, 1, S', S'] logits."""
+
+    def __init__(self, in_channels: int, ndf: int, n_layers: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False),
+                       nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2, True)]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, photo_and_target: torch.Tensor) -> torch.Tensor:
+        return self.model(photo_and_target)
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
+    """pix2pix init: conv weights ~ N(0, 0.02), batch-norm scale ~ N(1, 0.02), biases 0."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+def out_channels_for(target: str) -> int:
+    if target == "alpha":
+        return 1
+    if target == "rgb":
+        return 3
+    raise ValueError(f"unknown --target {target!r}; choose alpha or rgb")
+
+
+def build_generator(preset: str, size: int, target: str = "alpha") -> UnetGenerator:
+    return init_weights(UnetGenerator(size, get_preset(preset).ngf, out_channels_for(target)))
+
+
+def build_discriminator(preset: str, target: str = "alpha") -> PatchDiscriminator:
+    p = get_preset(preset)
+    return init_weights(PatchDiscriminator(3 + out_channels_for(target), p.ndf, p.n_layers))
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def conv_gflops(net: nn.Module, size: int, in_channels: int = 3) -> float:
+    """Multiply-adds x 2 of every convolution for one [1, C, size, size] input, in GFLOPs."""
+    total = 0
+
+    def hook(module: nn.Module, inputs, output) -> None:
+        nonlocal total
+        if isinstance(module, nn.ConvTranspose2d):
+            # each input pixel scatters into k*k*C_out outputs
+            x = inputs[0]
+            total += x.numel() * module.out_channels * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += output.numel() * k
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, in_channels, size, size))
+    finally:
+        net.train(was_training)
+        for h in handles:
+            h.remove()
+    return 2 * total / 1e9

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import sys
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -70,7 +72,18 @@ _IMPLEMENTATIONS = {
 }
 
 
+def _no_nvidia_driver() -> bool:
+    """True when this is Linux and no NVIDIA driver is loaded: CUDA cannot be there.
+
+    Lets `--device auto` settle on the CPU without importing torch, which costs a second or more
+    of start-up in every `hx-infer run`.
+    """
+    return sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia/version")
+
+
 def cuda_available() -> bool:
+    if _no_nvidia_driver():
+        return False
     try:
         import torch
     except ImportError:

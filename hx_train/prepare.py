@@ -1,0 +1,647 @@
+"""`hx-train prepare`: turn a labelled photo collection into the train/val folders training reads.
+
+Source layouts (SRC is only ever read):
+
+  folders      SRC/images/<stem>.<photo ext> + SRC/masks/<stem>.<photo ext>, matched by stem.
+               Mask: any non-zero pixel is person (the alpha channel instead, when the mask has a
+               partly transparent one; the palette index for palette images).
+  supervisely  A Supervisely dataset (SRC/img/<name> + SRC/ann/<name>.json) or a project of several
+               (SRC/<dataset>/{img,ann}; meta.json and other files are ignored). Every polygon and
+               bitmap object counts as person whatever its class title: the Supervisely Person set's
+               only classes are "person_poly" and "person_bmp", and our masks have one foreground
+               class. Other geometries (rectangles, points, ...) cannot make a mask and are ignored.
+  ab           pix2pix "AB" images: photo A (left half) and target B (right half) side by side, in
+               SRC and/or its sub-folders one level down (pix2pix's train/ val/ test/). See
+               `ab_target_mask` for how B becomes a mask.
+
+Output (DST/train and DST/val are built in a staging folder inside DST and renamed into place at
+the end, so an interrupted run leaves no half-filled split behind):
+
+  DST/{train,val}/images/<key>.<jpg|jpeg|png>   JPEG/PNG photos that need no change are copied byte
+                                                for byte; anything else (EXIF-rotated, CMYK, WebP,
+                                                an AB half, ...) is written as RGB PNG
+  DST/{train,val}/masks/<key>.png               single channel, 0 = background, 255 = person
+
+<key> is the source stem, made unique where needed (`unique_keys`).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import zlib
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+from PIL import ExifTags, Image, ImageOps
+
+FORMATS = ("folders", "supervisely", "ab")
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+MIN_SIDE = 16  # px; smaller photos cannot survive the crop/resize augmentation
+NEAR_WHITE = 250  # a person-on-white pixel with every channel >= this is background
+AB_SAMPLE = 8  # images `detect_format` decodes to recognise an AB folder
+PHOTO_PNG_LEVEL = 3  # zlib level for photos written as PNG: level 6 is 3x slower for 7 % less
+MASK_PNG_LEVEL = 6  # masks are tiny and compress well; the slower level costs ~5 ms each
+
+# What Pillow and zlib raise on files that are not (complete) images. Pillow does not set
+# LOAD_TRUNCATED_IMAGES here, so a truncated file raises OSError instead of loading grey.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error,
+                  Image.DecompressionBombError)
+
+
+class PrepareError(Exception):
+    """Nothing can be prepared: SRC, DST or an option is unusable. The message is one line."""
+
+
+@dataclass
+class Skipped:
+    source: str  # the photo (or AB file) as found under SRC
+    reason: str  # "unreadable image", "no mask", "empty mask", "mask unreadable", "unusable size WxH"
+
+
+@dataclass
+class PrepareSummary:
+    fmt: str
+    train: int
+    val: int
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+class _Skip(Exception):
+    """One pair cannot be used; the message is the `Skipped.reason`."""
+
+
+@dataclass(frozen=True)
+class _Pair:
+    key: str  # output stem, unique within the run
+    photo: Path
+    label: Path | None  # mask file (folders), annotation JSON (supervisely), None (ab)
+
+
+@dataclass
+class _Sample:
+    photo: Image.Image  # RGB, EXIF orientation applied
+    original: bytes | None  # the file's bytes when they can be copied unchanged
+    suffix: str  # output suffix: ".jpg"/".jpeg"/".png" for copies, ".png" otherwise
+    mask: np.ndarray  # [H, W] uint8 0/255, same size as photo
+
+
+# ----------------------------------------------------------------------------------- listing
+
+
+def _photo_files(folder: Path) -> list[Path]:
+    """Photo files directly in `folder`, by extension (case-insensitive), sorted by name.
+
+    Hidden files are left out: macOS copies leave "._name.jpg" resource forks beside each photo.
+    """
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if not e.name.startswith(".") and e.is_file()
+                     and os.path.splitext(e.name)[1].lower() in PHOTO_SUFFIXES]
+    except OSError as e:
+        raise PrepareError(f"{folder}: cannot list ({e.strerror or e})") from None
+    return [folder / name for name in sorted(names)]
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """Sub-folders of `folder`, hidden ones left out, sorted by name."""
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+    except OSError as e:
+        raise PrepareError(f"{folder}: cannot list ({e.strerror or e})") from None
+    return [folder / name for name in sorted(names)]
+
+
+def unique_keys(candidates: list[tuple[str, str]]) -> list[str]:
+    """Output stems for (group, stem) candidates, in order; unique even on case-insensitive disks.
+
+    A stem that occurs more than once gets its group (the Supervisely dataset or AB sub-folder) as
+    a prefix, "ds2_0001"; a counter is added if that still collides. Callers pass candidates in
+    sorted order, so the keys do not depend on the order the filesystem lists files in.
+    """
+    counts = Counter(stem.lower() for _, stem in candidates)
+    seen: set[str] = set()
+    keys = []
+    for group, stem in candidates:
+        base = f"{group}_{stem}" if group and counts[stem.lower()] > 1 else stem
+        key, n = base, 1
+        while key.lower() in seen:
+            n += 1
+            key = f"{base}_{n}"
+        seen.add(key.lower())
+        keys.append(key)
+    return keys
+
+
+def _list_folders(src: Path) -> tuple[list[_Pair], list[Skipped]]:
+    photos = _photo_files(src / "images")
+    masks: dict[str, list[Path]] = {}
+    for path in _photo_files(src / "masks"):
+        masks.setdefault(path.stem, []).append(path)
+    photo_stems = Counter(p.stem for p in photos)
+    pairs, skipped = [], []
+    for photo in photos:
+        found = masks.get(photo.stem, [])
+        # Two photos or two masks with one stem: which belongs to which is a guess, and the same
+        # picture in two formats would land in train and val at once.
+        if photo_stems[photo.stem] > 1:
+            skipped.append(Skipped(str(photo), f"several photos named {photo.stem}.*"))
+        elif len(found) > 1:
+            skipped.append(Skipped(str(photo), f"several masks named {photo.stem}.*"))
+        elif not found:
+            skipped.append(Skipped(str(photo), "no mask"))
+        else:
+            pairs.append(_Pair(photo.stem, photo, found[0]))
+    return pairs, skipped
+
+
+def _supervisely_datasets(src: Path) -> list[tuple[str, Path]]:
+    """(name, folder) of each dataset: SRC itself, or its sub-folders that hold img/ and ann/."""
+    if (src / "img").is_dir() and (src / "ann").is_dir():
+        return [("", src)]
+    return [(d.name, d) for d in _subfolders(src) if (d / "img").is_dir() and (d / "ann").is_dir()]
+
+
+def _list_supervisely(src: Path) -> tuple[list[_Pair], list[Skipped]]:
+    datasets = _supervisely_datasets(src)
+    if not datasets:
+        raise PrepareError(f"{src}: no Supervisely dataset (a folder with img/ and ann/) found")
+    found, skipped = [], []
+    for name, folder in datasets:
+        for photo in _photo_files(folder / "img"):
+            # Supervisely names annotations after the full image name: img/a.png -> ann/a.png.json.
+            ann = folder / "ann" / f"{photo.name}.json"
+            if not ann.is_file():
+                ann = folder / "ann" / f"{photo.stem}.json"
+            if ann.is_file():
+                found.append((name, photo, ann))
+            else:
+                skipped.append(Skipped(str(photo), "no mask"))
+    keys = unique_keys([(name, photo.stem) for name, photo, _ in found])
+    return [_Pair(key, photo, ann) for key, (_, photo, ann) in zip(keys, found)], skipped
+
+
+def _ab_files(src: Path) -> list[tuple[str, Path]]:
+    """(group, file) for photos in SRC and its sub-folders one level down, sorted."""
+    files = [("", p) for p in _photo_files(src)]
+    for sub in _subfolders(src):
+        files += [(sub.name, p) for p in _photo_files(sub)]
+    return files
+
+
+def _list_ab(src: Path) -> tuple[list[_Pair], list[Skipped]]:
+    files = _ab_files(src)
+    keys = unique_keys([(group, path.stem) for group, path in files])
+    return [_Pair(key, path, None) for key, (_, path) in zip(keys, files)], []
+
+
+_LISTERS = {"folders": _list_folders, "supervisely": _list_supervisely, "ab": _list_ab}
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # a broken EXIF block must not cost a readable photo; treat it as upright
+        return 1
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I"):  # 16-bit grey: keep the top 8 bits instead of clipping at 255
+        values = np.asarray(im).astype(np.uint32)
+        if values.max(initial=0) > 255:
+            values >>= 8
+        return Image.fromarray(values.astype(np.uint8)).convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # Pillow wants palette transparency expanded before dropping it
+    return im.convert("RGB")
+
+
+def _decode(data: bytes, reason: str) -> tuple[Image.Image, str, bool]:
+    """Fully decode `data`, EXIF orientation applied -> (image, Pillow format, was it rotated).
+
+    Raises _Skip(reason) on anything that is not a complete image.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # decode every pixel now: a truncated file fails here, not in training
+            fmt = im.format or ""
+            rotated = _orientation(im) != 1
+            out = ImageOps.exif_transpose(im) if rotated else im.copy()
+    except _DECODE_ERRORS:
+        raise _Skip(reason) from None
+    return out, fmt, rotated
+
+
+def _check_size(width: int, height: int) -> None:
+    if min(width, height) < MIN_SIDE:
+        raise _Skip(f"unusable size {width}x{height}")
+
+
+def _read_photo(path: Path) -> tuple[Image.Image, bytes | None, str]:
+    """-> (RGB photo, its bytes if they can be copied as they are, output suffix)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        raise _Skip("unreadable image") from None
+    im, fmt, rotated = _decode(data, "unreadable image")
+    _check_size(*im.size)
+    suffix = path.suffix.lower()
+    copyable = im.mode == "RGB" and not rotated and (
+        (fmt == "JPEG" and suffix in (".jpg", ".jpeg")) or (fmt == "PNG" and suffix == ".png"))
+    if copyable:
+        return im, data, suffix
+    return _to_rgb(im), None, ".png"
+
+
+def _person(im: Image.Image) -> np.ndarray:
+    """Mask image -> [H, W] bool: non-zero is person.
+
+    The alpha channel decides when there is a partly transparent one (a cutout saved as mask);
+    palette images are judged by index, so index 0 is background whatever its colour.
+    """
+    if im.mode == "P" and "transparency" not in im.info:
+        return np.asarray(im) != 0
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        rgba = np.asarray(im.convert("RGBA"))
+        if (rgba[..., 3] < 255).any():
+            return rgba[..., 3] != 0
+        return rgba[..., :3].any(axis=2)
+    if im.mode not in ("1", "L") and not im.mode.startswith("I"):
+        return np.asarray(im.convert("RGB")).any(axis=2)
+    return np.asarray(im) != 0
+
+
+def _fit(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[h, w] bool -> [H, W] uint8 0/255 for size (W, H); nearest neighbour keeps it binary."""
+    out = mask.astype(np.uint8) * 255
+    if out.shape != (size[1], size[0]):
+        out = cv2.resize(out, size, interpolation=cv2.INTER_NEAREST)
+    return out
+
+
+def _load_folders(pair: _Pair) -> _Sample:
+    photo, original, suffix = _read_photo(pair.photo)
+    try:
+        data = pair.label.read_bytes()
+    except OSError:
+        raise _Skip("mask unreadable") from None
+    mask_im, _, _ = _decode(data, "mask unreadable")
+    return _Sample(photo, original, suffix, _fit(_person(mask_im), photo.size))
+
+
+def supervisely_mask(ann: dict, size: tuple[int, int]) -> np.ndarray:
+    """Supervisely annotation -> [H, W] bool person mask; H, W from ann["size"], else size (W, H).
+
+    polygon: points.exterior [[x, y], ...] filled, each of points.interior cut out again, both with
+             cv2.fillPoly as Supervisely draws them (the outline pixels belong to the shape).
+    bitmap:  bitmap.data = base64(zlib(PNG)); its alpha channel (or its only channel) non-zero is
+             the shape, placed with its top-left pixel at bitmap.origin [x, y], clipped to the image.
+    Objects are united: the hole of one person can be covered by another.
+    Raises KeyError/TypeError/ValueError/zlib.error/OSError on a malformed annotation.
+    """
+    height, width = (int(ann["size"]["height"]), int(ann["size"]["width"])) if "size" in ann \
+        else (size[1], size[0])
+    if not 0 < height * width <= 1 << 28:  # a corrupt size must not allocate gigabytes
+        raise ValueError(f"annotation size {width}x{height}")
+    mask = np.zeros((height, width), np.uint8)
+    for obj in ann.get("objects", []):
+        kind = obj.get("geometryType")
+        if kind == "polygon":
+            shape = np.zeros_like(mask)
+            exterior = np.round(np.asarray(obj["points"]["exterior"], np.float64)).astype(np.int32)
+            if len(exterior) == 0:
+                continue
+            cv2.fillPoly(shape, [exterior.reshape(-1, 2)], 1)
+            holes = [np.round(np.asarray(h, np.float64)).astype(np.int32).reshape(-1, 2)
+                     for h in obj["points"].get("interior", []) if len(h)]
+            if holes:
+                cv2.fillPoly(shape, holes, 0)
+            mask |= shape
+        elif kind == "bitmap":
+            png = zlib.decompress(base64.b64decode(obj["bitmap"]["data"], validate=True))
+            with Image.open(io.BytesIO(png)) as im:
+                im.load()
+                if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                    part = np.asarray(im.convert("RGBA"))[..., 3] != 0
+                else:
+                    part = np.asarray(im.convert("L")) != 0
+            x, y = (int(v) for v in obj["bitmap"]["origin"])
+            # Clip the bitmap's rectangle to the canvas (origins may be negative or hang over).
+            top, left = max(y, 0), max(x, 0)
+            bottom, right = min(y + part.shape[0], height), min(x + part.shape[1], width)
+            if bottom > top and right > left:
+                mask[top:bottom, left:right] |= part[top - y:bottom - y, left - x:right - x]
+    return mask.astype(bool)
+
+
+def _load_supervisely(pair: _Pair) -> _Sample:
+    photo, original, suffix = _read_photo(pair.photo)
+    try:
+        ann = json.loads(pair.label.read_bytes())
+        person = supervisely_mask(ann, photo.size)
+    except (*_DECODE_ERRORS, KeyError, TypeError, IndexError, AttributeError, binascii.Error):
+        raise _Skip("mask unreadable") from None
+    return _Sample(photo, original, suffix, _fit(person, photo.size))
+
+
+def _border(values: np.ndarray) -> np.ndarray:
+    return np.concatenate([values[0], values[-1], values[1:-1, 0], values[1:-1, -1]])
+
+
+def _looks_like_mask(b: np.ndarray) -> bool:
+    """B [H, W, 3] uint8 is a grey mask: channels agree, nearly all pixels near 0 or 255 (JPEG
+    leaves a little grey at edges), and the background (most of the border) is dark."""
+    bright, dark = b.max(axis=2), b.min(axis=2)
+    grey = np.mean(bright.astype(np.int16) - dark <= 24)
+    binary = np.mean((bright <= 40) | (bright >= 215))
+    return grey >= 0.99 and binary >= 0.97 and np.mean(_border(bright) >= 215) < 0.5
+
+
+def _looks_like_on_white(b: np.ndarray) -> bool:
+    """B [H, W, 3] uint8 is a person on white: at least half of its border is near-white."""
+    return np.mean(_border(b.min(axis=2)) >= NEAR_WHITE) >= 0.5
+
+
+def ab_target_mask(b: np.ndarray) -> np.ndarray:
+    """Right half B [H, W, 3] uint8 RGB -> [H, W] bool person.
+
+    A grey, nearly binary B with a mostly dark border is a mask: person where it is brighter
+    than 127 (not "non-zero": AB files are usually JPEG, whose ringing leaves faint non-zero
+    halos around the person). Anything else is the original project's "person on white": person
+    wherever any channel is below NEAR_WHITE (250).
+    """
+    if _looks_like_mask(b):
+        return b.max(axis=2) > 127
+    return b.min(axis=2) < NEAR_WHITE
+
+
+def _load_ab(pair: _Pair) -> _Sample:
+    try:
+        data = pair.photo.read_bytes()
+    except OSError:
+        raise _Skip("unreadable image") from None
+    im, _, _ = _decode(data, "unreadable image")
+    width, height = im.size
+    if width % 2:
+        raise _Skip(f"odd width {width}: not a side-by-side A|B pair")
+    _check_size(width // 2, height)
+    ab = np.asarray(_to_rgb(im))
+    half = width // 2
+    photo = Image.fromarray(np.ascontiguousarray(ab[:, :half]))
+    return _Sample(photo, None, ".png", _fit(ab_target_mask(ab[:, half:]), photo.size))
+
+
+_LOADERS = {"folders": _load_folders, "supervisely": _load_supervisely, "ab": _load_ab}
+
+
+# ----------------------------------------------------------------------------------- detection
+
+
+def _is_ab_folder(src: Path) -> bool:
+    """At least 3/4 of the first AB_SAMPLE readable images have an even width and a B half that
+    looks like a target (a mask or a person on white). Ordinary photos fail the B test; the
+    3/4 lets a stray odd file, which `prepare` then skips, not hide the layout."""
+    checked = passed = 0
+    for _, path in _ab_files(src)[:4 * AB_SAMPLE]:  # bounded, even in a folder of broken files
+        if checked == AB_SAMPLE:
+            break
+        try:
+            im, _, _ = _decode(path.read_bytes(), "unreadable image")
+        except (_Skip, OSError):
+            continue
+        checked += 1
+        width, height = im.size
+        if width % 2 or min(width // 2, height) < MIN_SIDE:
+            continue
+        b = np.asarray(_to_rgb(im))[:, width // 2:]
+        passed += _looks_like_mask(b) or _looks_like_on_white(b)
+    return checked > 0 and passed * 4 >= checked * 3
+
+
+def detect_format(src: Path) -> str:
+    """Which layout SRC holds: "folders" | "supervisely" | "ab".
+
+    images/ + masks/ -> folders; img/ + ann/ in SRC or in a sub-folder -> supervisely; otherwise
+    images (in SRC or one level down) whose right half looks like a mask or a person on white -> ab.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise PrepareError(f"{src}: not a folder")
+    if (src / "images").is_dir() and (src / "masks").is_dir():
+        return "folders"
+    if (src / "images").is_dir():
+        raise PrepareError(f"{src}: has images/ but no masks/ beside it")
+    if _supervisely_datasets(src):
+        return "supervisely"
+    if _is_ab_folder(src):
+        return "ab"
+    raise PrepareError(f"{src}: layout not recognised (expected images/ + masks/, Supervisely "
+                       f"img/ + ann/, or side-by-side A|B images); pass --format")
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through a temporary name in the same folder, so `path` is either absent or complete."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save(sample: _Sample, key: str, pool: Path) -> str:
+    """Write photo and mask into pool/images, pool/masks -> the photo's file name."""
+    name = key + sample.suffix
+    if sample.original is not None:
+        _write_atomic(pool / "images" / name, lambda f: f.write(sample.original))
+    else:
+        _write_atomic(pool / "images" / name,
+                      lambda f: sample.photo.save(f, "PNG", compress_level=PHOTO_PNG_LEVEL))
+    mask = Image.fromarray(sample.mask)
+    _write_atomic(pool / "masks" / f"{key}.png",
+                  lambda f: mask.save(f, "PNG", compress_level=MASK_PNG_LEVEL))
+    return name
+
+
+def _process(pair: _Pair, load: Callable[[_Pair], _Sample], pool: Path) -> str | Skipped:
+    """-> the photo's output name, or why the pair was skipped. Write errors propagate: a full disk
+    is fatal, not a bad pair."""
+    try:
+        sample = load(pair)
+    except _Skip as e:
+        return Skipped(str(pair.photo), str(e))
+    if not sample.mask.any():
+        return Skipped(str(pair.photo), "empty mask")
+    return _save(sample, pair.key, pool)
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator:
+    """pool.map that keeps at most `window` items in flight: 10^7 futures would not fit in memory."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+# ----------------------------------------------------------------------------------- split
+
+
+def choose_val(keys: list[str], val_fraction: float, seed: int) -> set[str]:
+    """The keys that go to val: the round(n * val_fraction) with the smallest hash of (seed, key).
+
+    Independent of listing order, and adding one pair moves at most one other between splits.
+    At least one val pair when n >= 2 and val_fraction > 0; always at least one train pair.
+    """
+    n = len(keys)
+    n_val = round(n * val_fraction)
+    if val_fraction > 0 and n >= 2:
+        n_val = max(n_val, 1)
+    n_val = min(n_val, max(n - 1, 0))
+
+    def rank(key: str) -> tuple[bytes, str]:
+        return hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest(), key
+
+    return set(sorted(keys, key=rank)[:n_val])
+
+
+# ----------------------------------------------------------------------------------- prepare
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
+    if not src.is_dir():
+        raise PrepareError(f"{src}: SRC is not a folder")
+    real_src, real_dst = src.resolve(), dst.resolve()
+    if _is_within(real_dst, real_src):
+        raise PrepareError(f"{dst}: DST is inside SRC {src}; SRC is never written to")
+    if dst.exists() and not dst.is_dir():
+        raise PrepareError(f"{dst}: DST exists and is not a folder")
+    for part in ("train", "val"):
+        out = dst / part
+        if _is_within(real_src, out.resolve()):
+            raise PrepareError(f"{out}: SRC {src} is inside it; it cannot be replaced")
+        if out.exists() and not out.is_dir():
+            raise PrepareError(f"{out}: exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise PrepareError(f"{out}: exists and is not empty (--overwrite replaces it)")
+
+
+def prepare(src: Path, dst: Path, fmt: str = "auto", val_fraction: float = 0.1, seed: int = 0,
+            log: Callable[[str], None] = lambda s: None, *, overwrite: bool = False,
+            workers: int = 0) -> PrepareSummary:
+    """Read the pairs in SRC (layout `fmt`, or detected), write DST/{train,val}/{images,masks}.
+
+    val_fraction in [0, 1): share of usable pairs for val, chosen by `seed` (`choose_val`).
+    overwrite: replace non-empty DST/train and DST/val (both are removed first, so no stale file
+    from an earlier run can leak across the split); without it they are never touched.
+    workers: decoding threads, 0 = one per CPU (at most 8). Pillow and OpenCV release the GIL.
+    log: receives the detected format, progress, one line per skipped pair, and the counts.
+    Raises PrepareError when nothing can be prepared; bad pairs are skipped and reported instead.
+    """
+    src, dst = Path(src), Path(dst)
+    if fmt != "auto" and fmt not in FORMATS:
+        raise PrepareError(f"--format: unknown {fmt!r}; choose from auto, {', '.join(FORMATS)}")
+    if not 0 <= val_fraction < 1:
+        raise PrepareError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
+    _check_paths(src, dst, overwrite)
+    if fmt == "auto":
+        fmt = detect_format(src)
+        log(f"format: {fmt}")
+    pairs, skipped = _LISTERS[fmt](src)
+    if not pairs:
+        raise PrepareError(f"{src}: no {fmt} pairs found "
+                           f"({len(skipped)} photos without a usable mask)")
+    log(f"{len(pairs)} pairs in {src}")
+    for s in skipped:
+        log(f"skipped {s.source}: {s.reason}")
+
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=dst))
+    except OSError as e:
+        raise PrepareError(f"{dst}: cannot write ({e.strerror or e})") from None
+    try:
+        summary = _run(pairs, skipped, fmt, staging, dst, val_fraction, seed, log,
+                       workers or min(8, os.cpu_count() or 1), overwrite)
+    except OSError as e:
+        raise PrepareError(f"{e.filename or dst}: cannot write ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if summary is None:
+        raise PrepareError(f"{src}: none of the {len(pairs)} pairs is usable (see the skipped list)")
+    return summary
+
+
+def _run(pairs: list[_Pair], skipped: list[Skipped], fmt: str, staging: Path, dst: Path,
+         val_fraction: float, seed: int, log: Callable[[str], None], workers: int,
+         overwrite: bool) -> PrepareSummary | None:
+    """Decode and write every pair into staging/pool, split, and swap the splits into DST.
+    -> None when no pair was usable (DST untouched)."""
+    pool = staging / "pool"
+    for sub in ("images", "masks"):
+        (pool / sub).mkdir(parents=True)
+    load = _LOADERS[fmt]
+    written: dict[str, str] = {}  # key -> photo file name
+    step = max(len(pairs) // 10, 1000)
+    with ThreadPoolExecutor(workers) as executor:
+        results = _bounded_map(executor, lambda p: (p.key, _process(p, load, pool)), pairs,
+                               window=4 * workers)
+        # Results come back in input (sorted) order, so the log reads the same on every run.
+        for done, (key, result) in enumerate(results, 1):
+            if isinstance(result, Skipped):
+                skipped.append(result)
+                log(f"skipped {result.source}: {result.reason}")
+            else:
+                written[key] = result
+            if done % step == 0:
+                log(f"{done}/{len(pairs)} pairs read")
+    if not written:
+        return None
+
+    val = choose_val(sorted(written), val_fraction, seed)
+    for part in ("train", "val"):
+        for sub in ("images", "masks"):
+            (staging / part / sub).mkdir(parents=True)
+    for key, name in written.items():
+        part = staging / ("val" if key in val else "train")
+        os.replace(pool / "images" / name, part / "images" / name)
+        os.replace(pool / "masks" / f"{key}.png", part / "masks" / f"{key}.png")
+    # Swap the finished splits in; an old split goes to staging, which the caller deletes.
+    for part in ("train", "val"):
+        if not overwrite and (dst / part).is_dir() and any((dst / part).iterdir()):
+            raise PrepareError(f"{dst / part}: filled while preparing; nothing replaced")
+    for part in ("train", "val"):
+        if (dst / part).exists():
+            os.replace(dst / part, staging / f"old-{part}")
+        os.replace(staging / part, dst / part)
+
+    summary = PrepareSummary(fmt, train=len(written) - len(val), val=len(val), skipped=skipped)
+    log(f"train {summary.train}, val {summary.val}, skipped {len(skipped)} -> {dst}")
+    return summary

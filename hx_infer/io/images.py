@@ -168,12 +168,9 @@ def read_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = N
     formats at full size. The caller resizes; the result's size is NOT the photo's size
     (photo_size gives that).
     """
-    if data is None:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as e:
-            raise DecodeError(f"cannot read ({e.strerror or e})") from None
-    with _open(data) as image:
+    # From a path Pillow reads the header first and the rest as it decodes, so a 4 GB video
+    # named .jpg costs one small read, not 4 GB of memory.
+    with _open(data if data is not None else Path(path)) as image:
         _check_pixels(image, max_pixels)
         if reduce_to is not None:
             _draft(image, reduce_to)
@@ -181,6 +178,10 @@ def read_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = N
             image.load()
         except MemoryError:
             raise
+        except OSError as e:
+            if e.errno is not None:
+                raise DecodeError(f"cannot read ({e.strerror})") from None
+            raise DecodeError(_reason(e)) from None
         except Exception as e:
             raise DecodeError(_reason(e)) from None
         # After load(): Pillow's TIFF reader turns TIFFs upright itself and drops the tag then.
@@ -191,7 +192,7 @@ def read_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = N
 
 @functools.cache
 def _tiff_size_is_upright() -> bool:
-    """Whether this Pillow's TIFF reader reports (and loads) TIFFs already upright (Pillow 11+)."""
+    """Whether this Pillow's TIFF reader reports (and loads) TIFFs already upright, as 13.0 does."""
     buf = io.BytesIO()
     exif = Image.Exif()
     exif[_ORIENTATION_TAG] = 6

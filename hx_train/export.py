@@ -139,6 +139,7 @@ def export_generator(generator: UnetGenerator, out: Path, *, preset: str, size: 
     # A fresh eval-mode CPU fp32 copy with the strict layout of (preset, size, target), which is
     # also what the PyTorch backend will rebuild from generator.pt.
     net = build_generator(preset, size, target)
+    generator = getattr(generator, "_orig_mod", generator)  # torch.compile wrapper -> the module
     try:
         net.load_state_dict(copy.deepcopy(generator.state_dict()))
     except RuntimeError as e:

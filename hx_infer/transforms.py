@@ -35,22 +35,28 @@ def fit(src_w: int, src_h: int, size: int) -> Letterbox:
     return Letterbox(size, src_w, src_h, new_w, new_h, (size - new_w) // 2, (size - new_h) // 2)
 
 
-def letterbox(rgb: np.ndarray, size: int, out: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
+def letterbox(rgb: np.ndarray, size: int, out: np.ndarray | None = None,
+              src_size: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
     """rgb [H, W, 3] uint8 -> ([3, S, S] float32 RGB in [-1, 1], geometry).
 
     Shrinking uses INTER_AREA (no aliasing), growing bilinear. Padding is exactly 0.0.
     out: an existing [3, S, S] float32 array (say, one slot of a batch) to fill instead of a new one.
+    src_size: the photo's real (width, height) when rgb is a reduced decode of it
+    (read_photo(reduce_to=...)): the geometry is then the full photo's, so unletterbox gives
+    a matte of the photo's size with the content block exactly where a full decode puts it
+    (a reduced decode rounds its sides up, and its own block can be a pixel wider).
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"letterbox: expected [H, W, 3] uint8, got {list(rgb.shape)} {rgb.dtype}")
-    box = fit(rgb.shape[1], rgb.shape[0], size)
+    src_w, src_h = src_size if src_size is not None else (rgb.shape[1], rgb.shape[0])
+    box = fit(src_w, src_h, size)
     if out is None:
         out = np.zeros((3, size, size), np.float32)
     elif out.shape != (3, size, size) or out.dtype != np.float32:
         raise ValueError(f"letterbox: out must be [3, {size}, {size}] float32, got {list(out.shape)} {out.dtype}")
     else:
         out.fill(0.0)
-    shrinking = box.new_w < box.src_w or box.new_h < box.src_h
+    shrinking = box.new_w < rgb.shape[1] or box.new_h < rgb.shape[0]
     resized = cv2.resize(rgb, (box.new_w, box.new_h),
                          interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     content = out[:, box.top:box.top + box.new_h, box.left:box.left + box.new_w]

@@ -82,6 +82,21 @@ def test_letterbox_into_batch_slot():
     assert np.all(batch[0] == 7.0)
 
 
+def test_letterbox_of_a_reduced_decode_keeps_the_full_geometry():
+    # 550 x 835 decoded at 1/2 gives 275 x 418 (sides rounded up): on its own that letterboxes
+    # to a 168-wide block, where the full photo gives 169.
+    full = np.zeros((835, 550, 3), np.uint8)
+    reduced = np.zeros((418, 275, 3), np.uint8)
+    _, own = letterbox(reduced, 256)
+    image, box = letterbox(reduced, 256, src_size=(550, 835))
+    _, expected = letterbox(full, 256)
+    assert own.new_w != expected.new_w
+    assert box == expected
+    assert unletterbox(np.zeros((1, 256, 256), np.float32), box).shape == (835, 550)
+    assert np.all(image[:, :, box.left:box.left + box.new_w] == -1.0)  # black content, no pad inside
+    assert np.all(image[:, :, :box.left] == 0.0)
+
+
 def test_letterbox_rejects_wrong_input():
     with pytest.raises(ValueError):
         letterbox(np.zeros((4, 4), np.uint8), 32)

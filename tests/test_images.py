@@ -360,3 +360,23 @@ def test_iter_photos_survives_symlink_loops(tmp_path):
 def test_iter_photos_missing_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent"):
         list(iter_photos(tmp_path / "absent"))
+
+
+def test_iter_photos_reports_unreadable_folders(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "p.jpg").write_bytes(b"x")
+    (tmp_path / "q.jpg").write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def scandir(path):  # chmod 000 would not stop root, so refuse the listing here instead
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(PermissionError):
+        list(iter_photos(tmp_path))
+    seen = []
+    got = [p.name for p in iter_photos(tmp_path, on_error=lambda folder, e: seen.append(folder))]
+    assert got == ["q.jpg"] and seen == [locked]

@@ -362,23 +362,30 @@ def _walk(folder: Path, prefix: str, glob: str | None, include_hidden: bool,
         if here in ancestors:  # a symlink loop
             return
         ancestors = ancestors | {here}
+        # Keep (name, is_folder) of what matters only: a camera folder can hold a million
+        # files, and a DirEntry costs several times what its name does.
+        kept: list[tuple[str, bool]] = []
         with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            for entry in it:
+                name = entry.name
+                if not include_hidden and name.startswith("."):
+                    continue
+                try:
+                    if entry.is_dir():  # follows symlinks; d_type answers without a stat
+                        kept.append((name, True))
+                    elif is_photo_name(name) and entry.is_file():
+                        kept.append((name, False))
+                except OSError:
+                    continue  # vanished or unreadable entry; nothing to yield
     except OSError as e:
         if on_error is None:
             raise
         on_error(folder, e)
         return
-    for entry in entries:
-        if not include_hidden and entry.name.startswith("."):
-            continue
-        relative = prefix + entry.name
-        try:
-            is_dir = entry.is_dir()  # follows symlinks
-            is_file = not is_dir and entry.is_file()
-        except OSError:
-            continue  # vanished or unreadable entry; nothing to yield
-        if is_dir:
-            yield from _walk(Path(entry.path), relative + "/", glob, include_hidden, on_error, ancestors)
-        elif is_file and is_photo_name(entry.name) and (glob is None or _matches(relative, entry.name, glob)):
-            yield Path(entry.path)
+    kept.sort()
+    for name, is_folder in kept:
+        relative = prefix + name
+        if is_folder:
+            yield from _walk(folder / name, relative + "/", glob, include_hidden, on_error, ancestors)
+        elif glob is None or _matches(relative, name, glob):
+            yield folder / name

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -126,8 +127,7 @@ def resolve_backend(name: str, device: str) -> str:
             raise BackendError(f"--backend {name!r}: choose from {', '.join(BACKENDS)}")
         return name
     if device.startswith("cuda"):
-        if trt_installed():
-            return "trt"
+        # trt joins `auto` when its engine lands (TensorRT issue); until then it only refuses.
         if ort_has_cuda():
             return "ort"
         return "torch"
@@ -144,5 +144,7 @@ def open_backend(name: str, model: ModelDir, device: str = "auto", **options) ->
     device = resolve_device(device)
     name = resolve_backend(name, device)
     module_name, class_name = _IMPLEMENTATIONS[name]
-    module = importlib.import_module(module_name, __package__)
-    return getattr(module, class_name)(model, device, **options)
+    cls = getattr(importlib.import_module(module_name, __package__), class_name)
+    # Callers pass one set of options for every backend; each backend takes the ones it knows.
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(model, device, **{k: v for k, v in options.items() if k in accepted})

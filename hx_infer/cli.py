@@ -1,0 +1,130 @@
+"""`hx-infer`: click commands that parse, validate and call hx_infer (run; build, bench, eval
+and info come later). Kept light: `hx-infer --help` imports no runtime.
+
+Exit codes: 0 all photos done; 1 some photos failed (listed in the report); 2 bad usage (option,
+path or model). Every error is one line on stderr, never a traceback (HX_DEBUG=1 shows it for
+internal errors).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .backends.base import BACKENDS
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _OneLineErrors(click.Group):
+    """click, but a usage error is one line (`hx-infer: error: ...`) rather than the usage block."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        try:
+            code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:  # bare `hx-infer`: the help, as click shows it
+            e.show()
+            code = e.exit_code
+        except click.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            click.echo(f"hx-infer: error: {e.format_message()}{hint}", err=True)
+            code = e.exit_code
+        except click.Abort:
+            click.echo("hx-infer: interrupted; run the same command again to resume", err=True)
+            code = 130
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hx-infer", message="%(prog)s %(version)s")
+def main() -> None:
+    """Cut people out of photos with a pix2pix model made by `hx-train export`."""
+
+
+@main.command()
+@click.argument("input", metavar="INPUT")
+@click.argument("output", metavar="OUTPUT", type=click.Path(path_type=Path))
+@click.option("--model", default="default", show_default=True,
+              help="'default' (the bundled model) or a model folder made by `hx-train export`.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="auto: trt > ort with CUDA > torch on CUDA > ort on CPU.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Photos per inference call.  [default: 8 on CPU, 32 on CUDA]")
+@click.option("--outputs", default="rgba", show_default=True,
+              help="Comma-separated kinds to write: alpha (matte), rgba (cutout), composite.")
+@click.option("--background", default="white", show_default=True,
+              help="Composite background: white, black, '#RRGGBB' or an image file.")
+@click.option("--refine", type=click.Choice(["none", "guided"]), default="none", show_default=True,
+              help="guided: sharpen the upsampled matte along the photo's edges.")
+@click.option("--resume/--overwrite", default=True, show_default=True,
+              help="Keep photos whose outputs all exist, or redo everything.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Decode and write threads.  [default: number of cores]")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
+              help="Reject photos larger than this (checked from the header, before decoding).")
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="Where to write the JSON report.  [default: OUTPUT/hx-report.json]")
+@click.option("--quiet", is_flag=True, help="No progress bar: only errors and the summary line.")
+@click.option("--glob", default=None, help="Only photos whose path below INPUT matches, e.g. '*.jpg'.")
+@click.pass_context
+def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, device: str,
+        batch_size: int | None, outputs: str, background: str, refine: str, resume: bool,
+        workers: int | None, max_pixels: int, report: Path | None, quiet: bool,
+        glob: str | None) -> None:
+    """Write the matte, cutout and/or composite of every photo in INPUT below OUTPUT.
+
+    INPUT is a photo, a folder (searched recursively; photos by extension, any case), or '-'
+    for paths on stdin, one per line. Outputs mirror INPUT's tree:
+    OUTPUT/alpha/<dir>/<stem>.png, OUTPUT/rgba/<dir>/<stem>.png, OUTPUT/composite/<dir>/<stem>.jpg.
+    Paths from stdin keep their path relative to the current directory when inside it, else
+    only their file name. When two photos would share an output (a.jpg and a.png), the first in
+    sorted order wins and the other is reported as failed.
+
+    A rerun resumes: photos whose outputs all exist are skipped, so an interrupted run (even
+    kill -9) finishes with the same files as an uninterrupted one. Exit 0 when every photo was
+    done, 1 when some failed (see the report), 2 on bad usage.
+    """
+    from tqdm import tqdm
+
+    from . import Extractor
+    from .backends.base import BackendError
+    from .model import ModelError
+    from .pipeline import ConfigError
+    from .report import REPORT_NAME, summary_line
+
+    inputs = (line for line in sys.stdin) if input == "-" else input
+
+    def log(line: str) -> None:
+        tqdm.write(f"hx-infer: {line}", file=sys.stderr)  # above the bar, not through it
+
+    try:
+        with Extractor(model, backend=backend, device=device, batch_size=batch_size) as extractor:
+            result = extractor.run(
+                inputs, output, outputs=outputs, background=background, refine=refine,
+                overwrite=not resume, workers=workers, max_pixels=max_pixels, glob=glob,
+                report=report, progress=not quiet, log=log)
+    except (ConfigError, ModelError, BackendError) as e:
+        click.echo(f"hx-infer: error: {e}", err=True)
+        ctx.exit(EXIT_USAGE)
+    except OSError as e:  # the report or OUTPUT could not be written: disk full, permissions
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"hx-infer: error: {where}{e.strerror or e}", err=True)
+        ctx.exit(EXIT_FAILED)
+    except Exception as e:  # noqa: BLE001 - a bug; one line unless asked for the traceback
+        if os.environ.get("HX_DEBUG"):
+            raise
+        click.echo(f"hx-infer: internal error: {type(e).__name__}: {e} (HX_DEBUG=1 shows the traceback)",
+                   err=True)
+        ctx.exit(EXIT_FAILED)
+    report_path = report if report is not None else output / REPORT_NAME
+    click.echo(summary_line(result, report_path), err=True)
+    ctx.exit(EXIT_FAILED if result["counts"]["failed"] else EXIT_OK)
+
+
+if __name__ == "__main__":
+    main(prog_name="hx-infer")

@@ -1,0 +1,177 @@
+"""`hx-infer run`: exit codes, one-line errors, stdin, and resuming after kill -9 (a real process)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from hx_infer.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def hx(*args: str, stdin: str | None = None):
+    """Run `hx-infer ARGS` in this process -> click Result (exit_code, stdout, stderr, output)."""
+    return CliRunner().invoke(main, [str(a) for a in args], input=stdin)
+
+
+def photos(folder: Path, make_disc_photo, n: int, height: int = 30, width: int = 40) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"p{i:03d}.{'jpg' if i % 2 else 'png'}"
+        Image.fromarray(make_disc_photo(height, width, seed=i)[0]).save(path)
+        paths.append(path)
+    return paths
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "hx-report.json"}
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hx-infer: error: "), result.stderr
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def small_tree(tmp_path, make_disc_photo) -> Path:
+    photos(tmp_path / "in", make_disc_photo, 4)
+    photos(tmp_path / "in" / "sub", make_disc_photo, 2)
+    return tmp_path / "in"
+
+
+def test_run_writes_outputs_and_a_summary(tmp_path, tiny_model_dir, small_tree):
+    r = hx("run", small_tree, tmp_path / "out", "--model", tiny_model_dir, "--backend", "ort",
+           "--outputs", "alpha,composite", "--background", "#102030", "--quiet", "--workers", "2")
+    assert r.exit_code == 0, r.output
+    assert r.stdout == ""
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("hx-infer: 6 processed, 0 skipped, 0 failed in ")
+    assert line.endswith(f"; report: {tmp_path / 'out' / 'hx-report.json'}")
+    assert (tmp_path / "out/alpha/sub/p001.png").is_file()
+    assert (tmp_path / "out/composite/p000.jpg").is_file()
+    assert not (tmp_path / "out/rgba").exists()
+
+    again = hx("run", small_tree, tmp_path / "out", "--model", tiny_model_dir, "--outputs", "alpha,composite",
+               "--quiet", "--report", tmp_path / "second.json")
+    assert again.exit_code == 0 and "0 processed, 6 skipped" in again.stderr
+    assert (tmp_path / "second.json").is_file()
+
+
+def test_bad_photo_exits_1_naming_it(tmp_path, tiny_model_dir, small_tree):
+    (small_tree / "sub" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    r = hx("run", small_tree, tmp_path / "out", "--model", tiny_model_dir, "--quiet")
+    assert r.exit_code == 1
+    assert f"hx-infer: {small_tree / 'sub' / 'broken.jpg'}: " in r.stderr
+    assert "6 processed, 0 skipped, 1 failed" in r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_paths_from_stdin_and_glob(tmp_path, tiny_model_dir, small_tree, monkeypatch):
+    monkeypatch.chdir(small_tree)
+    r = hx("run", "-", tmp_path / "out", "--model", tiny_model_dir, "--outputs", "alpha", "--quiet",
+           stdin="p000.png\nsub/p001.jpg\n")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.relative_to(tmp_path / "out/alpha").as_posix()
+                  for p in (tmp_path / "out/alpha").rglob("*.png")) == ["p000.png", "sub/p001.png"]
+
+    r = hx("run", small_tree, tmp_path / "globbed", "--model", tiny_model_dir, "--outputs", "alpha",
+           "--glob", "*.jpg", "--quiet")
+    assert r.exit_code == 0 and "3 processed" in r.stderr
+    assert all(p.name.startswith(("p001", "p003")) for p in (tmp_path / "globbed/alpha").rglob("*.png"))
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path, tiny_model_dir, tiny_rgb_model_dir, small_tree, monkeypatch):
+    out = tmp_path / "out"
+    model = ("--model", tiny_model_dir)
+    assert_one_line_error(hx("run", small_tree, small_tree / "out", *model), "inside INPUT")
+    assert_one_line_error(hx("run", small_tree, small_tree, *model), "inside INPUT")
+    assert_one_line_error(hx("run", tmp_path / "absent", out, *model), "INPUT", "absent")
+    assert_one_line_error(hx("run", small_tree, out, *model, "--backend", "onnx"), "--backend")
+    assert_one_line_error(hx("run", small_tree, out, *model, "--background", "not-a-colour"), "--background")
+    assert_one_line_error(hx("run", small_tree, out, *model, "--batch-size", "0"), "--batch-size")
+    assert_one_line_error(hx("run", small_tree, out, *model, "--outputs", "alpha,mask"), "--outputs")
+    assert_one_line_error(hx("run", small_tree, out, *model, "--device", "tpu"), "--device")
+    assert_one_line_error(hx("run", small_tree, out, *model, "--frobnicate"), "--frobnicate")
+    assert_one_line_error(hx("run", small_tree, out, "--model", tmp_path), "--model")
+    assert_one_line_error(hx("run", small_tree, out, "--model", tiny_rgb_model_dir, "--outputs", "rgba"),
+                          "--outputs", "target rgb")
+    assert_one_line_error(hx("run", small_tree), "OUTPUT")
+    monkeypatch.setattr("hx_infer.model.default_model_dir", lambda: tmp_path / "no-bundled-model")
+    assert_one_line_error(hx("run", small_tree, out), "--model default", "hx-train export")
+    assert not out.exists()  # nothing written by a refused run
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed")
+def test_trt_without_tensorrt_is_a_usage_error(tmp_path, tiny_model_dir, small_tree):
+    assert_one_line_error(hx("run", small_tree, tmp_path / "out", "--model", tiny_model_dir,
+                             "--backend", "trt", "--device", "cpu"), "trt")
+
+
+def test_help_needs_no_runtime():
+    assert hx("--help").exit_code == 0
+    r = hx("run", "--help")
+    assert r.exit_code == 0 and "--outputs" in r.stdout and "--resume / --overwrite" in r.stdout
+    probe = ("import sys, hx_infer, hx_infer.cli; "
+             "print(sorted({'onnxruntime', 'torch', 'tensorrt', 'av', 'ray'} & set(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_resume_after_kill_9_gives_the_same_files(tmp_path, tiny_model_dir, make_disc_photo):
+    """A run killed mid-way and rerun ends with the bytes of an uninterrupted run, no temporaries."""
+    src = tmp_path / "in"
+    photos(src, make_disc_photo, 150, height=72, width=96)
+    args = ["run", str(src), None, "--model", str(tiny_model_dir), "--backend", "ort", "--device", "cpu",
+            "--batch-size", "2", "--workers", "2", "--outputs", "alpha,rgba,composite", "--quiet"]
+
+    reference = tmp_path / "reference"
+    assert hx(*[a if a is not None else reference for a in args]).exit_code == 0
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "hx_infer.cli"] + [a if a is not None else str(out) for a in args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    # Kill once some photos are complete, with more in flight in the decode and write pools.
+    while (len(list((out / "composite").glob("*.jpg"))) < 20 and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    proc.stderr.close()
+    done_before = len(list((out / "composite").glob("*.jpg")))
+    assert 20 <= done_before < 150
+    assert not (out / "hx-report.json").exists()
+
+    rerun = hx(*[a if a is not None else out for a in args])
+    assert rerun.exit_code == 0, rerun.output
+    assert digest(out) == digest(reference)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".hx-tmp")]
+    # composite is written last, so the photos with one before the kill were complete: skipped now.
+    assert f"{150 - done_before} processed, {done_before} skipped, 0 failed" in rerun.stderr
+
+
+def test_module_entry_point_runs_without_traceback(tmp_path, tiny_model_dir):
+    """The real process, bad usage: one line on stderr, exit 2."""
+    r = subprocess.run([sys.executable, "-m", "hx_infer.cli", "run", str(tmp_path / "absent"), str(tmp_path / "o"),
+                        "--model", str(tiny_model_dir)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr and "absent" in r.stderr

@@ -1,0 +1,172 @@
+"""hx-train: prepare a data set, train the pix2pix model on it, export it for hx-infer.
+
+Each command parses its options, calls one library function, and turns that library's expected
+errors into a single line `hx-train: <message>` with exit status 2. torch and the command modules
+are imported inside the commands, so `hx-train --help` answers at once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from .config import AMP_MODES, DEVICES, GAN_LOSSES, SEG_LOSSES, TARGETS, TrainConfig, TrainError
+
+DEFAULTS = TrainConfig()
+PREPARE_FORMATS = ("auto", "folders", "supervisely", "ab")  # hx_train.prepare's source layouts
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+
+
+class CommandError(click.ClickException):
+    """An expected failure: one line on stderr, no traceback."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE):
+        super().__init__(" ".join(message.split()))
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        click.echo(f"hx-train: {self.format_message()}", err=True)
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class OneLineGroup(click.Group):
+    """click prints a usage error as usage, hint and message on three lines; print it as one, like
+    every other error here. (Plain `hx-train` still prints the help.)"""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            if isinstance(e, _NO_ARGS_IS_HELP):
+                raise
+            raise CommandError(e.format_message()) from None
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:  # a sub-command's bad option or missing argument
+            if isinstance(e, _NO_ARGS_IS_HELP):
+                raise
+            raise CommandError(e.format_message()) from None
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _io_error(e: OSError) -> CommandError:
+    where = f"{e.filename}: " if e.filename else ""
+    return CommandError(f"{where}{e.strerror or e}")
+
+
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Train the pix2pix person extractor: prepare -> fit -> export."""
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(PREPARE_FORMATS), default="auto", show_default=True,
+              help="layout of SRC; auto recognises each of the others")
+@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1,
+              show_default=True, help="share of the pairs held out for validation")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the train/val split")
+@click.option("--overwrite", is_flag=True, help="replace an existing DST")
+def prepare(src: Path, dst: Path, fmt: str, val_fraction: float, seed: int, overwrite: bool) -> None:
+    """Turn photos + person masks in SRC into DST/{train,val}/{images,masks}."""
+    from .prepare import PrepareError
+    from .prepare import prepare as run_prepare
+
+    try:
+        summary = run_prepare(src, dst, fmt, val_fraction, seed, _log, overwrite=overwrite)
+    except PrepareError as e:
+        raise CommandError(str(e)) from None
+    except OSError as e:
+        raise _io_error(e) from None
+    count = lambda x: x if isinstance(x, int) else len(x)  # noqa: E731  (counts or lists of names)
+    click.echo(f"{dst}: {count(summary.train)} train, {count(summary.val)} val pairs, "
+               f"{count(summary.skipped)} skipped")
+
+
+@main.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="run folder: checkpoints, metrics.jsonl, samples/")
+@click.option("--preset", default=DEFAULTS.preset, show_default=True,
+              help="networks from hx_train.models.PRESETS: base (the paper's) or lite (fast CPU inference)")
+@click.option("--size", type=int, default=DEFAULTS.size, show_default=True,
+              help="input side in pixels, a power of two from 64 to 512")
+@click.option("--target", type=click.Choice(TARGETS), default=DEFAULTS.target, show_default=True,
+              help="alpha: predict the matte; rgb: paint the person on white")
+@click.option("--epochs", type=int, default=DEFAULTS.epochs, show_default=True,
+              help="epochs at the initial learning rate")
+@click.option("--epochs-decay", type=int, default=DEFAULTS.epochs_decay, show_default=True,
+              help="then epochs of linear decay to zero")
+@click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True)
+@click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True, help="Adam learning rate")
+@click.option("--lambda-l1", type=float, default=DEFAULTS.lambda_l1, show_default=True,
+              help="weight of L1 against the GAN loss")
+@click.option("--gan-loss", type=click.Choice(GAN_LOSSES), default=DEFAULTS.gan_loss, show_default=True)
+@click.option("--seg-loss", type=click.Choice(SEG_LOSSES), default=DEFAULTS.seg_loss, show_default=True,
+              help="extra matte term (alpha only)")
+@click.option("--seg-weight", type=float, default=DEFAULTS.seg_weight, show_default=True)
+@click.option("--amp", type=click.Choice(AMP_MODES), default=DEFAULTS.amp, show_default=True,
+              help="CUDA autocast dtype (the CPU always trains in fp32)")
+@click.option("--device", type=click.Choice(DEVICES), default=DEFAULTS.device, show_default=True)
+@click.option("--compile/--no-compile", default=DEFAULTS.compile, show_default=True,
+              help="torch.compile the networks")
+@click.option("--workers", type=int, default=DEFAULTS.workers, show_default=True,
+              help="image decoding threads (0: one per core, at most 8)")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--resume", is_flag=True,
+              help="continue the run in --out from its last.pt; options given here override its own")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bar and no per-epoch lines")
+@click.pass_context
+def fit(ctx: click.Context, data: Path, out: Path, resume: bool, quiet: bool, **options) -> None:
+    """Train on DATA/train, validate on DATA/val (the output of `hx-train prepare`)."""
+    from .train import best_key, resume_config
+    from .train import fit as run_fit
+
+    given = {name: value for name, value in options.items()
+             if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    try:
+        config = resume_config(out, given) if resume else TrainConfig(**options)
+        result = run_fit(config, data, out, resume=resume, log=(lambda _: None) if quiet else _log,
+                         progress=False if quiet else None)
+    except TrainError as e:
+        raise CommandError(str(e)) from None
+    except OSError as e:
+        raise _io_error(e) from None
+    except KeyboardInterrupt:
+        raise CommandError(f"interrupted; {out / 'last.pt'} holds the last finished epoch "
+                           "(continue with --resume)", EXIT_INTERRUPTED) from None
+    key = best_key(config.target)
+    click.echo(f"{out}: {result.get('epoch', 0)} epochs, val {key} {result.get('val', {}).get(key, float('nan')):.4f}, "
+               f"best {result['best_metric']:.4f}")
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="model folder to write")
+@click.option("--overwrite", is_flag=True, help="replace a non-empty --out folder")
+def export(ckpt: Path, out: Path, overwrite: bool) -> None:
+    """Write CKPT's generator as a model folder for hx-infer (ONNX fp32 + fp16, weights, model.json)."""
+    from .export import ExportError
+    from .export import export as run_export
+
+    try:
+        model = run_export(ckpt, out, log=_log, overwrite=overwrite)
+    except ExportError as e:
+        raise CommandError(str(e)) from None
+    except OSError as e:
+        raise _io_error(e) from None
+    click.echo(f"{model.root}: {model.preset} {model.size}px -> {model.target}")
+
+
+if __name__ == "__main__":
+    main(prog_name="hx-train")

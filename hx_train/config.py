@@ -1,0 +1,108 @@
+"""Every training hyperparameter in one frozen dataclass, each with its default and why.
+
+The resolved config (device and amp settled for the machine) is stored in every checkpoint, so a
+checkpoint alone says how its weights were made. This module imports nothing heavy: the CLI reads
+its defaults and choices for `hx-train --help` without loading torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+TARGETS = ("alpha", "rgb")
+GAN_LOSSES = ("bce", "lsgan")
+SEG_LOSSES = ("none", "bce", "dice")
+AMP_MODES = ("bf16", "fp16", "off")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Fields that describe this machine rather than the run: on --resume they come from the command
+# line (or their defaults), never from the checkpoint, so a run started on a GPU can go on elsewhere.
+RUNTIME_FIELDS = ("device", "amp", "compile", "workers")
+# Fields that fix the networks' shapes: a resumed run must keep them.
+ARCHITECTURE_FIELDS = ("preset", "size", "target")
+
+
+class TrainError(Exception):
+    """Training cannot start or go on: bad option, bad data, or a run folder in the way."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- networks (hx_train.models) ---
+    preset: str = "base"  # the paper's unet_256 + 70x70 PatchGAN; "lite" trades quality for CPU speed
+    size: int = 256  # the paper's resolution; the generator's square input side, a power of two
+    target: str = "alpha"  # a matte composes onto anything; "rgb" paints the person on white
+
+    # --- schedule and optimiser (pix2pix defaults) ---
+    epochs: int = 100  # epochs at the initial learning rate (pix2pix n_epochs)
+    epochs_decay: int = 100  # then this many epochs of linear decay towards zero (n_epochs_decay)
+    batch_size: int = 16  # fills a GPU at 256 px; the paper's batch of 1 wastes it and BN copes with 16
+    lr: float = 2e-4  # Adam learning rate for G and D, as in the paper
+    beta1: float = 0.5  # lower momentum than Adam's 0.9 keeps the GAN game from oscillating
+    beta2: float = 0.999  # Adam's default
+
+    # --- losses (hx_train.losses) ---
+    lambda_l1: float = 100.0  # the paper's weight: L1 does the low frequencies, the GAN the edges
+    gan_loss: str = "bce"  # the paper's vanilla GAN (BCE on logits); "lsgan" is steadier on some data
+    seg_loss: str = "none"  # extra matte term, alpha only; off by default to stay the paper's objective
+    seg_weight: float = 10.0  # BCE/Dice are ~0.1-1, so 10 weighs like lambda_l1 * L1 (~0.01-0.1 * 100)
+
+    # --- augmentation on the device (hx_train.data) ---
+    crop_min: float = 0.6  # whole-photo views keep 60-100% of each side: scale and aspect variety
+    p_upper_body: float = 0.2  # share of views cropped to the top ~55% of the person (portraits)
+    p_head: float = 0.15  # share cropped to the top ~30% (head and shoulders, profile pictures)
+    upper_body_fraction: float = 0.55  # of the person's height, from the top of the mask
+    head_fraction: float = 0.30  # of the person's height, from the top of the mask
+    person_margin: float = 0.15  # person crops grow by up to this share of the person's height per side
+    rotate_deg: float = 10.0  # photos are rarely more tilted than this
+    p_flip: float = 0.5  # people are left-right symmetric enough
+    brightness: float = 0.25  # multiply by 1 +/- this
+    contrast: float = 0.25  # stretch around the mean grey by 1 +/- this
+    saturation: float = 0.3  # blend with grey by 1 +/- this
+    hue: float = 0.04  # rotate hue by up to this fraction of a turn; more turns skin blue
+
+    # --- runtime ---
+    amp: str = "bf16"  # CUDA autocast dtype: bf16 needs no loss scaling; fp16 for pre-Ampere; off
+    device: str = "auto"  # cuda when present, else cpu
+    compile: bool = False  # torch.compile: faster steps on CUDA after a minute of compiling
+    workers: int = 0  # image decoding threads; 0 = one per CPU core, at most 8
+    seed: int = 0  # weights init, batch order and augmentation all follow from it
+    samples: int = 6  # validation photos shown in RUN/samples/epoch_NNN.png
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.epochs_decay
+
+    def check(self) -> "TrainConfig":
+        """Raise TrainError naming the option for any value out of range; return self.
+
+        Preset and size are checked by hx_train.models when the networks are built.
+        """
+        for name, choices in (("target", TARGETS), ("gan_loss", GAN_LOSSES),
+                              ("seg_loss", SEG_LOSSES), ("amp", AMP_MODES), ("device", DEVICES)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise TrainError(f"{option(name)}: {value!r} is not one of {', '.join(choices)}")
+        for name, low in (("epochs", 0), ("epochs_decay", 0), ("batch_size", 1), ("workers", 0),
+                          ("samples", 0)):
+            if getattr(self, name) < low:
+                raise TrainError(f"{option(name)} must be at least {low}, got {getattr(self, name)}")
+        if self.total_epochs < 1:
+            raise TrainError("--epochs plus --epochs-decay must be at least 1")
+        for name in ("lr", "lambda_l1", "seg_weight"):
+            if not getattr(self, name) >= 0:  # also catches NaN
+                raise TrainError(f"{option(name)} must be a number >= 0, got {getattr(self, name)}")
+        if self.seg_loss != "none" and self.target != "alpha":
+            raise TrainError("--seg-loss needs --target alpha (it compares a matte with the mask)")
+        if not 0 < self.crop_min <= 1:
+            raise TrainError(f"crop_min must be in (0, 1], got {self.crop_min}")
+        if self.p_upper_body + self.p_head > 1:
+            raise TrainError("p_upper_body + p_head must not exceed 1")
+        return self
+
+
+def option(field: str) -> str:
+    """The command-line spelling of a config field: batch_size -> --batch-size."""
+    return "--" + field.replace("_", "-")
+
+
+FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))

@@ -1,0 +1,381 @@
+"""The paired data set: decode a split of (photo, mask) pairs into memory once, augment on the device.
+
+DATA/{train,val}/images/NAME.* pairs with DATA/{train,val}/masks/NAME.* (0/255 person masks), as
+written by `hx-train prepare`.
+
+Training photos are letterboxed once onto a canvas of side min(2*S, 1024) and kept as uint8; every
+batch is then cropped, rotated, flipped and colour-jittered on the device with torch ops, and
+resampled to S x S. Validation photos are letterboxed straight to S x S with no augmentation, the
+way hx-infer prepares a photo: longer side scaled to S, centred, pad exactly 0.0 after
+normalisation (x / 127.5 - 1, RGB).
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from hx_infer.io.images import DecodeError
+from hx_infer.io.images import read_photo as decode_photo
+from hx_infer.transforms import fit as letterbox_geometry
+
+from .config import TrainConfig, TrainError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+MAX_CANVAS = 1024
+# ITU-R BT.601 luma weights, for grey in contrast and saturation jitter.
+LUMA = (0.299, 0.587, 0.114)
+# Rows of Split.boxes.
+PHOTO, PERSON, UPPER_BODY, HEAD = range(4)
+
+
+class DataError(TrainError):
+    """A split folder without pairs, or a photo or mask that cannot be used."""
+
+
+def canvas_side(size: int) -> int:
+    """Side of the training canvas: twice the model's input, so crops keep detail, capped for memory."""
+    return min(2 * size, MAX_CANVAS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _reason(error: Exception, path: Path) -> str:
+    """The error's message on one line, without the path the caller already names."""
+    text = str(error).replace(f"'{path}'", "").replace(str(path), "")
+    return " ".join(text.split()).rstrip(" :") or type(error).__name__
+
+
+def find_pairs(split_dir: Path) -> list[tuple[Path, Path]]:
+    """(photo, mask) paths of one split, matched by file stem and sorted by photo name."""
+    images_dir, masks_dir = split_dir / "images", split_dir / "masks"
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder (DATA must be a folder written by hx-train prepare)")
+    masks: dict[str, Path] = {}
+    for path in sorted(masks_dir.iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+            if path.stem in masks:
+                raise DataError(f"{path}: a second mask for {path.stem!r} (also {masks[path.stem].name})")
+            masks[path.stem] = path
+    pairs = []
+    for photo in sorted(images_dir.iterdir()):
+        if photo.suffix.lower() not in IMAGE_SUFFIXES or photo.name.startswith("."):
+            continue
+        mask = masks.get(photo.stem)
+        if mask is None:
+            raise DataError(f"{photo}: no mask named {photo.stem}.* in {masks_dir}")
+        pairs.append((photo, mask))
+    if not pairs:
+        raise DataError(f"{images_dir}: no photos with masks found")
+    return pairs
+
+
+def read_photo(path: Path) -> np.ndarray:
+    """[H, W, 3] uint8 RGB, decoded by hx-infer's own reader (EXIF orientation, colour modes)."""
+    try:
+        return decode_photo(path)
+    except DecodeError as e:
+        raise DataError(f"{path}: cannot read image ({_reason(e, path)})") from None
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """[H, W] uint8, 0 = background, 255 = person."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("L"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot read mask ({_reason(e, path)})") from None
+
+
+def letterbox(image: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Scale `image` ([H, W] or [H, W, C] uint8) so its longer side is `side`, centre it on a zero
+    square of that side. Returns the square and the image's box (x0, y0, x1, y1) in it.
+
+    The geometry is hx_infer.transforms.fit's and the resizing that of hx_infer.transforms.letterbox
+    (area when shrinking, bilinear when growing), kept here as uint8 to hold a data set in memory.
+    """
+    h, w = image.shape[:2]
+    geometry = letterbox_geometry(w, h, side)
+    new_w, new_h, x0, y0 = geometry.new_w, geometry.new_h, geometry.left, geometry.top
+    if (new_w, new_h) != (w, h):
+        shrinking = new_w < w or new_h < h
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    square = np.zeros((side, side) + image.shape[2:], dtype=np.uint8)
+    square[y0:y0 + new_h, x0:x0 + new_w] = image
+    return square, (x0, y0, x0 + new_w, y0 + new_h)
+
+
+def person_boxes(mask: np.ndarray, fractions: tuple[float, ...]) -> np.ndarray:
+    """Boxes (x0, y0, x1, y1) of the person in `mask` ([H, W] uint8) and of the top `fractions` of
+    their height (each as wide as the mask in that band). [1 + len(fractions), 4] float32; all NaN
+    when the mask holds no person.
+    """
+    boxes = np.full((1 + len(fractions), 4), np.nan, dtype=np.float32)
+    person = mask > 127
+    rows = np.flatnonzero(person.any(1))
+    if rows.size == 0:
+        return boxes
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    for i, fraction in enumerate((1.0,) + tuple(fractions)):
+        cut = top + max(1, round(fraction * (bottom - top)))
+        cols = np.flatnonzero(person[top:cut].any(0))
+        boxes[i] = (cols[0], top, cols[-1] + 1, cut)
+    return boxes
+
+
+# ---------------------------------------------------------------------------------------------
+# A split in memory
+
+
+@dataclass
+class Split:
+    """One split decoded into memory. N pairs, letterboxed onto squares of side `side`."""
+
+    names: list[str]  # photo paths, in order
+    photos: torch.Tensor  # [N, 3, side, side] uint8 RGB, pad 0
+    masks: torch.Tensor  # [N, 1, side, side] uint8, 255 = person
+    boxes: torch.Tensor  # [N, 4, 4] float32 (x0, y0, x1, y1) in pixels: rows PHOTO, PERSON,
+    #                      UPPER_BODY, HEAD; the person rows are NaN where the mask is empty
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def side(self) -> int:
+        return self.photos.shape[-1]
+
+
+def load_split(split_dir: Path, side: int, *, fractions: tuple[float, float] = (0.55, 0.30),
+               workers: int = 0, pin: bool = False, log: Callable[[str], None] = lambda _: None) -> Split:
+    """Decode every pair in `split_dir` and letterbox it onto a `side` x `side` square.
+
+    fractions: the upper-body and head-and-shoulders bands, as shares of the person's height.
+    workers: decoding threads (0 = one per core, at most 8). pin: page-locked memory, so batches
+    can be copied to a GPU asynchronously.
+    """
+    pairs = find_pairs(split_dir)
+    n = len(pairs)
+    photos = torch.empty((n, 3, side, side), dtype=torch.uint8, pin_memory=pin)
+    masks = torch.empty((n, 1, side, side), dtype=torch.uint8, pin_memory=pin)
+    boxes = torch.empty((n, 4, 4), dtype=torch.float32)
+    log(f"decoding {n} pairs from {split_dir} ({(photos.nbytes + masks.nbytes) / 2**20:.0f} MiB)")
+
+    def load(i: int) -> None:
+        photo_path, mask_path = pairs[i]
+        photo, mask = read_photo(photo_path), read_mask(mask_path)
+        if photo.shape[:2] != mask.shape:
+            raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
+                            f"photo {photo_path.name} is {photo.shape[1]}x{photo.shape[0]}")
+        square, box = letterbox(photo, side)
+        mask_square, _ = letterbox(mask, side)
+        photos[i] = torch.from_numpy(square).permute(2, 0, 1)
+        masks[i, 0] = torch.from_numpy(mask_square)
+        boxes[i, PHOTO] = torch.tensor(box, dtype=torch.float32)
+        boxes[i, PERSON:] = torch.from_numpy(person_boxes(mask_square, fractions))
+
+    # OpenCV and Pillow release the GIL while decoding and resizing, so threads are enough.
+    pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
+    try:
+        for _ in pool.map(load, range(n)):
+            pass
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return Split([str(p) for p, _ in pairs], photos, masks, boxes)
+
+
+def gather(source: torch.Tensor, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """source[index] on `device`. From pinned memory the copy is asynchronous (non_blocking);
+    PyTorch's pinned allocator keeps the staging buffer alive until the copy has finished."""
+    if device.type == "cuda" and source.is_pinned():
+        staging = torch.empty((len(index),) + source.shape[1:], dtype=source.dtype, pin_memory=True)
+        torch.index_select(source, 0, index, out=staging)
+        return staging.to(device, non_blocking=True)
+    return source.index_select(0, index).to(device)
+
+
+def batches(split: Split, batch_size: int, generator: torch.Generator,
+            device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled batches: (photos [B, 3, C, C] uint8, masks [B, 1, C, C] uint8) on
+    `device`, boxes [B, 4, 4] on the CPU. The last partial batch is dropped (steady batch-norm
+    statistics, one compiled shape) unless the split is smaller than one batch.
+
+    The GPU runs asynchronously, so gathering the next batch on the CPU overlaps the current step.
+    """
+    order = torch.randperm(len(split), generator=generator)
+    size = min(batch_size, len(split))
+    for start in range(0, len(split) - size + 1, size):
+        index = order[start:start + size]
+        yield gather(split.photos, index, device), gather(split.masks, index, device), split.boxes[index]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, n // batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors the networks see
+
+
+def box_mask(boxes: torch.Tensor, side: int, device: torch.device) -> torch.Tensor:
+    """[B, 4] pixel boxes -> [B, 1, side, side] bool, True at pixel centres inside the box."""
+    centres = torch.arange(side, device=device, dtype=torch.float32) + 0.5
+    b = boxes.to(device=device, dtype=torch.float32)
+    inside_x = (centres >= b[:, 0, None]) & (centres < b[:, 2, None])  # [B, side]
+    inside_y = (centres >= b[:, 1, None]) & (centres < b[:, 3, None])
+    return (inside_y[:, None, :, None] & inside_x[:, None, None, :])
+
+
+def normalise(photos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, S, S] -> float32 in [-1, 1], exactly 0.0 where `valid` ([B, 1, S, S]) is False."""
+    return (photos.float() / 127.5 - 1.0) * valid
+
+
+def make_target(photo: torch.Tensor, mask: torch.Tensor, target: str) -> torch.Tensor:
+    """What G should output, in [-1, 1]. photo: [B, 3, S, S] in [-1, 1]; mask: [B, 1, S, S] in [0, 1].
+
+    alpha -> [B, 1, S, S] the mask; rgb -> [B, 3, S, S] the person painted on white.
+    """
+    if target == "alpha":
+        return mask * 2.0 - 1.0
+    return photo * mask + (1.0 - mask)
+
+
+def validation_batches(split: Split, batch_size: int, device: torch.device,
+                       count: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The first `count` (default all) pairs in order, as hx-infer would see them:
+    (photo [B, 3, S, S] in [-1, 1] pad 0, mask [B, 1, S, S] in [0, 1], valid [B, 1, S, S] bool)."""
+    n = len(split) if count is None else min(count, len(split))
+    for start in range(0, n, batch_size):
+        index = torch.arange(start, min(start + batch_size, n))
+        valid = box_mask(split.boxes[index, PHOTO], split.side, device)
+        photo = normalise(gather(split.photos, index, device), valid)
+        mask = gather(split.masks, index, device).float() / 255.0
+        yield photo, mask, valid
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation on the device
+
+N_DRAWS = 16  # uniform numbers drawn per image per batch (see Augmenter.views)
+
+
+class Augmenter:
+    """Random views of letterboxed photos, the same geometry for photo and mask.
+
+    Each view is a rectangle R of the photo (a crop of the whole photo, or the upper body or head
+    and shoulders of the person grown by a margin), rotated and maybe flipped, then letterboxed
+    to S x S exactly as a photo of R's shape would be: everything outside R is pad (0.0).
+    All random numbers come from the CPU generator passed in, so a run replays exactly.
+    """
+
+    def __init__(self, config: TrainConfig, canvas: int):
+        self.config = config
+        self.canvas = canvas
+        self.size = config.size
+
+    def __call__(self, photos: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """photos [B, 3, C, C] uint8, masks [B, 1, C, C] uint8 (device), boxes [B, 4, 4] (CPU)
+        -> (photo [B, 3, S, S] in [-1, 1] with pad 0, mask [B, 1, S, S] in [0, 1])."""
+        device = photos.device
+        draws = torch.rand((photos.shape[0], N_DRAWS), generator=generator, dtype=torch.float64)
+        theta, half_extent = self.views(boxes.double(), draws)
+        colour = self.colour_transforms(draws)
+
+        S = self.size
+        source = torch.cat([photos.float() / 255.0, masks.float() / 255.0,
+                            box_mask(boxes[:, PHOTO], self.canvas, device).float()], 1)  # [B, 5, C, C]
+        grid = F.affine_grid(theta.to(device, torch.float32), [photos.shape[0], 5, S, S], align_corners=False)
+        warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+        # Inside R in the output square, and inside the photo after rotation.
+        centres = (torch.arange(S, device=device, dtype=torch.float32) + 0.5) * (2.0 / S) - 1.0
+        half = half_extent.to(device, torch.float32)
+        inside_x = centres.abs() <= half[:, 0, None]
+        inside_y = centres.abs() <= half[:, 1, None]
+        valid = (inside_y[:, None, :, None] & inside_x[:, None, None, :]) & (warped[:, 4:5] > 0.5)
+
+        photo = self.jitter(warped[:, :3], valid, *(t.to(device, torch.float32) for t in colour))
+        return (photo * 2.0 - 1.0) * valid, warped[:, 3:4] * valid
+
+    def views(self, boxes: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """boxes [B, 4, 4], u [B, N_DRAWS] uniform -> theta [B, 2, 3] for affine_grid (output square
+        -> canvas, normalised coordinates) and the half-extent of R in the output, [B, 2] in (0, 1]."""
+        cfg, C = self.config, self.canvas
+        photo, person = boxes[:, PHOTO], boxes[:, PERSON]
+        lerp = lambda low, high, t: low + (high - low) * t  # noqa: E731
+
+        # A crop keeping crop_min..1 of each side of the whole photo, anywhere inside it.
+        pw, ph = photo[:, 2] - photo[:, 0], photo[:, 3] - photo[:, 1]
+        rw, rh = pw * lerp(cfg.crop_min, 1.0, u[:, 0]), ph * lerp(cfg.crop_min, 1.0, u[:, 1])
+        x0, y0 = photo[:, 0] + (pw - rw) * u[:, 2], photo[:, 1] + (ph - rh) * u[:, 3]
+        whole = torch.stack([x0, y0, x0 + rw, y0 + rh], 1)
+
+        # A band of the person grown by random margins; its lower cut moves up or down a little.
+        margin = cfg.person_margin * (person[:, 3] - person[:, 1])
+
+        def grown(band: torch.Tensor) -> torch.Tensor:
+            return torch.stack([band[:, 0] - margin * u[:, 4], band[:, 1] - margin * u[:, 5],
+                                band[:, 2] + margin * u[:, 6], band[:, 3] + margin * (u[:, 7] - 0.5)], 1)
+
+        pick = u[:, 8]
+        has_person = ~torch.isnan(person[:, 0])
+        rect = whole
+        rect = torch.where((has_person & (pick >= 1 - cfg.p_upper_body - cfg.p_head))[:, None],
+                           grown(boxes[:, UPPER_BODY]), rect)
+        rect = torch.where((has_person & (pick >= 1 - cfg.p_head))[:, None], grown(boxes[:, HEAD]), rect)
+        rect = torch.cat([torch.maximum(rect[:, :2], photo[:, :2]), torch.minimum(rect[:, 2:], photo[:, 2:])], 1)
+        too_small = ((rect[:, 2:] - rect[:, :2]) < 4).any(1)  # a sliver: a view of nothing
+        rect = torch.where(too_small[:, None], whole, rect)
+
+        rw, rh = rect[:, 2] - rect[:, 0], rect[:, 3] - rect[:, 1]
+        side = torch.maximum(rw, rh)  # letterbox: R's longer side fills the output
+        angle = torch.deg2rad(lerp(-cfg.rotate_deg, cfg.rotate_deg, u[:, 9]))
+        flip = torch.where(u[:, 10] < cfg.p_flip, -1.0, 1.0).double()
+        cos, sin, scale = torch.cos(angle), torch.sin(angle), side / C
+        theta = torch.stack([
+            torch.stack([scale * cos * flip, -scale * sin, (rect[:, 0] + rect[:, 2]) / C - 1], 1),
+            torch.stack([scale * sin * flip, scale * cos, (rect[:, 1] + rect[:, 3]) / C - 1], 1),
+        ], 1)
+        return theta, torch.stack([rw / side, rh / side], 1)
+
+    def colour_transforms(self, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Brightness, contrast, saturation factors [B] and hue rotation matrices [B, 3, 3]."""
+        cfg = self.config
+        brightness = 1 + cfg.brightness * (2 * u[:, 11] - 1)
+        contrast = 1 + cfg.contrast * (2 * u[:, 12] - 1)
+        saturation = 1 + cfg.saturation * (2 * u[:, 13] - 1)
+        # Hue: rotate colours about the grey axis (1, 1, 1) / sqrt(3) (Rodrigues' formula).
+        angle = 2 * math.pi * cfg.hue * (2 * u[:, 14] - 1)
+        c = 1 / math.sqrt(3)
+        k = torch.full((3,), c, dtype=torch.float64)
+        cross = torch.tensor([[0, -c, c], [c, 0, -c], [-c, c, 0]], dtype=torch.float64)  # k x .
+        cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+        hue = cos * torch.eye(3, dtype=torch.float64) + sin * cross + (1 - cos) * torch.outer(k, k)
+        return brightness, contrast, saturation, hue
+
+    @staticmethod
+    def jitter(rgb: torch.Tensor, valid: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
+               saturation: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+        """rgb [B, 3, S, S] in [0, 1] -> jittered, clamped to [0, 1]. Factors [B]; hue [B, 3, 3]."""
+        luma = torch.tensor(LUMA, device=rgb.device).view(1, 3, 1, 1)
+        rgb = rgb * brightness.view(-1, 1, 1, 1)
+        grey = (rgb * luma).sum(1, keepdim=True)
+        mean = (grey * valid).sum((1, 2, 3)) / valid.sum((1, 2, 3)).clamp_min(1)
+        rgb = (rgb - mean.view(-1, 1, 1, 1)) * contrast.view(-1, 1, 1, 1) + mean.view(-1, 1, 1, 1)
+        grey = (rgb * luma).sum(1, keepdim=True)
+        rgb = grey + (rgb - grey) * saturation.view(-1, 1, 1, 1)
+        rgb = torch.einsum("bij,bjhw->bihw", hue, rgb)
+        return rgb.clamp(0.0, 1.0)

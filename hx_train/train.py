@@ -1,0 +1,481 @@
+"""The pix2pix training loop: D step, G step, autocast + GradScaler, validation, checkpoints, resume.
+
+    RUN/
+      last.pt               every epoch; `--resume` continues from it exactly
+      best.pt               the epoch with the best val IoU (PSNR for --target rgb)
+      metrics.jsonl         one JSON line per epoch: losses, val metrics, lr, seconds, img/s
+      config.json           the resolved TrainConfig, for people
+      samples/epoch_NNN.png rows of photo | target | output for the first val photos
+
+Checkpoints hold only tensors, numbers, strings, lists and dicts, so `torch.load(...,
+weights_only=True)` reads them. Their "generator" is a state_dict of
+`build_generator(preset, size, target)`, contiguous and on the CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import IO, Callable
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import data as hxdata
+from .config import ARCHITECTURE_FIELDS, FIELD_NAMES, RUNTIME_FIELDS, TrainConfig, TrainError, option
+from .losses import discriminator_loss, generator_loss
+from .models import build_discriminator, build_generator, check_size, get_preset
+
+__all__ = ["fit", "TrainError", "resume_config", "read_checkpoint"]
+
+CKPT_FORMAT = "hx-ckpt/1"
+LAST, BEST, METRICS, CONFIG, SAMPLES = "last.pt", "best.pt", "metrics.jsonl", "config.json", "samples"
+POSTFIX_EVERY = 10  # steps between progress-bar loss updates (each one is a GPU sync)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration for this machine
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise TrainError(f"--device cuda: no CUDA device available (torch {torch.__version__}, {build})")
+    return torch.device(name)
+
+
+def resolve(config: TrainConfig, log: Log = _quiet) -> tuple[TrainConfig, torch.device]:
+    """Check `config` and settle device and amp for this machine (CPU: fp32)."""
+    config.check()
+    try:
+        get_preset(config.preset)
+    except ValueError as e:
+        raise TrainError(f"--preset: {e}") from None
+    try:
+        check_size(config.size)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    device = resolve_device(config.device)
+    amp = config.amp
+    if device.type != "cuda":
+        amp = "off"
+    elif amp == "bf16" and not torch.cuda.is_bf16_supported():
+        log("this GPU has no bf16; using --amp fp16")
+        amp = "fp16"
+    return dataclasses.replace(config, device=device.type, amp=amp), device
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load a checkpoint onto the CPU (lazily, memory-mapped); TrainError if it is not one."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many kinds for a damaged file
+        raise TrainError(f"{path}: not a readable checkpoint ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise TrainError(f"{path}: not an {CKPT_FORMAT} checkpoint")
+    return ckpt
+
+
+def resume_config(out: Path, given: dict) -> TrainConfig:
+    """The config of the run in `out` (its last.pt) with the options in `given` replacing its
+    values. Machine settings (device, amp, compile, workers) are never taken from the checkpoint."""
+    path = Path(out) / LAST
+    if not path.is_file():
+        raise TrainError(f"--resume: {path} does not exist")
+    saved = read_checkpoint(path)["config"]
+    values = {k: v for k, v in saved.items() if k in FIELD_NAMES and k not in RUNTIME_FIELDS}
+    unknown = set(given) - set(FIELD_NAMES)
+    if unknown:
+        raise TrainError(f"unknown config fields: {', '.join(sorted(unknown))}")
+    return TrainConfig(**{**values, **given})
+
+
+# ---------------------------------------------------------------------------------------------
+# Files written atomically
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write via a temporary name in the same folder and os.replace, so `path` is always whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """Make `dest` hold `source`'s bytes, atomically. A hard link costs nothing; files are only
+    ever replaced, never written in place, so the two names never see each other's changes."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        _atomic_write(dest, lambda f: f.write(source.read_bytes()))
+        return
+    os.replace(tmp, dest)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    _atomic_write(path, lambda f: f.write((json.dumps(value, indent=2) + "\n").encode()))
+
+
+def _trim_metrics(path: Path, epochs: int) -> None:
+    """Keep the lines of epochs 1..`epochs`: a run stopped between writing its metrics line and
+    its checkpoint repeats that epoch when resumed."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= epochs:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a crash
+    _atomic_write(path, lambda f: f.write("".join(kept).encode()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Random state
+
+
+def _rng_state(generators: dict[str, torch.Generator]) -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # plain lists, so the checkpoint loads with weights_only=True
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+        **{name: g.get_state() for name, g in generators.items()},
+    }
+
+
+def _set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    for name, g in generators.items():
+        g.set_state(state[name])
+
+
+# ---------------------------------------------------------------------------------------------
+# One training step, as in the paper
+
+
+def _set_requires_grad(net: nn.Module, flag: bool) -> None:
+    for p in net.parameters():
+        p.requires_grad_(flag)
+
+
+def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, autocast: Callable[[], contextlib.AbstractContextManager],
+               photo: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+               config: TrainConfig) -> dict[str, torch.Tensor]:
+    """One pix2pix iteration. photo [B, 3, S, S], target [B, C, S, S] in [-1, 1]; mask [B, 1, S, S].
+
+    Returns the detached loss terms: d_real, d_fake, d_total, g_gan, g_l1, (g_seg), g_total.
+    With fp16 the one GradScaler scales each loss, steps each optimiser (skipping a step whose
+    gradients overflowed), and updates its scale once per iteration.
+    """
+    with autocast():
+        fake = G(photo)  # forward: G(x)
+
+    # D step: real pairs (x, y) -> 1, fake pairs (x, G(x)) -> 0; G(x) detached so G gets no gradient.
+    _set_requires_grad(D, True)
+    opt_d.zero_grad(set_to_none=True)
+    with autocast():
+        d = discriminator_loss(D(torch.cat([photo, target], 1)), D(torch.cat([photo, fake.detach()], 1)),
+                               config.gan_loss)
+    scaler.scale(d["total"]).backward()
+    scaler.step(opt_d)
+
+    # G step: make the updated D call (x, G(x)) real, and keep G(x) near y (L1).
+    _set_requires_grad(D, False)  # D only passes gradients through to G here
+    opt_g.zero_grad(set_to_none=True)
+    with autocast():
+        g = generator_loss(D(torch.cat([photo, fake], 1)), fake, target, mask, config)
+    scaler.scale(g["total"]).backward()
+    scaler.step(opt_g)
+
+    scaler.update()
+    return {"d_real": d["d_real"], "d_fake": d["d_fake"], "d_total": d["total"],
+            **{k: v for k, v in g.items() if k != "total"}, "g_total": g["total"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and samples
+
+
+@torch.no_grad()
+def evaluate(G: nn.Module, val: hxdata.Split, config: TrainConfig, device: torch.device,
+             autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, float]:
+    """Mean per-photo metrics over the val split, inside the photo area (pad excluded).
+
+    alpha: iou (matte > 0.5 vs mask > 0.5; 1.0 when both are empty) and mae of the matte in [0, 1].
+    rgb: psnr in dB of the painted person, colours in [0, 1].
+    """
+    G.eval()
+    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device, dtype=torch.float64))
+    for photo, mask, valid in hxdata.validation_batches(val, config.batch_size, device):
+        with autocast():
+            output = G(_layout(photo, device))
+        output = (output.float() + 1.0) / 2.0  # [B, C, S, S] in [0, 1]
+        area = valid.sum((1, 2, 3)).clamp_min(1)
+        if config.target == "alpha":
+            predicted, truth = (output > 0.5) & valid, (mask > 0.5) & valid
+            inter = (predicted & truth).sum((1, 2, 3)).double()
+            union = (predicted | truth).sum((1, 2, 3)).double()
+            sums["iou"] += torch.where(union > 0, inter / union.clamp_min(1), 1.0).sum()
+            sums["mae"] += (((output - mask).abs() * valid).sum((1, 2, 3)) / area).sum()
+        else:
+            wanted = (hxdata.make_target(photo, mask, "rgb") + 1.0) / 2.0
+            mse = ((output - wanted) ** 2 * valid).sum((1, 2, 3)) / (3 * area)
+            sums["psnr"] += (-10.0 * torch.log10(mse.clamp_min(1e-10))).sum()
+    G.train()
+    # .item(): one sync per metric per epoch
+    return {name: round(total.item() / len(val), 6) for name, total in sums.items()}
+
+
+def best_key(target: str) -> str:
+    """The val metric that picks best.pt (higher is better)."""
+    return "iou" if target == "alpha" else "psnr"
+
+
+@torch.no_grad()
+def sample_grid(G: nn.Module, val: hxdata.Split, config: TrainConfig, device: torch.device,
+                autocast: Callable[[], contextlib.AbstractContextManager]) -> np.ndarray | None:
+    """[rows * S, 3 * S, 3] uint8 RGB: one row of photo | target | output per sample photo."""
+    rows = []
+    G.eval()
+    for photo, mask, _ in hxdata.validation_batches(val, config.batch_size, device, count=config.samples):
+        with autocast():
+            output = G(_layout(photo, device)).float()
+        target = hxdata.make_target(photo, mask, config.target)
+        tiles = [t.expand(-1, 3, -1, -1) for t in (photo, target, output)]  # grey mattes -> RGB
+        row = torch.cat(tiles, 3)  # [B, 3, S, 3S]
+        rows.append(((row + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu())
+    G.train()
+    if not rows:
+        return None
+    grid = torch.cat(rows, 0)  # [N, 3, S, 3S]
+    return grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[-1], 3).numpy()
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    _atomic_write(path, lambda f: f.write(encoded.tobytes()))
+
+
+def _layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """channels_last on CUDA, where cuDNN's convolutions are faster in NHWC."""
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def lr_factor(epoch: int, epochs: int, epochs_decay: int) -> float:
+    """pix2pix 'linear' policy: 1 for `epochs` epochs, then down by 1/(epochs_decay + 1) per epoch,
+    reaching 0 just after the last epoch."""
+    return 1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1)
+
+
+def _state_dict_cpu(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights as `build_generator` names them, contiguous (not channels_last) on the CPU."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+
+
+def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log: Log = _quiet,
+        progress: bool | None = None) -> dict:
+    """Train on DATA/train, validate on DATA/val each epoch, write RUN (see the module docstring).
+
+    resume: continue from RUN/last.pt (take `config` from `resume_config`); without it an
+    existing RUN/last.pt is an error. progress: tqdm bar; None shows it on a terminal only.
+    Returns the last epoch's metrics record, plus "best_metric".
+    """
+    data, out = Path(data), Path(out)
+    config, device = resolve(config, log)
+    last, best = out / LAST, out / BEST
+    ckpt = None
+    if resume:
+        if not last.is_file():
+            raise TrainError(f"--resume: {last} does not exist")
+        ckpt = read_checkpoint(last)
+        for name in ARCHITECTURE_FIELDS:
+            if ckpt["config"][name] != getattr(config, name):
+                raise TrainError(f"{option(name)} {getattr(config, name)} differs from the run in {out} "
+                                 f"({ckpt['config'][name]}); a resumed run keeps its networks")
+    elif last.exists():
+        raise TrainError(f"{last} exists: add --resume to continue that run, or choose another --out")
+
+    # Data first: a bad data set fails before anything is created.
+    fractions = (config.upper_body_fraction, config.head_fraction)
+    pin = device.type == "cuda"
+    train = hxdata.load_split(data / "train", hxdata.canvas_side(config.size), fractions=fractions,
+                              workers=config.workers, pin=pin, log=log)
+    val = hxdata.load_split(data / "val", config.size, workers=config.workers, pin=pin, log=log)
+    try:
+        (out / SAMPLES).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainError(f"--out {out}: cannot create ({e.strerror})") from None
+
+    # Networks, optimisers, schedules; all weights drawn from the seed.
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    generators = {"order": torch.Generator().manual_seed(config.seed),
+                  "augment": torch.Generator().manual_seed(config.seed + 1)}
+    G = build_generator(config.preset, config.size, config.target).to(device)
+    D = build_discriminator(config.preset, config.target).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
+        G.to(memory_format=torch.channels_last)
+        D.to(memory_format=torch.channels_last)
+    betas = (config.beta1, config.beta2)
+    opt_g = torch.optim.Adam(G.parameters(), lr=config.lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=config.lr, betas=betas)
+
+    def schedule(epoch: int) -> float:
+        return lr_factor(epoch, config.epochs, config.epochs_decay)
+
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, schedule)
+    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    amp_dtype = AMP_DTYPES.get(config.amp)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    start, best_metric, last_record = 0, -math.inf, None
+    if ckpt is not None:
+        G.load_state_dict(ckpt["generator"])
+        D.load_state_dict(ckpt["discriminator"])
+        opt_g.load_state_dict(ckpt["opt_g"])
+        opt_d.load_state_dict(ckpt["opt_d"])
+        sched_g.load_state_dict(ckpt["sched_g"])
+        sched_d.load_state_dict(ckpt["sched_d"])
+        # The learning rate follows this config's schedule (--lr, --epochs, --epochs-decay may have
+        # changed), computed exactly as LambdaLR.step would have.
+        for sched in (sched_g, sched_d):
+            sched.base_lrs = [config.lr for _ in sched.base_lrs]
+            for group in sched.optimizer.param_groups:
+                group["initial_lr"] = config.lr
+                group["lr"] = config.lr * schedule(sched.last_epoch)
+            sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
+        if ckpt["scaler"] and scaler.is_enabled():
+            scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"], generators)
+        start, best_metric = int(ckpt["epoch"]), float(ckpt["best_metric"])
+        last_record = {"epoch": start, "val": ckpt["val_metrics"]}
+        if ckpt["data"]["source"] != str(data):
+            log(f"note: the run was trained on {ckpt['data']['source']}, now on {data}")
+        _trim_metrics(out / METRICS, start)
+        log(f"resuming {out} after epoch {start}")
+    else:
+        (out / METRICS).unlink(missing_ok=True)  # left by a run that never finished an epoch
+    del ckpt  # release the memory-mapped file
+    _write_json(out / CONFIG, dataclasses.asdict(config))
+
+    # torch.compile wraps the modules; checkpoints save the originals, so keys never get `_orig_mod.`.
+    G_step = torch.compile(G) if config.compile else G
+    D_step = torch.compile(D) if config.compile else D
+    augment = hxdata.Augmenter(config, train.side)
+    steps = hxdata.steps_per_epoch(len(train), config.batch_size)
+    batch = min(config.batch_size, len(train))
+    log(f"training {config.preset} {config.size}px -> {config.target} on {len(train)} photos "
+        f"({len(val)} val), {device.type}, amp {config.amp}, {steps} steps of {batch} per epoch, "
+        f"epochs {start + 1}..{config.total_epochs}")
+
+    for epoch in range(start, config.total_epochs):
+        started = time.perf_counter()
+        lr = opt_g.param_groups[0]["lr"]
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.total_epochs}", unit="step", leave=False,
+                   dynamic_ncols=True, disable=None if progress is None else not progress)
+        for i, (photos, masks, boxes) in enumerate(hxdata.batches(train, config.batch_size,
+                                                                  generators["order"], device)):
+            photo, mask = augment(photos, masks, boxes, generators["augment"])
+            target = hxdata.make_target(photo, mask, config.target)
+            terms = train_step(G_step, D_step, opt_g, opt_d, scaler, autocast,
+                               _layout(photo, device), _layout(target, device), mask, config)
+            for name, value in terms.items():
+                sums[name] += value.detach()
+            bar.update()
+            if not bar.disable and (i + 1) % POSTFIX_EVERY == 0:  # .item(): a GPU sync point
+                bar.set_postfix({k: f"{v.item() / (i + 1):.3g}" for k, v in sums.items()
+                                 if k in ("d_total", "g_gan", "g_l1")})
+        bar.close()
+        sched_g.step()
+        sched_d.step()
+        losses = {name: round(total.item() / steps, 6) for name, total in sums.items()}  # GPU sync
+        train_seconds = time.perf_counter() - started
+
+        metrics = evaluate(G, val, config, device, autocast)
+        grid = sample_grid(G, val, config, device, autocast)
+        if grid is not None:
+            _write_png(out / SAMPLES / f"epoch_{epoch + 1:03d}.png", grid)
+        score = metrics[best_key(config.target)]
+        improved = score > best_metric
+        best_metric = max(best_metric, score)
+        record = {"epoch": epoch + 1, "loss": losses, "val": metrics, "lr": lr,
+                  "seconds": round(time.perf_counter() - started, 3),
+                  "img_per_s": round(steps * batch / train_seconds, 2)}
+        # Metrics line, then best.pt, then last.pt: a crash in between repeats this epoch on resume.
+        with open(out / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        checkpoint = {
+            "format": CKPT_FORMAT,
+            "config": dataclasses.asdict(config),
+            "generator": _state_dict_cpu(G),
+            "discriminator": _state_dict_cpu(D),
+            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+            "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch + 1,
+            "rng": _rng_state(generators),
+            "best_metric": best_metric,
+            "val_metrics": metrics,
+            "data": {"train": len(train), "val": len(val), "source": str(data)},
+        }
+        if improved:
+            _atomic_write(best, lambda f: torch.save(checkpoint, f))
+            _link_or_copy(best, last)
+        else:
+            _atomic_write(last, lambda f: torch.save(checkpoint, f))
+        last_record = record
+        log(f"epoch {epoch + 1}/{config.total_epochs}: "
+            + " ".join(f"{k} {v:.4g}" for k, v in {**losses, **metrics}.items())
+            + f" | {record['img_per_s']:.1f} img/s, {record['seconds']:.1f} s" + (" | best" if improved else ""))
+
+    return {**(last_record or {}), "best_metric": best_metric}

@@ -1,0 +1,366 @@
+"""hx_train.data / losses / train: tiny synthetic data sets (a bright disc on noise), lite at 64 px."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from hx_train import data as hxdata
+from hx_train.config import TrainConfig, TrainError
+from hx_train.losses import discriminator_loss, generator_loss, segmentation_loss
+from hx_train.models import build_discriminator, build_generator
+from hx_train.train import LAST, evaluate, fit, lr_factor, read_checkpoint, resume_config
+
+TINY = dict(preset="lite", size=64, batch_size=4, device="cpu", samples=3)
+
+
+def make_dataset(root: Path, n_train: int = 12, n_val: int = 4, seed: int = 0,
+                 width: int = 64, height: int = 80) -> Path:
+    """DATA/{train,val}/{images,masks}: a light disc (the 'person') on dark noise, 0/255 masks."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(n):
+            photo = rng.integers(0, 120, (height, width, 3), dtype=np.uint8)
+            mask = np.zeros((height, width), np.uint8)
+            r = int(rng.integers(width // 6, width // 3))
+            centre = (int(rng.integers(r, width - r)), int(rng.integers(r, height - r)))
+            cv2.circle(mask, centre, r, 255, -1)
+            photo[mask > 0] = (230, 215, 200)
+            cv2.imwrite(str(root / split / "images" / f"{i:03d}.png"), photo)
+            cv2.imwrite(str(root / split / "masks" / f"{i:03d}.png"), mask)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def test_letterbox_centres_the_photo_on_zero_padding():
+    image = np.full((30, 60, 3), 200, np.uint8)
+    square, box = hxdata.letterbox(image, 64)
+    assert square.shape == (64, 64, 3)
+    assert box == (0, 16, 64, 48)  # 60x30 -> 64x32, centred vertically
+    assert (square[16:48] == 200).all() and (square[:16] == 0).all() and (square[48:] == 0).all()
+    valid = hxdata.box_mask(torch.tensor([box], dtype=torch.float32), 64, torch.device("cpu"))
+    photo = hxdata.normalise(torch.from_numpy(square).permute(2, 0, 1)[None], valid)
+    assert (photo[:, :, :16] == 0.0).all()  # pad is exactly 0.0 in normalised space
+    assert torch.allclose(photo[:, :, 16:48], torch.tensor(200 / 127.5 - 1))
+
+
+@pytest.mark.parametrize("height, width, side", [(80, 64, 64), (300, 550, 128), (37, 21, 64), (64, 64, 128)])
+def test_validation_input_is_what_hx_infer_feeds_the_model(height, width, side):
+    from hx_infer.transforms import letterbox as infer_letterbox
+
+    rgb = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    expected, geometry = infer_letterbox(rgb, side)
+    square, box = hxdata.letterbox(rgb, side)
+    assert box == (geometry.left, geometry.top, geometry.left + geometry.new_w, geometry.top + geometry.new_h)
+    valid = hxdata.box_mask(torch.tensor([box], dtype=torch.float32), side, torch.device("cpu"))
+    ours = hxdata.normalise(torch.from_numpy(square).permute(2, 0, 1)[None], valid)[0].numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+
+
+def test_person_boxes_cover_the_top_of_the_mask():
+    mask = np.zeros((100, 80), np.uint8)
+    mask[20:80, 30:40] = 255  # a body
+    mask[40:50, 10:70] = 255  # arms, below the head band
+    boxes = hxdata.person_boxes(mask, (0.55, 0.30))
+    np.testing.assert_array_equal(boxes[0], [10, 20, 70, 80])
+    np.testing.assert_array_equal(boxes[1], [10, 20, 70, 53])  # 55% of 60 rows, arms inside
+    np.testing.assert_array_equal(boxes[2], [30, 20, 40, 38])  # 30%: only the narrow top
+    assert np.isnan(hxdata.person_boxes(np.zeros((8, 8), np.uint8), (0.5,))).all()
+
+
+def _plain(**overrides) -> TrainConfig:
+    """Geometry only: no colour jitter, so photo and mask can be compared pixel for pixel."""
+    return TrainConfig(**{**TINY, "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0, **overrides})
+
+
+def _white_where_masked(tmp_path: Path) -> hxdata.Split:
+    root = make_dataset(tmp_path / "d", n_train=6, n_val=1)
+    for path in (root / "train" / "masks").iterdir():  # photo = mask, so geometry shows up in both
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(root / "train" / "images" / path.name), cv2.merge([mask] * 3))
+    return hxdata.load_split(root / "train", hxdata.canvas_side(64), workers=1)
+
+
+def test_augmentation_moves_photo_and_mask_together(tmp_path):
+    split = _white_where_masked(tmp_path)
+    config = _plain(p_head=0.3, p_upper_body=0.3, rotate_deg=15)
+    augment = hxdata.Augmenter(config, split.side)
+    g = torch.Generator().manual_seed(0)
+    photos, masks, boxes = next(hxdata.batches(split, 6, g, torch.device("cpu")))
+    photo, mask = augment(photos, masks, boxes, g)
+    assert photo.shape == (6, 3, 64, 64) and mask.shape == (6, 1, 64, 64)
+    assert photo.min() >= -1 and photo.max() <= 1 and mask.min() >= 0 and mask.max() <= 1
+    # Inside the photo area the photo is the mask; outside, both are pad (photo 0.0, mask 0).
+    valid = photo != 0
+    assert valid.any()
+    assert torch.allclose(((photo + 1) / 2)[valid.expand_as(photo)],
+                          mask.expand_as(photo)[valid.expand_as(photo)], atol=1e-4)
+    assert (mask[~valid[:, :1]] == 0).all()
+
+
+def test_augmentation_replays_from_the_generator_state(tmp_path):
+    split = _white_where_masked(tmp_path)
+    augment = hxdata.Augmenter(TrainConfig(**TINY), split.side)
+    outputs = []
+    for _ in range(2):
+        g = torch.Generator().manual_seed(5)
+        photos, masks, boxes = next(hxdata.batches(split, 4, g, torch.device("cpu")))
+        outputs.append(augment(photos, masks, boxes, g))
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+
+
+def test_head_crops_zoom_in_on_the_person(tmp_path):
+    split = _white_where_masked(tmp_path)
+    photos, masks, boxes = split.photos, split.masks, split.boxes
+    coverage = {}
+    for name, p_head in (("whole", 0.0), ("head", 1.0)):
+        augment = hxdata.Augmenter(_plain(p_head=p_head, p_upper_body=0.0, crop_min=1.0, rotate_deg=0), split.side)
+        _, mask = augment(photos, masks, boxes, torch.Generator().manual_seed(0))
+        coverage[name] = mask.mean().item()
+    assert coverage["head"] > 1.5 * coverage["whole"]
+
+
+def test_missing_mask_and_corrupt_photo_are_named(tmp_path):
+    root = make_dataset(tmp_path / "d", n_train=3, n_val=1)
+    (root / "train" / "masks" / "001.png").unlink()
+    with pytest.raises(hxdata.DataError, match=r"001\.png: no mask"):
+        hxdata.find_pairs(root / "train")
+    (root / "val" / "images" / "000.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(hxdata.DataError, match=r"000\.png: cannot read image") as info:
+        hxdata.load_split(root / "val", 64, workers=1)
+    assert "\n" not in str(info.value)
+    with pytest.raises(hxdata.DataError, match="no photos with masks"):
+        (tmp_path / "empty" / "images").mkdir(parents=True)
+        (tmp_path / "empty" / "masks").mkdir()
+        hxdata.find_pairs(tmp_path / "empty")
+
+
+# --- losses ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gan", ["bce", "lsgan"])
+@pytest.mark.parametrize("seg", ["none", "bce", "dice"])
+def test_losses_are_named_terms_plus_total(gan, seg):
+    torch.manual_seed(0)
+    config = TrainConfig(gan_loss=gan, seg_loss=seg, lambda_l1=7.0, seg_weight=3.0)
+    logits = torch.randn(2, 1, 6, 6)
+    output, mask = torch.rand(2, 1, 8, 8) * 2 - 1, (torch.rand(2, 1, 8, 8) > 0.5).float()
+    d = discriminator_loss(logits + 3, logits - 3, gan)
+    assert torch.isclose(d["total"], 0.5 * (d["d_real"] + d["d_fake"]))
+    g = generator_loss(logits, output, mask * 2 - 1, mask, config)
+    expected = g["g_gan"] + 7.0 * g["g_l1"] + (3.0 * g["g_seg"] if seg != "none" else 0)
+    assert ("g_seg" in g) == (seg != "none") and torch.isclose(g["total"], expected)
+    # A perfect matte scores (almost) zero on L1 and the matte term.
+    perfect = generator_loss(logits, mask * 2 - 1, mask * 2 - 1, mask, config)
+    assert perfect["g_l1"] == 0 and perfect.get("g_seg", torch.tensor(0.0)) < 1e-3
+
+
+def test_segmentation_loss_prefers_the_right_matte():
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    for kind in ("bce", "dice"):
+        right, wrong = segmentation_loss(mask * 2 - 1, mask, kind), segmentation_loss(1 - mask * 2, mask, kind)
+        assert right < wrong
+
+
+def test_lr_is_constant_then_decays_linearly_towards_zero():
+    factors = [lr_factor(e, 3, 3) for e in range(6)]
+    assert factors[:3] == [1.0, 1.0, 1.0]
+    assert factors[3:] == pytest.approx([0.75, 0.5, 0.25])
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+class _CopyFirstChannel(torch.nn.Module):
+    def forward(self, photo):  # a 'generator' whose matte is the photo's red channel
+        return photo[:, :1]
+
+
+def test_evaluate_scores_a_perfect_matte(tmp_path):
+    root = make_dataset(tmp_path / "d", n_train=1, n_val=5)
+    for path in (root / "val" / "masks").iterdir():
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(root / "val" / "images" / path.name), cv2.merge([mask] * 3))
+    val = hxdata.load_split(root / "val", 64, workers=1)
+    config = TrainConfig(**TINY)
+    no_amp = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    metrics = evaluate(_CopyFirstChannel(), val, config, torch.device("cpu"), no_amp)
+    assert metrics["iou"] == pytest.approx(1.0) and metrics["mae"] < 1e-3
+
+    class Inverted(torch.nn.Module):
+        def forward(self, photo):
+            return -photo[:, :1]
+
+    metrics = evaluate(Inverted(), val, config, torch.device("cpu"), no_amp)
+    assert metrics["iou"] == 0.0 and metrics["mae"] > 0.1  # pad (0.0 -> 0.5) is never counted
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def test_fit_learns_and_writes_the_run(dataset, tmp_path):
+    run = tmp_path / "run"
+    result = fit(TrainConfig(**TINY, epochs=4, epochs_decay=0), dataset, run)
+    lines = read_metrics(run)
+    assert [m["epoch"] for m in lines] == [1, 2, 3, 4]
+    assert lines[-1]["loss"]["g_l1"] < lines[0]["loss"]["g_l1"]
+    assert set(lines[0]["loss"]) == {"d_real", "d_fake", "d_total", "g_gan", "g_l1", "g_total"}
+    assert set(lines[0]["val"]) == {"iou", "mae"} and lines[0]["img_per_s"] > 0
+    assert result["epoch"] == 4 and result["best_metric"] == max(m["val"]["iou"] for m in lines)
+
+    grid = cv2.imread(str(run / "samples" / "epoch_004.png"))
+    assert grid.shape == (3 * 64, 3 * 64, 3)  # 3 samples x (photo | target | output)
+
+    ckpt = read_checkpoint(run / LAST)
+    assert ckpt["format"] == "hx-ckpt/1" and ckpt["epoch"] == 4
+    assert ckpt["config"]["preset"] == "lite" and ckpt["config"]["amp"] == "off"
+    assert ckpt["data"] == {"train": 12, "val": 4, "source": str(dataset)}
+    reference = build_generator("lite", 64, "alpha").state_dict()
+    assert list(ckpt["generator"]) == list(reference)
+    assert all(ckpt["generator"][k].is_contiguous() for k in reference)
+    best = read_checkpoint(run / "best.pt")
+    assert best["val_metrics"]["iou"] == best["best_metric"] == result["best_metric"]
+    # The checkpoint is plain data: it loads without unpickling arbitrary objects.
+    torch.load(run / LAST, weights_only=True)
+
+
+def test_rgb_target_tracks_psnr(dataset, tmp_path):
+    run = tmp_path / "run"
+    fit(TrainConfig(**{**TINY, "target": "rgb", "epochs": 1, "epochs_decay": 0, "samples": 1}), dataset, run)
+    (line,) = read_metrics(run)
+    assert set(line["val"]) == {"psnr"} and line["val"]["psnr"] > 0
+    ckpt = read_checkpoint(run / LAST)
+    assert ckpt["generator"]["model.model.3.weight"].shape[1] == 3  # 3 output channels
+    assert ckpt["best_metric"] == line["val"]["psnr"]
+
+
+class _StopAfter:
+    """A log that presses Ctrl-C once the given epoch's checkpoint is written."""
+
+    def __init__(self, epoch: int):
+        self.prefix = f"epoch {epoch}/"
+
+    def __call__(self, message: str) -> None:
+        if message.startswith(self.prefix):
+            raise KeyboardInterrupt
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    ca, cb = read_checkpoint(a / LAST), read_checkpoint(b / LAST)
+    for part in ("generator", "discriminator"):
+        assert ca[part].keys() == cb[part].keys()
+        for k in ca[part]:
+            assert torch.equal(ca[part][k], cb[part][k]), f"{part}.{k}"
+    for opt in ("opt_g", "opt_d"):
+        for i, state in ca[opt]["state"].items():
+            assert all(torch.equal(state[k], cb[opt]["state"][i][k]) for k in state)
+        assert ca[opt]["param_groups"][0]["lr"] == cb[opt]["param_groups"][0]["lr"]
+    assert ca["epoch"] == cb["epoch"] and ca["best_metric"] == cb["best_metric"]
+    strip = lambda lines: [{k: v for k, v in m.items() if k not in ("seconds", "img_per_s")} for m in lines]  # noqa: E731
+    assert strip(read_metrics(a)) == strip(read_metrics(b))
+
+
+def test_resume_after_an_interruption_reaches_the_same_weights(dataset, tmp_path):
+    config = TrainConfig(**TINY, epochs=2, epochs_decay=2, seed=3)
+    fit(config, dataset, tmp_path / "straight")
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, dataset, tmp_path / "stopped", log=_StopAfter(2))
+    assert read_checkpoint(tmp_path / "stopped" / LAST)["epoch"] == 2
+    with pytest.raises(TrainError, match="exists: add --resume"):
+        fit(config, dataset, tmp_path / "stopped")
+    fit(config, dataset, tmp_path / "stopped", resume=True)
+    _assert_same_run(tmp_path / "straight", tmp_path / "stopped")
+
+    # Training for 2 epochs, then extending the schedule by 2 decay epochs, is the same run too.
+    fit(TrainConfig(**{**TINY, "epochs": 2, "epochs_decay": 0, "seed": 3}), dataset, tmp_path / "extended")
+    extended = resume_config(tmp_path / "extended", {"epochs_decay": 2})
+    assert extended.preset == "lite" and extended.seed == 3
+    fit(extended, dataset, tmp_path / "extended", resume=True)
+    _assert_same_run(tmp_path / "straight", tmp_path / "extended")
+
+
+def test_bad_options_and_folders_raise_train_error(dataset, tmp_path):
+    cases = [
+        (dict(preset="huge"), "--preset"),
+        (dict(size=100), "--size"),
+        (dict(batch_size=0), "--batch-size"),
+        (dict(epochs=0, epochs_decay=0), "--epochs"),
+        (dict(seg_loss="dice", target="rgb"), "--seg-loss"),
+    ]
+    for overrides, option in cases:
+        with pytest.raises(TrainError, match=option):
+            fit(TrainConfig(**{**TINY, **overrides}), dataset, tmp_path / "never")
+    with pytest.raises(TrainError, match="no such folder"):
+        fit(TrainConfig(**TINY), tmp_path / "nowhere", tmp_path / "never")
+    with pytest.raises(TrainError, match="--resume"):
+        fit(TrainConfig(**TINY), dataset, tmp_path / "never", resume=True)
+    assert not (tmp_path / "never").exists()  # nothing created for a run that cannot start
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainError, match="--device cuda"):
+            fit(TrainConfig(**{**TINY, "device": "cuda"}), dataset, tmp_path / "never")
+
+
+def test_resume_must_keep_the_networks(dataset, tmp_path):
+    fit(TrainConfig(**TINY, epochs=1, epochs_decay=0), dataset, tmp_path / "run")
+    with pytest.raises(TrainError, match="--size 128 differs"):
+        fit(TrainConfig(**{**TINY, "size": 128, "epochs": 2}), dataset, tmp_path / "run", resume=True)
+
+
+# --- CUDA --------------------------------------------------------------------------------------
+
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("amp", ["bf16", "fp16", "off"])
+def test_cuda_autocast_and_grad_scaler(dataset, tmp_path, amp):
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("no bf16 on this GPU")
+    run = tmp_path / amp
+    fit(TrainConfig(**{**TINY, "device": "cuda", "amp": amp, "epochs": 2, "epochs_decay": 0}), dataset, run)
+    lines = read_metrics(run)
+    assert all(np.isfinite(m["loss"]["g_total"]) for m in lines)
+    ckpt = read_checkpoint(run / LAST)
+    assert ckpt["config"]["device"] == "cuda" and ckpt["config"]["amp"] == amp
+    if amp == "fp16":  # one scaler for both optimisers, updated once per iteration
+        assert ckpt["scaler"]["scale"] > 0 and ckpt["scaler"]["_growth_tracker"] >= 0
+    else:
+        assert ckpt["scaler"] == {}
+    assert all(v.device.type == "cpu" and v.is_contiguous() for v in ckpt["generator"].values())
+    assert all(v.dtype == torch.float32 for v in ckpt["generator"].values() if v.is_floating_point())
+    fit(TrainConfig(**{**TINY, "device": "cuda", "amp": amp, "epochs": 3, "epochs_decay": 0}), dataset, run,
+        resume=True)
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3]
+
+
+@gpu
+@needs_cuda
+def test_cuda_channels_last_and_compile_keep_plain_state_dicts(dataset, tmp_path):
+    run = tmp_path / "compiled"
+    fit(TrainConfig(**{**TINY, "device": "cuda", "compile": True, "epochs": 1, "epochs_decay": 0}), dataset, run)
+    ckpt = read_checkpoint(run / LAST)
+    for part, net in (("generator", build_generator("lite", 64)), ("discriminator", build_discriminator("lite"))):
+        assert list(ckpt[part]) == list(net.state_dict())  # no `_orig_mod.` prefix
+        net.load_state_dict(ckpt[part])
+        assert all(v.is_contiguous() for v in ckpt[part].values())  # no channels_last strides

@@ -1,0 +1,155 @@
+"""hx-train CLI: fit end to end at 64 px, one-line errors with exit 2, prepare/export wiring."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hx_train.cli import main
+from hx_train.models import PRESETS
+from tests.test_train import make_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "lite", "--epochs", "1", "--epochs-decay", "0", "--size", "64", "--batch-size", "4",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"), n_train=8, n_val=2)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], prog_name="hx-train")
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    """Progress lines may come first; the error is the last line and the only one of its kind."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("hx-train: ")]
+    assert errors == lines[-1:], result.output
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def test_fit_writes_a_checkpoint_and_resumes(dataset, tmp_path):
+    run = tmp_path / "run"
+    result = invoke("fit", dataset, "--out", run, *TINY, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
+    assert json.loads((run / "config.json").read_text())["preset"] == "lite"
+
+    # --resume takes the run's own options (lite, 64 px) and only overrides what is given.
+    result = invoke("fit", dataset, "--out", run, "--resume", "--epochs", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert torch.load(run / "last.pt", weights_only=True)["config"]["size"] == 64
+
+
+def test_bad_input_is_one_line_and_exit_2(dataset, tmp_path):
+    run = str(tmp_path / "run")
+    options = dict(zip(TINY[::2], TINY[1::2]))
+
+    def fit(data=dataset, **changes):
+        args = {**options, **{f"--{k.replace('_', '-')}": str(v) for k, v in changes.items()}}
+        return invoke("fit", data, "--out", run, *[x for kv in args.items() for x in kv])
+
+    assert_one_line_error(fit(preset="huge"), "--preset", "huge")
+    assert_one_line_error(fit(size="100"), "--size")
+    assert_one_line_error(fit(batch_size="0"), "--batch-size")
+    assert_one_line_error(fit(target="cmyk"), "--target")
+    assert_one_line_error(fit(size="big"), "--size")
+    assert_one_line_error(invoke("fit", dataset), "--out")
+    assert_one_line_error(fit(data=tmp_path / "nowhere"), "nowhere")
+    assert_one_line_error(invoke("fit", dataset, "--out", run, "--resume"), "--resume", "last.pt")
+    if not torch.cuda.is_available():
+        assert_one_line_error(fit(device="cuda"), "--device cuda")
+
+    broken = make_dataset(tmp_path / "broken", n_train=2, n_val=1)
+    (broken / "train" / "images" / "001.png").write_bytes(b"not an image at all")
+    assert_one_line_error(fit(data=broken), "001.png")
+    assert not Path(run).exists()
+
+    empty = tmp_path / "empty"
+    for split in ("train", "val"):
+        for kind in ("images", "masks"):
+            (empty / split / kind).mkdir(parents=True)
+    assert_one_line_error(fit(data=empty), "no photos")
+
+
+def test_an_existing_run_is_not_overwritten(dataset, tmp_path):
+    run = tmp_path / "run"
+    assert invoke("fit", dataset, "--out", run, *TINY, "-q").exit_code == 0
+    before = (run / "last.pt").read_bytes()
+    assert_one_line_error(invoke("fit", dataset, "--out", run, *TINY), "last.pt", "--resume")
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_help_names_every_preset_and_needs_no_torch():
+    result = invoke("fit", "--help")
+    assert result.exit_code == 0
+    for name in PRESETS:
+        assert name in result.output
+    code = ("import sys; from hx_train.cli import main; "
+            "main(['fit', '--help'], prog_name='hx-train', standalone_mode=False); "
+            "assert 'torch' not in sys.modules, 'torch imported for --help'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--epochs-decay" in done.stdout
+
+
+def test_prepare_and_export_forward_and_report_errors(monkeypatch, tmp_path):
+    calls = {}
+
+    class PrepareError(Exception):
+        pass
+
+    def prepare(src, dst, fmt, val_fraction, seed, log, overwrite=False):
+        calls["prepare"] = (src, dst, fmt, val_fraction, seed, overwrite)
+        if fmt == "ab":
+            raise PrepareError(f"{src}: not an A|B folder")
+        return types.SimpleNamespace(train=9, val=1, skipped=["x.jpg"])
+
+    class ExportError(Exception):
+        pass
+
+    def export(ckpt, out, log, overwrite=False):
+        calls["export"] = (ckpt, out, overwrite)
+        if not ckpt.exists():
+            raise ExportError(f"{ckpt}: no such checkpoint")
+        return types.SimpleNamespace(root=out, preset="lite", size=64, target="alpha")
+
+    monkeypatch.setitem(sys.modules, "hx_train.prepare",
+                        types.SimpleNamespace(prepare=prepare, PrepareError=PrepareError))
+    monkeypatch.setitem(sys.modules, "hx_train.export",
+                        types.SimpleNamespace(export=export, ExportError=ExportError))
+
+    result = invoke("prepare", tmp_path / "src", tmp_path / "dst", "--val-fraction", "0.2", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert calls["prepare"] == (tmp_path / "src", tmp_path / "dst", "auto", 0.2, 0, True)
+    assert "9 train, 1 val pairs, 1 skipped" in result.output
+    assert_one_line_error(invoke("prepare", tmp_path / "src", tmp_path / "dst", "--format", "ab"), "A|B")
+    assert_one_line_error(invoke("prepare", "a", "b", "--val-fraction", "1.5"), "--val-fraction")
+
+    (tmp_path / "best.pt").touch()
+    result = invoke("export", tmp_path / "best.pt", "--out", tmp_path / "model", "--overwrite")
+    assert result.exit_code == 0 and "lite 64px -> alpha" in result.output
+    assert calls["export"] == (tmp_path / "best.pt", tmp_path / "model", True)
+    assert_one_line_error(invoke("export", tmp_path / "gone.pt", "--out", tmp_path / "model"), "gone.pt")
+
+
+def test_module_entry_point_reports_errors_without_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "hx_train.cli", "fit", str(tmp_path), "--out",
+                           str(tmp_path / "run"), "--size", "63"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("hx-train: --size") and "Traceback" not in done.stderr

@@ -37,7 +37,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .compose import Background, composite, parse_background, rgba_cutout
-from .io.images import (DecodeError, atomic_write, clean_temporaries, encode_jpeg, encode_png, iter_photos,
+from .io.images import (PHOTO_EXTENSIONS, DecodeError, atomic_write, clean_temporaries, encode_jpeg, encode_png, iter_photos,
                         photo_size, read_photo)
 from .model import ModelDir
 from .report import REPORT_NAME, Tally, build_report, write_report
@@ -121,17 +121,17 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
         if not source.exists():
             raise ConfigError(f"INPUT {source}: no such file or folder")
         source_kind = "folder" if source.is_dir() else "file"
-        if source_kind == "folder":
-            inside = output_dir.resolve()
-            root = source.resolve()
-            if inside == root or root in inside.parents:
-                raise ConfigError(f"OUTPUT {output_dir} is inside INPUT {source}; choose a folder outside it")
     else:
         source, source_kind = inputs, "list"
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"OUTPUT {output_dir}: exists and is not a folder")
-
     kinds = parse_outputs(outputs)
+    if source_kind != "list":
+        _check_apart(source, output_dir, kinds)
+
+    report_path = Path(report) if report is not None else output_dir / REPORT_NAME
+    if report_path.is_dir() or report_path.suffix.lower() in PHOTO_EXTENSIONS:
+        raise ConfigError(f"--report {report_path}: give the path of a .json file")
     if refine not in REFINES:
         raise ConfigError(f"--refine {refine!r}: choose from {', '.join(REFINES)}")
     if workers is not None and workers < 1:
@@ -156,8 +156,30 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
         source=source, source_kind=source_kind, output_dir=output_dir, outputs=kinds,
         background_spec=background, background=parsed_background, refine=refine,
         overwrite=overwrite, workers=workers or default_workers(), max_pixels=max_pixels, glob=glob,
-        report_path=Path(report) if report is not None else output_dir / REPORT_NAME,
-        progress=progress)
+        report_path=report_path, progress=progress)
+
+
+def _check_apart(source: Path, output_dir: Path, kinds: tuple[str, ...]) -> None:
+    """Outputs must never land among the photos: a rerun would read them as photos, and a
+    photo OUTPUT/rgba/a.png is exactly where a.jpg's cutout goes."""
+    root, out = source.resolve(), output_dir.resolve()
+    if source.is_dir() and (out == root or root in out.parents):
+        raise ConfigError(f"OUTPUT {output_dir} is inside INPUT {source}; choose a folder outside it")
+    for kind in kinds:
+        folder = out / kind
+        if root == folder or folder in root.parents:
+            raise ConfigError(f"INPUT {source} is inside OUTPUT/{kind}, where outputs could overwrite "
+                              f"photos; choose another OUTPUT")
+
+
+def _inside_outputs(src: Path, config: RunConfig) -> str | None:
+    """For listed paths (not checked up front): the OUTPUT/<kind> folder holding `src`, if any."""
+    path = Path(os.path.abspath(src))
+    for kind in config.outputs:
+        folder = Path(os.path.abspath(config.output_dir / kind))
+        if folder in path.parents:
+            return kind
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +292,10 @@ def plan_jobs(config: RunConfig) -> Iterator[Job | Skipped | Failed]:
         yield from unlistable
         unlistable.clear()
         first = folder_guard.check(job.src) if folder_guard else list_guard.check(job) if list_guard else None
-        if first is not None:
+        kind = _inside_outputs(job.src, config) if list_guard else None
+        if kind is not None:
+            yield Failed(job.src, f"inside OUTPUT/{kind}; hx never writes over a photo")
+        elif first is not None:
             same = os.path.abspath(first) == os.path.abspath(job.src)
             yield Failed(job.src, "listed more than once" if same else f"output name collides with {first}")
         elif not config.overwrite and all(

@@ -324,15 +324,19 @@ def test_list_inputs_keep_paths_below_the_current_folder(tmp_path, tiny_model_di
     Image.fromarray(make_disc_photo(30, 40)[0]).save(here / "sub/x.jpg")
     Image.fromarray(make_disc_photo(30, 40)[0]).save(elsewhere / "y.png")
     monkeypatch.chdir(here)
-    lines = ["sub/x.jpg\n", f"{elsewhere / 'y.png'}\n", "\n", "sub/x.jpg\n", "missing.jpg\n"]
+    (tmp_path / "out/alpha").mkdir(parents=True)
+    Image.fromarray(make_disc_photo(30, 40)[0]).save(tmp_path / "out/alpha/z.png")
+    lines = ["sub/x.jpg\n", f"{elsewhere / 'y.png'}\n", "\n", "sub/x.jpg\n", "missing.jpg\n",
+             f"{tmp_path / 'out/alpha/z.png'}\n"]
     with Extractor(tiny_model_dir, backend="ort", device="cpu") as ex:
         report = ex.run(iter(lines), tmp_path / "out", outputs="alpha", workers=1)
     assert (tmp_path / "out/alpha/sub/x.png").is_file()
     assert (tmp_path / "out/alpha/y.png").is_file()
     assert report["input"] == "-"
-    assert report["counts"] == {"processed": 2, "skipped": 0, "failed": 2}
+    assert report["counts"] == {"processed": 2, "skipped": 0, "failed": 3}
     assert {f["path"]: f["reason"] for f in report["failures"]} == {
-        "sub/x.jpg": "listed more than once", "missing.jpg": "cannot read (No such file or directory)"}
+        "sub/x.jpg": "listed more than once", "missing.jpg": "cannot read (No such file or directory)",
+        str(tmp_path / "out/alpha/z.png"): "inside OUTPUT/alpha; hx never writes over a photo"}
 
 
 def test_single_file_and_glob(tmp_path, tiny_model_dir, photo_tree):
@@ -356,10 +360,15 @@ def test_bad_options_raise_one_line_config_errors(tmp_path, tiny_model_dir, tiny
     root, _ = photo_tree
     alpha_model = load_model(tiny_model_dir)
     rgb_model = load_model(tiny_rgb_model_dir)
+    earlier = tmp_path / "earlier"  # a previous run's OUTPUT, given as INPUT
+    (earlier / "rgba/sub").mkdir(parents=True)
     cases = [
         (dict(inputs=tmp_path / "nope", output_dir=tmp_path / "o", model=alpha_model), "INPUT"),
         (dict(inputs=root, output_dir=root / "out", model=alpha_model), "inside INPUT"),
         (dict(inputs=root, output_dir=root, model=alpha_model), "inside INPUT"),
+        (dict(inputs=earlier / "rgba", output_dir=earlier, model=alpha_model), "inside OUTPUT/rgba"),
+        (dict(inputs=earlier / "rgba/sub", output_dir=earlier, model=alpha_model), "inside OUTPUT/rgba"),
+        (dict(inputs=root, output_dir=tmp_path / "o", model=alpha_model, report=root / "top.jpg"), "--report"),
         (dict(inputs=root, output_dir=tmp_path / "o", model=alpha_model, outputs="alpha,mask"), "--outputs"),
         (dict(inputs=root, output_dir=tmp_path / "o", model=alpha_model, background="mauve"), "--background"),
         (dict(inputs=root, output_dir=tmp_path / "o", model=alpha_model, refine="sharp"), "--refine"),

@@ -29,7 +29,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -353,8 +353,8 @@ class _Stages:
                 data = job.src.read_bytes()  # once, for the header and the pixels
                 width, height = photo_size(job.src, data=data)
                 rgb = read_photo(job.src, self.config.max_pixels, data=data, reduce_to=self.size)
-                x, box = letterbox(rgb, self.size)
-                return _Decoded(job, x, replace(box, src_w=width, src_h=height), None)
+                x, box = letterbox(rgb, self.size, src_size=(width, height))
+                return _Decoded(job, x, box, None)
             rgb = read_photo(job.src, self.config.max_pixels)
             x, box = letterbox(rgb, self.size)
             return _Decoded(job, x, box, rgb if self.keep_pixels else None)
@@ -372,7 +372,8 @@ class _Stages:
                 return None
             if config.refine == "guided":
                 height, width = item.rgb.shape[:2]
-                restored = guided_filter(item.rgb, restored, radius=guided_radius(height, width, self.size))
+                restored = guided_filter(item.rgb, restored, radius=guided_radius(height, width, self.size),
+                                         model_size=self.size)
             alpha = to_uint8(restored)
             for kind in config.outputs:
                 data = _ENCODERS[kind](item.rgb, alpha, config.background)

@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from hx_infer.io.images import DecodeError
+from hx_infer.io.images import PHOTO_EXTENSIONS, DecodeError
 from hx_infer.io.images import read_photo as decode_photo
 from hx_infer.transforms import fit as letterbox_geometry
 
 from .config import TrainConfig, TrainError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = PHOTO_EXTENSIONS  # what hx-infer reads as a photo
 MAX_CANVAS = 1024
 # ITU-R BT.601 luma weights, for grey in contrast and saturation jitter.
 LUMA = (0.299, 0.587, 0.114)

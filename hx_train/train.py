@@ -21,6 +21,7 @@ import os
 import random
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable
 
@@ -209,7 +210,6 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: 
         fake = G(photo)  # forward: G(x)
 
     # D step: real pairs (x, y) -> 1, fake pairs (x, G(x)) -> 0; G(x) detached so G gets no gradient.
-    _set_requires_grad(D, True)
     opt_d.zero_grad(set_to_none=True)
     with autocast():
         d = discriminator_loss(D(torch.cat([photo, target], 1)), D(torch.cat([photo, fake.detach()], 1)),
@@ -224,10 +224,12 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: 
         g = generator_loss(D(torch.cat([photo, fake], 1)), fake, target, mask, config)
     scaler.scale(g["total"]).backward()
     scaler.step(opt_g)
+    _set_requires_grad(D, True)
 
-    scaler.update()
-    return {"d_real": d["d_real"], "d_fake": d["d_fake"], "d_total": d["total"],
-            **{k: v for k, v in g.items() if k != "total"}, "g_total": g["total"]}
+    scaler.update()  # once per iteration, after both optimisers stepped
+    terms = {"d_real": d["d_real"], "d_fake": d["d_fake"], "d_total": d["total"],
+             **{k: v for k, v in g.items() if k != "total"}, "g_total": g["total"]}
+    return {name: value.detach() for name, value in terms.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,6 +318,101 @@ def _state_dict_cpu(net: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
 
 
+@dataclass
+class _Training:
+    """Everything a checkpoint saves and `--resume` restores: networks, optimisers, schedules,
+    loss scaler, and the generators behind batch order and augmentation."""
+
+    config: TrainConfig
+    G: nn.Module
+    D: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.LambdaLR
+    sched_d: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    generators: dict[str, torch.Generator]
+
+    @classmethod
+    def start(cls, config: TrainConfig, device: torch.device) -> "_Training":
+        """Fresh networks and optimisers; every weight and random draw follows config.seed."""
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        generators = {"order": torch.Generator().manual_seed(config.seed),
+                      "augment": torch.Generator().manual_seed(config.seed + 1)}
+        G = build_generator(config.preset, config.size, config.target).to(device)
+        D = build_discriminator(config.preset, config.target).to(device)
+        if device.type == "cuda":
+            G.to(memory_format=torch.channels_last)
+            D.to(memory_format=torch.channels_last)
+        betas = (config.beta1, config.beta2)
+        opt_g = torch.optim.Adam(G.parameters(), lr=config.lr, betas=betas)
+        opt_d = torch.optim.Adam(D.parameters(), lr=config.lr, betas=betas)
+        return cls(config, G, D, opt_g, opt_d,
+                   torch.optim.lr_scheduler.LambdaLR(opt_g, cls._schedule(config)),
+                   torch.optim.lr_scheduler.LambdaLR(opt_d, cls._schedule(config)),
+                   torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"), generators)
+
+    @staticmethod
+    def _schedule(config: TrainConfig) -> Callable[[int], float]:
+        def factor(epoch: int) -> float:
+            return lr_factor(epoch, config.epochs, config.epochs_decay)
+        return factor
+
+    def state_dict(self, epoch: int, best_metric: float, val_metrics: dict, data: dict) -> dict:
+        return {
+            "format": CKPT_FORMAT,
+            "config": dataclasses.asdict(self.config),
+            "generator": _state_dict_cpu(self.G),
+            "discriminator": _state_dict_cpu(self.D),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "rng": _rng_state(self.generators),
+            "best_metric": best_metric,
+            "val_metrics": val_metrics,
+            "data": data,
+        }
+
+    def load(self, ckpt: dict) -> None:
+        self.G.load_state_dict(ckpt["generator"])
+        self.D.load_state_dict(ckpt["discriminator"])
+        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.opt_d.load_state_dict(ckpt["opt_d"])
+        self.sched_g.load_state_dict(ckpt["sched_g"])
+        self.sched_d.load_state_dict(ckpt["sched_d"])
+        # The learning rate follows this config's schedule (--lr, --epochs and --epochs-decay may
+        # have changed), computed exactly as LambdaLR.step would have.
+        lr, factor = self.config.lr, self._schedule(self.config)
+        for sched in (self.sched_g, self.sched_d):
+            sched.base_lrs = [lr for _ in sched.base_lrs]
+            for group in sched.optimizer.param_groups:
+                group["initial_lr"], group["lr"] = lr, lr * factor(sched.last_epoch)
+            sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
+        if ckpt["scaler"] and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"], self.generators)
+
+
+def _open_run(out: Path, resume: bool, config: TrainConfig) -> dict | None:
+    """The checkpoint to resume from (None for a new run); TrainError if `out` does not fit."""
+    last = out / LAST
+    if not resume:
+        if last.exists():
+            raise TrainError(f"{last} exists: add --resume to continue that run, or choose another --out")
+        return None
+    if not last.is_file():
+        raise TrainError(f"--resume: {last} does not exist")
+    ckpt = read_checkpoint(last)
+    for name in ARCHITECTURE_FIELDS:
+        if ckpt["config"][name] != getattr(config, name):
+            raise TrainError(f"{option(name)} {getattr(config, name)} differs from the run in {out} "
+                             f"({ckpt['config'][name]}); a resumed run keeps its networks")
+    return ckpt
+
+
 def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log: Log = _quiet,
         progress: bool | None = None) -> dict:
     """Train on DATA/train, validate on DATA/val each epoch, write RUN (see the module docstring).
@@ -326,76 +423,23 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
     """
     data, out = Path(data), Path(out)
     config, device = resolve(config, log)
-    last, best = out / LAST, out / BEST
-    ckpt = None
-    if resume:
-        if not last.is_file():
-            raise TrainError(f"--resume: {last} does not exist")
-        ckpt = read_checkpoint(last)
-        for name in ARCHITECTURE_FIELDS:
-            if ckpt["config"][name] != getattr(config, name):
-                raise TrainError(f"{option(name)} {getattr(config, name)} differs from the run in {out} "
-                                 f"({ckpt['config'][name]}); a resumed run keeps its networks")
-    elif last.exists():
-        raise TrainError(f"{last} exists: add --resume to continue that run, or choose another --out")
+    ckpt = _open_run(out, resume, config)
 
     # Data first: a bad data set fails before anything is created.
-    fractions = (config.upper_body_fraction, config.head_fraction)
-    pin = device.type == "cuda"
-    train = hxdata.load_split(data / "train", hxdata.canvas_side(config.size), fractions=fractions,
-                              workers=config.workers, pin=pin, log=log)
+    pin = device.type == "cuda"  # page-locked, for asynchronous copies to the GPU
+    train = hxdata.load_split(data / "train", hxdata.canvas_side(config.size), workers=config.workers,
+                              fractions=(config.upper_body_fraction, config.head_fraction), pin=pin, log=log)
     val = hxdata.load_split(data / "val", config.size, workers=config.workers, pin=pin, log=log)
+    data_info = {"train": len(train), "val": len(val), "source": str(data)}
     try:
         (out / SAMPLES).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TrainError(f"--out {out}: cannot create ({e.strerror})") from None
 
-    # Networks, optimisers, schedules; all weights drawn from the seed.
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    generators = {"order": torch.Generator().manual_seed(config.seed),
-                  "augment": torch.Generator().manual_seed(config.seed + 1)}
-    G = build_generator(config.preset, config.size, config.target).to(device)
-    D = build_discriminator(config.preset, config.target).to(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
-        G.to(memory_format=torch.channels_last)
-        D.to(memory_format=torch.channels_last)
-    betas = (config.beta1, config.beta2)
-    opt_g = torch.optim.Adam(G.parameters(), lr=config.lr, betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=config.lr, betas=betas)
-
-    def schedule(epoch: int) -> float:
-        return lr_factor(epoch, config.epochs, config.epochs_decay)
-
-    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, schedule)
-    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    amp_dtype = AMP_DTYPES.get(config.amp)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
+    run = _Training.start(config, device)
     start, best_metric, last_record = 0, -math.inf, None
     if ckpt is not None:
-        G.load_state_dict(ckpt["generator"])
-        D.load_state_dict(ckpt["discriminator"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        sched_g.load_state_dict(ckpt["sched_g"])
-        sched_d.load_state_dict(ckpt["sched_d"])
-        # The learning rate follows this config's schedule (--lr, --epochs, --epochs-decay may have
-        # changed), computed exactly as LambdaLR.step would have.
-        for sched in (sched_g, sched_d):
-            sched.base_lrs = [config.lr for _ in sched.base_lrs]
-            for group in sched.optimizer.param_groups:
-                group["initial_lr"] = config.lr
-                group["lr"] = config.lr * schedule(sched.last_epoch)
-            sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
-        if ckpt["scaler"] and scaler.is_enabled():
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"], generators)
+        run.load(ckpt)
         start, best_metric = int(ckpt["epoch"]), float(ckpt["best_metric"])
         last_record = {"epoch": start, "val": ckpt["val_metrics"]}
         if ckpt["data"]["source"] != str(data):
@@ -404,12 +448,19 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         log(f"resuming {out} after epoch {start}")
     else:
         (out / METRICS).unlink(missing_ok=True)  # left by a run that never finished an epoch
-    del ckpt  # release the memory-mapped file
+    del ckpt
     _write_json(out / CONFIG, dataclasses.asdict(config))
 
+    amp_dtype = AMP_DTYPES.get(config.amp)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
     # torch.compile wraps the modules; checkpoints save the originals, so keys never get `_orig_mod.`.
-    G_step = torch.compile(G) if config.compile else G
-    D_step = torch.compile(D) if config.compile else D
+    G_step = torch.compile(run.G) if config.compile else run.G
+    D_step = torch.compile(run.D) if config.compile else run.D
     augment = hxdata.Augmenter(config, train.side)
     steps = hxdata.steps_per_epoch(len(train), config.batch_size)
     batch = min(config.batch_size, len(train))
@@ -419,30 +470,30 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
 
     for epoch in range(start, config.total_epochs):
         started = time.perf_counter()
-        lr = opt_g.param_groups[0]["lr"]
+        lr = run.opt_g.param_groups[0]["lr"]
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.total_epochs}", unit="step", leave=False,
                    dynamic_ncols=True, disable=None if progress is None else not progress)
         for i, (photos, masks, boxes) in enumerate(hxdata.batches(train, config.batch_size,
-                                                                  generators["order"], device)):
-            photo, mask = augment(photos, masks, boxes, generators["augment"])
+                                                                  run.generators["order"], device)):
+            photo, mask = augment(photos, masks, boxes, run.generators["augment"])
             target = hxdata.make_target(photo, mask, config.target)
-            terms = train_step(G_step, D_step, opt_g, opt_d, scaler, autocast,
+            terms = train_step(G_step, D_step, run.opt_g, run.opt_d, run.scaler, autocast,
                                _layout(photo, device), _layout(target, device), mask, config)
             for name, value in terms.items():
-                sums[name] += value.detach()
+                sums[name] += value
             bar.update()
-            if not bar.disable and (i + 1) % POSTFIX_EVERY == 0:  # .item(): a GPU sync point
-                bar.set_postfix({k: f"{v.item() / (i + 1):.3g}" for k, v in sums.items()
+            if not bar.disable and ((i + 1) % POSTFIX_EVERY == 0 or i + 1 == steps):
+                bar.set_postfix({k: f"{v.item() / (i + 1):.3g}" for k, v in sums.items()  # .item(): GPU sync
                                  if k in ("d_total", "g_gan", "g_l1")})
         bar.close()
-        sched_g.step()
-        sched_d.step()
+        run.sched_g.step()
+        run.sched_d.step()
         losses = {name: round(total.item() / steps, 6) for name, total in sums.items()}  # GPU sync
         train_seconds = time.perf_counter() - started
 
-        metrics = evaluate(G, val, config, device, autocast)
-        grid = sample_grid(G, val, config, device, autocast)
+        metrics = evaluate(run.G, val, config, device, autocast)
+        grid = sample_grid(run.G, val, config, device, autocast)
         if grid is not None:
             _write_png(out / SAMPLES / f"epoch_{epoch + 1:03d}.png", grid)
         score = metrics[best_key(config.target)]
@@ -454,25 +505,12 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         # Metrics line, then best.pt, then last.pt: a crash in between repeats this epoch on resume.
         with open(out / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
-        checkpoint = {
-            "format": CKPT_FORMAT,
-            "config": dataclasses.asdict(config),
-            "generator": _state_dict_cpu(G),
-            "discriminator": _state_dict_cpu(D),
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch + 1,
-            "rng": _rng_state(generators),
-            "best_metric": best_metric,
-            "val_metrics": metrics,
-            "data": {"train": len(train), "val": len(val), "source": str(data)},
-        }
+        checkpoint = run.state_dict(epoch + 1, best_metric, metrics, data_info)
         if improved:
-            _atomic_write(best, lambda f: torch.save(checkpoint, f))
-            _link_or_copy(best, last)
+            _atomic_write(out / BEST, lambda f: torch.save(checkpoint, f))
+            _link_or_copy(out / BEST, out / LAST)
         else:
-            _atomic_write(last, lambda f: torch.save(checkpoint, f))
+            _atomic_write(out / LAST, lambda f: torch.save(checkpoint, f))
         last_record = record
         log(f"epoch {epoch + 1}/{config.total_epochs}: "
             + " ".join(f"{k} {v:.4g}" for k, v in {**losses, **metrics}.items())

@@ -13,7 +13,7 @@ from hx_train import data as hxdata
 from hx_train.config import TrainConfig, TrainError
 from hx_train.losses import discriminator_loss, generator_loss, segmentation_loss
 from hx_train.models import build_discriminator, build_generator
-from hx_train.train import LAST, evaluate, fit, lr_factor, read_checkpoint, resume_config
+from hx_train.train import LAST, evaluate, fit, lr_factor, read_checkpoint, resume_config, train_step
 
 TINY = dict(preset="lite", size=64, batch_size=4, device="cpu", samples=3)
 
@@ -323,6 +323,27 @@ def test_resume_must_keep_the_networks(dataset, tmp_path):
     fit(TrainConfig(**TINY, epochs=1, epochs_decay=0), dataset, tmp_path / "run")
     with pytest.raises(TrainError, match="--size 128 differs"):
         fit(TrainConfig(**{**TINY, "size": 128, "epochs": 2}), dataset, tmp_path / "run", resume=True)
+
+
+def test_one_grad_scaler_steps_both_optimisers_and_updates_once_per_step():
+    """The fp16 recipe, run on the CPU under bf16 autocast: the scaler's growth tracker counts
+    iterations without overflow, so it must advance by exactly one per step."""
+    torch.manual_seed(0)
+    config = TrainConfig(**TINY)
+    G, D = build_generator("lite", 64), build_discriminator("lite")
+    opt_g, opt_d = (torch.optim.Adam(n.parameters(), lr=2e-4, betas=(0.5, 0.999)) for n in (G, D))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    before = [p.detach().clone() for p in (*G.parameters(), *D.parameters())]
+    photo = torch.rand(2, 3, 64, 64) * 2 - 1
+    mask = (torch.rand(2, 1, 64, 64) > 0.5).float()
+    for step in range(1, 3):
+        terms = train_step(G, D, opt_g, opt_d, scaler, bf16, photo, mask * 2 - 1, mask, config)
+        assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in terms.values())
+        assert scaler.state_dict()["_growth_tracker"] == step and scaler.get_scale() == 1024.0
+    after = [p.detach() for p in (*G.parameters(), *D.parameters())]
+    assert all(not torch.equal(a, b) for a, b in zip(before, after))  # both optimisers stepped
+    assert all(p.requires_grad for p in D.parameters())  # D is left trainable
 
 
 # --- CUDA --------------------------------------------------------------------------------------

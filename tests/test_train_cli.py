@@ -55,6 +55,16 @@ def test_fit_writes_a_checkpoint_and_resumes(dataset, tmp_path):
     assert torch.load(run / "last.pt", weights_only=True)["config"]["size"] == 64
 
 
+def test_prepare_then_fit(tmp_path):
+    """The real prepare's output is what fit reads."""
+    src = make_dataset(tmp_path / "photos", n_train=10, n_val=0) / "train"  # SRC/{images,masks}
+    result = invoke("prepare", src, tmp_path / "data", "--format", "folders", "--val-fraction", "0.2")
+    assert result.exit_code == 0, result.output
+    result = invoke("fit", tmp_path / "data", "--out", tmp_path / "run", *TINY, "-q")
+    assert result.exit_code == 0, result.output
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["data"]["train"] == 8
+
+
 def test_bad_input_is_one_line_and_exit_2(dataset, tmp_path):
     run = str(tmp_path / "run")
     options = dict(zip(TINY[::2], TINY[1::2]))

@@ -318,6 +318,20 @@ class _Decoded:
     rgb: np.ndarray | None  # [H, W, 3] uint8, kept only when an output or --refine needs pixels
 
 
+def matte_input(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Letterbox]:
+    """A photo as a matte-only run feeds it to the model: ([3, S, S] float32 in [-1, 1], geometry).
+
+    A matte-only run never looks at full-resolution pixels: the JPEG decoder scales down
+    (1/2, 1/4, 1/8) to about the model size, and the matte's size comes from the header.
+    `hx-infer eval` scores its `full` crop through this too, so its figures are those of the
+    mattes `hx-infer run --outputs alpha` writes. Raises DecodeError / OSError.
+    """
+    data = path.read_bytes()  # once, for the header and the pixels
+    width, height = photo_size(path, data=data)
+    rgb = read_photo(path, max_pixels, data=data, reduce_to=size)
+    return letterbox(rgb, size, src_size=(width, height))
+
+
 def _reason(e: Exception) -> str:
     """One line for the report. A photo archive holds every kind of broken file; whatever one
     raises must not end a run of a million, so unexpected errors are named by type."""
@@ -347,13 +361,8 @@ class _Stages:
     def decode(self, job: Job) -> _Decoded | Failed:
         try:
             if self.reduced_decode:
-                # A matte-only run never looks at full-resolution pixels: let the JPEG decoder
-                # scale down (1/2, 1/4, 1/8) to about the model size, and take the matte's
-                # size from the header. Every run takes this same path, so resumed files match.
-                data = job.src.read_bytes()  # once, for the header and the pixels
-                width, height = photo_size(job.src, data=data)
-                rgb = read_photo(job.src, self.config.max_pixels, data=data, reduce_to=self.size)
-                x, box = letterbox(rgb, self.size, src_size=(width, height))
+                # Every run takes this same path, so resumed files match.
+                x, box = matte_input(job.src, self.size, self.config.max_pixels)
                 return _Decoded(job, x, box, None)
             rgb = read_photo(job.src, self.config.max_pixels)
             x, box = letterbox(rgb, self.size)

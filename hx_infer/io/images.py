@@ -12,6 +12,7 @@ import functools
 import io
 import os
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -300,14 +301,25 @@ def _link_no_clobber(temp: Path, path: Path) -> None:
 
 
 def clean_temporaries(root: Path, min_age_s: float = 0.0) -> int:
-    """Remove *.hx-tmp files left below `root` by killed runs; return how many were removed.
+    """Remove *.hx-tmp files and folders left below `root` by killed runs; return how many were removed.
 
+    (Folders: a video's PNG frame sequence is written into one and renamed when complete.)
     min_age_s: keep temporaries younger than this, when another hx run may be writing into
     the same folder right now. Symlinked folders are not followed; nothing else is touched.
     """
     removed = 0
     cutoff = time.time() - min_age_s
-    for folder, _, names in os.walk(root):
+    for folder, dirs, names in os.walk(root):
+        for name in [d for d in dirs if d.endswith(TEMP_MARK)]:
+            dirs.remove(name)  # removed whole, not walked into
+            temp = os.path.join(folder, name)
+            try:
+                if os.path.islink(temp) or (min_age_s > 0 and os.stat(temp).st_mtime > cutoff):
+                    continue
+                shutil.rmtree(temp)
+            except FileNotFoundError:
+                continue
+            removed += 1
         for name in names:
             if not name.endswith(TEMP_MARK):
                 continue
@@ -333,7 +345,8 @@ def _matches(relative: str, name: str, glob: str) -> bool:
 
 
 def iter_photos(root: Path, glob: str | None = None, include_hidden: bool = False,
-                on_error: Callable[[Path, OSError], None] | None = None) -> Iterator[Path]:
+                on_error: Callable[[Path, OSError], None] | None = None,
+                extensions: frozenset[str] = PHOTO_EXTENSIONS) -> Iterator[Path]:
     """Yield every photo below `root` (by extension, case-insensitive), depth first, sorted.
 
     The order is that of sorted(paths, key=lambda p: p.parts) and is the same on every run.
@@ -343,6 +356,7 @@ def iter_photos(root: Path, glob: str | None = None, include_hidden: bool = Fals
     "/" ("2019/*/*.jpg", where * also crosses folders). Case-insensitive.
     include_hidden: names starting with "." are skipped by default (macOS "._x.jpg" forks).
     on_error: called with a folder that cannot be listed; by default its OSError is raised.
+    extensions: the suffixes (lower case, with the dot) to list; hx-infer run adds videos.
     A `root` that is a file is yielded as is.
     """
     root = Path(root)
@@ -351,11 +365,12 @@ def iter_photos(root: Path, glob: str | None = None, include_hidden: bool = Fals
         return
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
-    yield from _walk(root, "", glob, include_hidden, on_error, ancestors=frozenset())
+    yield from _walk(root, "", glob, include_hidden, on_error, ancestors=frozenset(), extensions=extensions)
 
 
 def _walk(folder: Path, prefix: str, glob: str | None, include_hidden: bool,
-          on_error: Callable[[Path, OSError], None] | None, ancestors: frozenset) -> Iterator[Path]:
+          on_error: Callable[[Path, OSError], None] | None, ancestors: frozenset,
+          extensions: frozenset[str] = PHOTO_EXTENSIONS) -> Iterator[Path]:
     try:
         st = folder.stat()
         here = (st.st_dev, st.st_ino)
@@ -373,7 +388,7 @@ def _walk(folder: Path, prefix: str, glob: str | None, include_hidden: bool,
                 try:
                     if entry.is_dir():  # follows symlinks; d_type answers without a stat
                         kept.append((name, True))
-                    elif is_photo_name(name) and entry.is_file():
+                    elif os.path.splitext(name)[1].lower() in extensions and entry.is_file():
                         kept.append((name, False))
                 except OSError:
                     continue  # vanished or unreadable entry; nothing to yield
@@ -386,6 +401,6 @@ def _walk(folder: Path, prefix: str, glob: str | None, include_hidden: bool,
     for name, is_folder in kept:
         relative = prefix + name
         if is_folder:
-            yield from _walk(folder / name, relative + "/", glob, include_hidden, on_error, ancestors)
+            yield from _walk(folder / name, relative + "/", glob, include_hidden, on_error, ancestors, extensions)
         elif glob is None or _matches(relative, name, glob):
             yield folder / name

@@ -311,7 +311,7 @@ def plan_jobs(config: RunConfig) -> Iterator[Job | Skipped | Failed]:
 
 
 @dataclass
-class _Decoded:
+class Decoded:
     job: Job
     x: np.ndarray  # [3, S, S] float32 in [-1, 1], letterboxed
     box: Letterbox  # maps the model output back to the photo's upright size
@@ -343,8 +343,9 @@ def _reason(e: Exception) -> str:
 
 
 @dataclass(frozen=True)
-class _Stages:
-    """What the per-photo stages need to know, fixed for the run."""
+class PhotoStages:
+    """What the per-photo stages need to know, fixed for the run. Every engine runs these same
+    two functions, so a photo's outputs do not depend on which engine wrote them."""
 
     config: RunConfig
     size: int  # the model's square input
@@ -353,24 +354,24 @@ class _Stages:
     reduced_decode: bool
 
     @classmethod
-    def for_run(cls, config: RunConfig, model: ModelDir) -> "_Stages":
+    def for_run(cls, config: RunConfig, model: ModelDir) -> "PhotoStages":
         keep = model.target == "alpha" and (config.refine != "none" or config.outputs != ("alpha",))
         return cls(config, model.size, model.target, keep_pixels=keep,
                    reduced_decode=model.target == "alpha" and not keep)
 
-    def decode(self, job: Job) -> _Decoded | Failed:
+    def decode(self, job: Job) -> Decoded | Failed:
         try:
             if self.reduced_decode:
                 # Every run takes this same path, so resumed files match.
                 x, box = matte_input(job.src, self.size, self.config.max_pixels)
-                return _Decoded(job, x, box, None)
+                return Decoded(job, x, box, None)
             rgb = read_photo(job.src, self.config.max_pixels)
             x, box = letterbox(rgb, self.size)
-            return _Decoded(job, x, box, rgb if self.keep_pixels else None)
+            return Decoded(job, x, box, rgb if self.keep_pixels else None)
         except Exception as e:  # noqa: BLE001 - see _reason
             return Failed(job.src, _reason(e))
 
-    def finish(self, item: _Decoded, out: np.ndarray) -> Failed | None:
+    def finish(self, item: Decoded, out: np.ndarray) -> Failed | None:
         """out: [C, S, S] float32 in [0, 1] for this photo -> its outputs, written atomically."""
         config = self.config
         try:
@@ -436,43 +437,94 @@ class _Progress:
         self.bar.close()
 
 
-def run(config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
-        log: Callable[[str], None] | None = None) -> dict:
-    """Run the whole job and return the report (also written to config.report_path).
+class Outcomes:
+    """Where each photo's outcome goes, whichever engine ran it: the tally for the report, the
+    progress bar, and `log` (one line per failure). Used from one thread only."""
 
-    log: called with one line per photo that failed ("PATH: reason"), as it happens.
-    """
-    from . import __version__
+    def __init__(self, config: RunConfig, log: Callable[[str], None] | None = None):
+        self.tally = Tally()
+        self._log = log
+        self._progress = _Progress(config)
 
-    start = time.perf_counter()
+    def processed(self, n: int = 1) -> None:
+        self.tally.processed += n
+        self._progress.update(n)
+
+    def skipped(self) -> None:
+        self.tally.skipped += 1
+        self._progress.update()
+
+    def failed(self, failure: Failed) -> None:
+        self.tally.fail(str(failure.src), failure.reason)
+        if self._log is not None:
+            self._log(f"{failure.src}: {failure.reason}")
+        self._progress.update()
+
+    def close(self) -> None:
+        self._progress.close()
+
+
+def prepare_output(config: RunConfig) -> None:
+    """Create OUTPUT and remove what a killed run left half-written in it, before any photo."""
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"OUTPUT {config.output_dir}: cannot create ({e.strerror})") from None
     clean_temporaries(config.output_dir)  # left by a run that was killed mid-write
 
-    stages = _Stages.for_run(config, model)
-    tally = Tally()
-    progress = _Progress(config)
 
-    def failed(failure: Failed) -> None:
-        tally.fail(str(failure.src), failure.reason)
-        if log is not None:
-            log(f"{failure.src}: {failure.reason}")
-        progress.update()
+def finish_report(config: RunConfig, model: ModelDir, tally: Tally, wall_s: float, *, engine: str,
+                  backend: str, device: str, batch_size: int, **engine_facts) -> dict:
+    """The run's report, written to config.report_path and returned. engine_facts: what only
+    one engine knows (the Ray engine's cluster and actors), stored as given."""
+    from . import __version__
+
+    report = build_report(
+        tally, wall_s,
+        hx_version=__version__,
+        input=config.source_label,
+        output=str(config.output_dir),
+        outputs=list(config.outputs),
+        background=config.background_spec,
+        refine=config.refine,
+        overwrite=config.overwrite,
+        model={"path": str(model.root), "sha256": model.sha256, "preset": model.preset,
+               "size": model.size, "target": model.target},
+        engine=engine,
+        backend=backend,
+        device=device,
+        batch_size=batch_size,
+        workers=config.workers,
+        max_pixels=config.max_pixels,
+        glob=config.glob,
+        **engine_facts,
+    )
+    write_report(config.report_path, report)
+    return report
+
+
+def run(config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
+        log: Callable[[str], None] | None = None) -> dict:
+    """Run the whole job and return the report (also written to config.report_path).
+
+    log: called with one line per photo that failed ("PATH: reason"), as it happens.
+    """
+    start = time.perf_counter()
+    prepare_output(config)
+    stages = PhotoStages.for_run(config, model)
+    outcomes = Outcomes(config, log)
 
     max_in_flight = batch_size + config.workers
     decoding: deque[Future] = deque()
     writing: deque[Future] = deque()
-    batch: list[_Decoded] = []
+    batch: list[Decoded] = []
 
     def collect_write(future: Future) -> None:
         result = future.result()
         if result is None:
-            tally.processed += 1
-            progress.update()
+            outcomes.processed()
         else:
-            failed(result)
+            outcomes.failed(result)
 
     def infer_batch() -> None:
         x = np.stack([item.x for item in batch])  # [N, 3, S, S] float32
@@ -486,7 +538,7 @@ def run(config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
     def collect_decode(future: Future) -> None:
         result = future.result()
         if isinstance(result, Failed):
-            failed(result)
+            outcomes.failed(result)
             return
         batch.append(result)
         if len(batch) == batch_size:
@@ -497,11 +549,10 @@ def run(config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
     try:
         for planned in plan_jobs(config):
             if isinstance(planned, Skipped):
-                tally.skipped += 1
-                progress.update()
+                outcomes.skipped()
                 continue
             if isinstance(planned, Failed):
-                failed(planned)
+                outcomes.failed(planned)
                 continue
             decoding.append(decode_pool.submit(stages.decode, planned))
             # Consume in submission order: the batches do not depend on thread timing.
@@ -517,25 +568,7 @@ def run(config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
         # On an error or Ctrl-C: drop queued work, let running writes finish (each is atomic).
         decode_pool.shutdown(wait=True, cancel_futures=True)
         write_pool.shutdown(wait=True, cancel_futures=True)
-        progress.close()
+        outcomes.close()
 
-    report = build_report(
-        tally, time.perf_counter() - start,
-        hx_version=__version__,
-        input=config.source_label,
-        output=str(config.output_dir),
-        outputs=list(config.outputs),
-        background=config.background_spec,
-        refine=config.refine,
-        overwrite=config.overwrite,
-        model={"path": str(model.root), "sha256": model.sha256, "preset": model.preset,
-               "size": model.size, "target": model.target},
-        backend=backend.name,
-        device=backend.device,
-        batch_size=batch_size,
-        workers=config.workers,
-        max_pixels=config.max_pixels,
-        glob=config.glob,
-    )
-    write_report(config.report_path, report)
-    return report
+    return finish_report(config, model, outcomes.tally, time.perf_counter() - start, engine="local",
+                         backend=backend.name, device=backend.device, batch_size=batch_size)

@@ -31,7 +31,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -39,9 +39,13 @@ from .backends.base import Backend
 from .compose import Background, composite, parse_background, rgba_cutout
 from .io.images import (PHOTO_EXTENSIONS, DecodeError, atomic_write, clean_temporaries, encode_jpeg, encode_png, iter_photos,
                         photo_size, read_photo)
+from .io.video import VIDEO_EXTENSIONS, is_video_name
 from .model import ModelDir
 from .report import REPORT_NAME, Tally, build_report, write_report
 from .transforms import Letterbox, guided_filter, guided_radius, letterbox, to_uint8, unletterbox
+
+if TYPE_CHECKING:
+    from .video_pipeline import VideoOptions
 
 OUTPUT_KINDS = {"alpha": ".png", "rgba": ".png", "composite": ".jpg"}  # kind -> file suffix
 REFINES = ("none", "guided")
@@ -80,6 +84,7 @@ class RunConfig:
     glob: str | None
     report_path: Path
     progress: bool
+    video: VideoOptions | None = None  # how videos are written; None: VideoOptions() (hx_infer.video_pipeline)
 
     @property
     def source_label(self) -> str:
@@ -109,7 +114,8 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
                 outputs: str | Iterable[str] = ("rgba",), background: str = "white",
                 refine: str = "none", overwrite: bool = False, workers: int | None = None,
                 max_pixels: int = DEFAULT_MAX_PIXELS, glob: str | None = None,
-                report: str | Path | None = None, progress: bool = True) -> RunConfig:
+                report: str | Path | None = None, progress: bool = True,
+                video: VideoOptions | None = None) -> RunConfig:
     """Check every option before any photo is touched; raise ConfigError naming the bad one.
 
     inputs: a photo, a folder (searched recursively), or an iterable of photo paths (the CLI's
@@ -130,7 +136,7 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
         _check_apart(source, output_dir, kinds)
 
     report_path = Path(report) if report is not None else output_dir / REPORT_NAME
-    if report_path.is_dir() or report_path.suffix.lower() in PHOTO_EXTENSIONS:
+    if report_path.is_dir() or report_path.suffix.lower() in PHOTO_EXTENSIONS | VIDEO_EXTENSIONS:
         raise ConfigError(f"--report {report_path}: give the path of a .json file")
     if refine not in REFINES:
         raise ConfigError(f"--refine {refine!r}: choose from {', '.join(REFINES)}")
@@ -139,7 +145,12 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
     if max_pixels < 1:
         raise ConfigError(f"--max-pixels must be at least 1, got {max_pixels}")
     try:
-        parsed_background = parse_background(background)
+        if is_video_name(background.strip()):
+            from .video_pipeline import parse_background_or_video  # a video background needs PyAV
+
+            parsed_background = parse_background_or_video(background)
+        else:
+            parsed_background = parse_background(background)
     except ValueError as e:
         raise ConfigError(f"--background: {e}") from None
     if model.target == "rgb":
@@ -156,7 +167,7 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
         source=source, source_kind=source_kind, output_dir=output_dir, outputs=kinds,
         background_spec=background, background=parsed_background, refine=refine,
         overwrite=overwrite, workers=workers or default_workers(), max_pixels=max_pixels, glob=glob,
-        report_path=report_path, progress=progress)
+        report_path=report_path, progress=progress, video=video)
 
 
 def _check_apart(source: Path, output_dir: Path, kinds: tuple[str, ...]) -> None:
@@ -190,7 +201,8 @@ OnListError = Callable[[Path, OSError], None]
 
 
 def _folder_jobs(root: Path, glob: str | None, on_error: OnListError | None) -> Iterator[Job]:
-    for path in iter_photos(root, glob, on_error=on_error or (lambda folder, e: None)):
+    for path in iter_photos(root, glob, on_error=on_error or (lambda folder, e: None),
+                            extensions=PHOTO_EXTENSIONS | VIDEO_EXTENSIONS):
         yield Job(path, path.relative_to(root))
 
 
@@ -286,11 +298,14 @@ def plan_jobs(config: RunConfig) -> Iterator[Job | Skipped | Failed]:
     unlistable: list[Failed] = []
     jobs = iter_jobs(config, on_error=lambda folder, e: unlistable.append(
         Failed(folder, f"cannot list folder ({e.strerror or e})")))
-    folder_guard = FolderCollisions() if config.source_kind == "folder" else None
-    list_guard = ListCollisions() if config.source_kind == "list" else None
+    # Videos have guards of their own: a.jpg and a.mp4 write different files (a.png, a.mp4).
+    guards = {video: (FolderCollisions() if config.source_kind == "folder" else None,
+                      ListCollisions() if config.source_kind == "list" else None) for video in (False, True)}
     for job in jobs:
         yield from unlistable
         unlistable.clear()
+        video = is_video_name(job.src.name)
+        folder_guard, list_guard = guards[video]
         first = folder_guard.check(job.src) if folder_guard else list_guard.check(job) if list_guard else None
         kind = _inside_outputs(job.src, config) if list_guard else None
         if kind is not None:
@@ -298,12 +313,20 @@ def plan_jobs(config: RunConfig) -> Iterator[Job | Skipped | Failed]:
         elif first is not None:
             same = os.path.abspath(first) == os.path.abspath(job.src)
             yield Failed(job.src, "listed more than once" if same else f"output name collides with {first}")
-        elif not config.overwrite and all(
-                output_path(config.output_dir, kind, job.rel).exists() for kind in config.outputs):
+        elif not config.overwrite and all(path.exists() for path in _output_paths(config, job, video)):
             yield Skipped(job.src)
         else:
             yield job
     yield from unlistable
+
+
+def _output_paths(config: RunConfig, job: Job, video: bool) -> list[Path]:
+    if video:
+        from .video_pipeline import VideoOptions, video_output_path
+
+        options = config.video or VideoOptions()
+        return [video_output_path(config.output_dir, kind, job.rel, options) for kind in config.outputs]
+    return [output_path(config.output_dir, kind, job.rel) for kind in config.outputs]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,6 +526,16 @@ def finish_report(config: RunConfig, model: ModelDir, tally: Tally, wall_s: floa
     return report
 
 
+def _on_device(config: RunConfig, backend: Backend, model: ModelDir):
+    """On CUDA, hx_infer.gpu letterboxes, upsamples and composes on the GPU (two streams, pinned
+    buffers, nvJPEG when torchvision is there); --refine guided stays on the numpy stages."""
+    if not backend.device.startswith("cuda") or config.refine != "none":
+        return None
+    from .gpu import PipelineOnDevice
+
+    return PipelineOnDevice(config, backend, model)
+
+
 def run(config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
         log: Callable[[str], None] | None = None) -> dict:
     """Run the whole job and return the report (also written to config.report_path).
@@ -512,7 +545,11 @@ def run(config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
     start = time.perf_counter()
     prepare_output(config)
     stages = PhotoStages.for_run(config, model)
+    on_device = _on_device(config, backend, model)  # None: the numpy stages do the pixel work
     outcomes = Outcomes(config, log)
+    from .video_pipeline import VideoRuns
+
+    videos = VideoRuns(config, backend, model, batch_size, log)  # run after the photos, one at a time
 
     max_in_flight = batch_size + config.workers
     decoding: deque[Future] = deque()
@@ -527,11 +564,18 @@ def run(config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
             outcomes.failed(result)
 
     def infer_batch() -> None:
-        x = np.stack([item.x for item in batch])  # [N, 3, S, S] float32
-        out = np.asarray(backend.infer(x))  # [N, C, S, S] float32 in [0, 1]
-        for item, item_out in zip(batch, out):
-            writing.append(write_pool.submit(stages.finish, item, item_out))
+        if on_device is not None:
+            # returns the previous batch's outputs: one batch stays on the GPU while the next uploads
+            queue_writes(on_device.finish, on_device.submit(batch))
+        else:
+            x = np.stack([item.x for item in batch])  # [N, 3, S, S] float32
+            out = np.asarray(backend.infer(x))  # [N, C, S, S] float32 in [0, 1]
+            queue_writes(stages.finish, zip(batch, out))
         batch.clear()
+
+    def queue_writes(finish: Callable, results: Iterable) -> None:
+        for item, item_out in results:
+            writing.append(write_pool.submit(finish, item, item_out))
         while len(writing) > max_in_flight:
             collect_write(writing.popleft())
 
@@ -554,7 +598,10 @@ def run(config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
             if isinstance(planned, Failed):
                 outcomes.failed(planned)
                 continue
-            decoding.append(decode_pool.submit(stages.decode, planned))
+            if is_video_name(planned.src.name):
+                videos.add(planned)
+                continue
+            decoding.append(decode_pool.submit(on_device.decode if on_device else stages.decode, planned))
             # Consume in submission order: the batches do not depend on thread timing.
             while len(decoding) > max_in_flight:
                 collect_decode(decoding.popleft())
@@ -562,8 +609,11 @@ def run(config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
             collect_decode(decoding.popleft())
         if batch:
             infer_batch()
+        if on_device is not None:
+            queue_writes(on_device.finish, on_device.flush())
         while writing:
             collect_write(writing.popleft())
+        videos.run(outcomes)
     finally:
         # On an error or Ctrl-C: drop queued work, let running writes finish (each is atomic).
         decode_pool.shutdown(wait=True, cancel_futures=True)
@@ -571,4 +621,5 @@ def run(config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
         outcomes.close()
 
     return finish_report(config, model, outcomes.tally, time.perf_counter() - start, engine="local",
-                         backend=backend.name, device=backend.device, batch_size=batch_size)
+                         backend=backend.name, device=backend.device, batch_size=batch_size,
+                         **videos.facts())

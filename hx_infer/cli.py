@@ -1,4 +1,4 @@
-"""`hx-infer`: click commands that parse, validate and call hx_infer (run; build, bench, eval
+"""`hx-infer`: click commands that parse, validate and call hx_infer (run, eval; build, bench
 and info come later). Kept light: `hx-infer --help` imports no runtime.
 
 Exit codes: 0 all photos done; 1 some photos failed (listed in the report); 2 bad usage (option,
@@ -7,9 +7,11 @@ internal errors).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import click
 
@@ -37,6 +39,28 @@ class _OneLineErrors(click.Group):
             click.echo("hx-infer: interrupted; run the same command again to resume", err=True)
             code = 130
         sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+@contextlib.contextmanager
+def _exit_on_errors(ctx: click.Context, *usage_errors: type[Exception]) -> Iterator[None]:
+    """Turn what a command's library call raises into one line on stderr and an exit code:
+    usage_errors (bad option, path or model) -> 2; OSError (an output could not be written:
+    disk full, permissions) -> 1; anything else is a bug -> 1, traceback only with HX_DEBUG=1."""
+    try:
+        yield
+    except usage_errors as e:
+        click.echo(f"hx-infer: error: {e}", err=True)
+        ctx.exit(EXIT_USAGE)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"hx-infer: error: {where}{e.strerror or e}", err=True)
+        ctx.exit(EXIT_FAILED)
+    except Exception as e:  # noqa: BLE001 - a bug; one line unless asked for the traceback
+        if os.environ.get("HX_DEBUG"):
+            raise
+        click.echo(f"hx-infer: internal error: {type(e).__name__}: {e} (HX_DEBUG=1 shows the traceback)",
+                   err=True)
+        ctx.exit(EXIT_FAILED)
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,28 +126,69 @@ def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, 
     def log(line: str) -> None:
         tqdm.write(f"hx-infer: {line}", file=sys.stderr)  # above the bar, not through it
 
-    try:
+    with _exit_on_errors(ctx, ConfigError, ModelError, BackendError):
         with Extractor(model, backend=backend, device=device, batch_size=batch_size) as extractor:
             result = extractor.run(
                 inputs, output, outputs=outputs, background=background, refine=refine,
                 overwrite=not resume, workers=workers, max_pixels=max_pixels, glob=glob,
                 report=report, progress=not quiet, log=log)
-    except (ConfigError, ModelError, BackendError) as e:
-        click.echo(f"hx-infer: error: {e}", err=True)
-        ctx.exit(EXIT_USAGE)
-    except OSError as e:  # the report or OUTPUT could not be written: disk full, permissions
-        where = f"{e.filename}: " if e.filename else ""
-        click.echo(f"hx-infer: error: {where}{e.strerror or e}", err=True)
-        ctx.exit(EXIT_FAILED)
-    except Exception as e:  # noqa: BLE001 - a bug; one line unless asked for the traceback
-        if os.environ.get("HX_DEBUG"):
-            raise
-        click.echo(f"hx-infer: internal error: {type(e).__name__}: {e} (HX_DEBUG=1 shows the traceback)",
-                   err=True)
-        ctx.exit(EXIT_FAILED)
     report_path = report if report is not None else output / REPORT_NAME
     click.echo(summary_line(result, report_path), err=True)
     ctx.exit(EXIT_FAILED if result["counts"]["failed"] else EXIT_OK)
+
+
+@main.command("eval")
+@click.argument("model", metavar="MODEL")
+@click.argument("data", metavar="DATA", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="auto: trt > ort with CUDA > torch on CUDA > ort on CPU.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Crops per inference call.  [default: 8 on CPU, 32 on CUDA]")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write every figure, per crop and per image, to this JSON file.")
+@click.option("--boundary-tolerance", type=click.FloatRange(min=0), default=3, show_default=True,
+              help="Pixels within which a boundary pixel counts as matched (boundary F).")
+@click.option("--crops", default="full,upper,head", show_default=True,
+              help="Comma-separated crops to score: full (photo), upper (upper body), head (head and shoulders).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def eval_command(ctx: click.Context, model: str, data: Path, backend: str, device: str,
+                 batch_size: int | None, json_path: Path | None, boundary_tolerance: float, crops: str,
+                 quiet: bool) -> None:
+    """Score MODEL's mattes against the person masks in DATA: IoU, alpha MAE, boundary F.
+
+    MODEL is 'default' or a model folder. DATA holds images/ and masks/ matched by stem (or is a
+    folder made by `hx-train prepare`, whose val/ split is used). Every photo is scored whole
+    and on its upper-body and head-and-shoulders crops, cut by fixed rules from the mask (see
+    hx_infer.evaluate). Prints a table; --json keeps every figure. Exit 0 when every pair was
+    scored, 1 when some could not be read, 2 on bad usage.
+    """
+    from tqdm import tqdm
+
+    from . import Extractor
+    from .backends.base import BackendError
+    from .evaluate import EvalError, evaluate, format_results, plan_eval
+    from .io.images import PHOTO_EXTENSIONS
+    from .model import ModelError
+    from .pipeline import ConfigError
+    from .report import write_report
+
+    def log(line: str) -> None:
+        tqdm.write(f"hx-infer: {line}", file=sys.stderr)
+
+    with _exit_on_errors(ctx, EvalError, ConfigError, ModelError, BackendError):
+        if json_path is not None and (json_path.is_dir() or json_path.suffix.lower() in PHOTO_EXTENSIONS):
+            raise EvalError(f"--json {json_path}: give the path of a .json file")
+        with Extractor(model, backend=backend, device=device, batch_size=batch_size) as extractor:
+            plan_eval(extractor.model, data, crops, boundary_tolerance)  # bad DATA fails before the backend opens
+            results = evaluate(extractor.model, data, extractor.backend, crops=crops,
+                               tolerance=boundary_tolerance, batch_size=extractor.batch_size, log=log,
+                               progress=not quiet)
+        if json_path is not None:
+            write_report(json_path, results)
+    click.echo(format_results(results))
+    ctx.exit(EXIT_FAILED if results["failures"] else EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,387 @@
+"""The video run: one video file -> its matte, cutout and composite videos, frame for frame.
+
+    reader thread: demux + decode (io.video.VideoReader) -> upright + letterbox   [3, S, S] float32
+                   (+ a 32 x 32 thumbnail for cut detection); audio packets pass through in order
+    this thread:   batch [N, 3, S, S] -> backend.infer -> [N, C, S, S] -> temporal average (S x S)
+    writer thread: un-letterbox, rotate back, refine, compose, encode, mux (+ the audio packets)
+                   into temporaries, renamed into place once the last frame is in
+
+Every queue is bounded (two batches), so memory does not grow with the video's length.
+hx_infer.pipeline lists videos with the photos and hands each to run_video, after the photos;
+a video counts as one file in the report (processed, skipped or failed), its frames are added.
+
+Output layout, for a video <rel>/<stem>.<ext> below INPUT:
+    OUTPUT/alpha/<rel>/<stem>.mp4        grey matte, H.264 (--lossless: <stem>.mkv, FFV1)
+    OUTPUT/composite/<rel>/<stem>.mp4    the person on --background, H.264 (--lossless: .mkv, FFV1)
+    OUTPUT/rgba/<rel>/<stem>.mov         ProRes 4444 with alpha (rgba="vp9": <stem>.webm,
+                                         VP9 with alpha; rgba="png": <stem>/000000.png ...)
+Resume is per whole video: a video is skipped when all its outputs exist, and redone when any
+is missing (a killed run leaves only temporaries, which the next run removes).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+
+from .compose import Background, composite, parse_background, rgba_cutout
+from .io.video import (ENCODINGS, AudioPacket, Encoding, Frame, VideoError, VideoInfo, VideoReader, VideoWriter,
+                       is_video_name, open_writer)
+from .temporal import TemporalSmoother, thumbnail
+from .transforms import Letterbox, guided_filter, guided_radius, letterbox, to_uint8, unletterbox
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .model import ModelDir
+    from .pipeline import Job, RunConfig
+
+RGBA_FORMATS = ("prores", "vp9", "png")
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How videos are written. temporal: strength of the matte's moving average, 0 = off (see
+    hx_infer.temporal). lossless: mattes and composites as FFV1 in .mkv instead of H.264 in
+    .mp4. rgba: "prores" (.mov), "vp9" (.webm) or "png" (a folder of frames)."""
+
+    temporal: float = 0.0
+    lossless: bool = False
+    rgba: str = "prores"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.temporal < 1.0:
+            raise ValueError(f"--temporal-strength {self.temporal}: use a value in [0, 1)")
+        if self.rgba not in RGBA_FORMATS:
+            raise ValueError(f"--video-codec {self.rgba!r}: choose from prores, vp9 (or --frames png)")
+
+
+def encoding_for(kind: str, options: VideoOptions) -> Encoding:
+    if kind == "rgba":
+        return ENCODINGS[options.rgba]
+    if kind == "alpha":
+        return ENCODINGS["ffv1-matte" if options.lossless else "h264-matte"]
+    return ENCODINGS["ffv1" if options.lossless else "h264"]
+
+
+def video_output_path(output_dir: Path, kind: str, rel: Path, options: VideoOptions) -> Path:
+    """Where a video's output of `kind` goes (a folder for PNG frames)."""
+    return output_dir / kind / rel.parent / (rel.stem + encoding_for(kind, options).suffix)
+
+
+class VideoBackground(Background):
+    """--background VIDEO: each video frame goes on the background's frame of the same index,
+    the background starting over when it runs out; a photo goes on its first frame."""
+
+    def __init__(self, path: Path):
+        reader = VideoReader(path, audio=False)
+        try:
+            first = next(item for item in reader if isinstance(item, Frame))
+        finally:
+            reader.close()
+        super().__init__(image=first.rgb, label=str(path))
+        self.path = Path(path)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """[h, w, 3] uint8 RGB frames, forever. Close the generator to close the file."""
+        while True:
+            reader = VideoReader(self.path, audio=False)
+            try:
+                for item in reader:
+                    if isinstance(item, Frame):
+                        yield item.rgb
+            except VideoError as e:
+                raise VideoError(f"--background {self.path}: {e}") from None
+            finally:
+                reader.close()
+
+
+def parse_background_or_video(spec: str) -> Background:
+    """compose.parse_background, plus the path of a video (needs PyAV). Raises ValueError."""
+    if is_video_name(spec.strip()) and Path(spec.strip()).is_file():
+        try:
+            return VideoBackground(Path(spec.strip()))
+        except VideoError as e:
+            raise ValueError(f"--background {spec!r}: {e}") from None
+    return parse_background(spec)
+
+
+@dataclass(frozen=True)
+class VideoDone:
+    frames: int
+    seconds: float
+
+
+class VideoRuns:
+    """The videos of a run: an engine add()s each planned video job, run()s them when its photos
+    are done, and puts facts() in the report. Each video is batched on its own, so it never
+    waits for photos to fill a batch, nor photos for it."""
+
+    def __init__(self, config: "RunConfig", backend: "Backend", model: "ModelDir", batch_size: int,
+                 log: Callable[[str], None] | None = None):
+        self.config, self.backend, self.model, self.batch_size, self.log = config, backend, model, batch_size, log
+        self.jobs: list["Job"] = []  # a path each: small beside the photos' stream
+        self.frames = 0
+        self.seconds = 0.0
+
+    def add(self, job: "Job") -> None:
+        self.jobs.append(job)
+
+    def run(self, outcomes) -> None:
+        """outcomes: pipeline.Outcomes (processed() / failed(Failed))."""
+        from .pipeline import Failed
+
+        while self.jobs:
+            job = self.jobs.pop(0)
+            result = run_video(job, self.config, self.backend, self.model, self.batch_size, self.log)
+            if isinstance(result, str):
+                outcomes.failed(Failed(job.src, result))
+                continue
+            self.frames += result.frames
+            self.seconds += result.seconds
+            outcomes.processed()
+
+    def facts(self) -> dict:
+        """For the report: frames written by processed videos, their rate, and the video options."""
+        options = self.config.video or VideoOptions()
+        return {"frames": self.frames,
+                "frames_per_s": round(self.frames / self.seconds, 2) if self.seconds > 0 else 0.0,
+                "video": {"temporal": options.temporal, "lossless": options.lossless, "rgba": options.rgba}}
+
+
+def run_video(job: "Job", config: "RunConfig", backend: "Backend", model: "ModelDir", batch_size: int,
+              log: Callable[[str], None] | None = None) -> VideoDone | str:
+    """Write every output of one video; VideoDone, or the one-line reason it failed.
+
+    What is wrong with the file (not a video, truncated, undecodable, an output that cannot be
+    written) is a reason; the backend's own errors propagate, as they do for photos.
+    """
+    started = time.perf_counter()
+    try:
+        reader = VideoReader(job.src)
+    except VideoError as e:
+        return str(e)
+    try:
+        frames = _VideoRun(job, config, backend, model, batch_size, reader, log).run()
+    except VideoError as e:
+        return str(e)
+    finally:
+        reader.close()
+    return VideoDone(frames, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Decoded:
+    frame: Frame  # the stored pixels, [H, W, 3] uint8
+    x: np.ndarray  # [3, S, S] float32 in [-1, 1]: upright, letterboxed
+    box: Letterbox
+    thumb: np.ndarray | None  # [32, 32] float32, when smoothing
+    out: np.ndarray | None = None  # [C, S, S] float32 in [0, 1], once inferred
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+_END = object()
+
+
+def _failure_reason(e: BaseException) -> str:
+    if isinstance(e, VideoError):
+        return str(e)
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        return f"cannot write ({where}{e.strerror or e})"
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+# kind -> (rgb [H, W, 3] uint8, alpha [H, W] uint8, Background) -> the frame the writer takes
+_FRAME_IMAGES: dict[str, Callable[[np.ndarray, np.ndarray, Background], np.ndarray]] = {
+    "alpha": lambda rgb, alpha, background: alpha,
+    "rgba": lambda rgb, alpha, background: rgba_cutout(rgb, alpha),
+    "composite": lambda rgb, alpha, background: composite(rgb, alpha, background),
+}
+
+
+class _VideoRun:
+    def __init__(self, job: "Job", config: "RunConfig", backend: "Backend", model: "ModelDir",
+                 batch_size: int, reader: VideoReader, log: Callable[[str], None] | None):
+        self.job, self.config, self.backend, self.model = job, config, backend, model
+        self.batch_size = batch_size
+        self.reader = reader
+        self.info: VideoInfo = reader.info
+        self.log = log
+        self.options: VideoOptions = config.video or VideoOptions()
+        self.turns = self.info.rotation // 90  # np.rot90 turns that show the frame upright
+        self.smoother = TemporalSmoother(self.options.temporal) if self.options.temporal > 0 else None
+        self.stop = threading.Event()
+        self.decoded: queue.Queue = queue.Queue(maxsize=2 * batch_size)
+        self.inferred: queue.Queue = queue.Queue(maxsize=2 * batch_size)
+        self.write_error: BaseException | None = None
+
+    def run(self) -> int:
+        writers: dict[str, VideoWriter] = {}
+        try:
+            for kind in self.config.outputs:
+                path = video_output_path(self.config.output_dir, kind, self.job.rel, self.options)
+                writers[kind] = open_writer(path, encoding_for(kind, self.options), self.info,
+                                            self.reader.audio_stream)
+            frames = self._stream(writers)
+            for kind, writer in writers.items():
+                writer.commit()
+                for note in writer.notes:
+                    if self.log is not None:
+                        self.log(f"{self.job.src}: {kind}: {note}")
+            return frames
+        except OSError as e:
+            raise VideoError(_failure_reason(e)) from None
+        finally:
+            for writer in writers.values():
+                writer.close()
+
+    # -- the three stages ---------------------------------------------------------------------
+
+    def _stream(self, writers: dict[str, VideoWriter]) -> int:
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.info.frames or None, unit="frame", desc=self.job.src.name, leave=False,
+                   disable=None if self.config.progress else True, dynamic_ncols=True)
+        read = threading.Thread(target=self._read, name="hx-video-read", daemon=True)
+        write = threading.Thread(target=self._write, args=(writers,), name="hx-video-write", daemon=True)
+        read.start()
+        write.start()
+        try:
+            frames = self._infer(bar)
+            self._put(self.inferred, _END)
+            write.join()
+        finally:
+            self.stop.set()  # on any error: both threads give up their next put/get and end
+            read.join()
+            write.join()
+            bar.close()
+        if self.write_error is not None:
+            raise VideoError(_failure_reason(self.write_error))
+        return frames
+
+    def _read(self) -> None:
+        """Reader thread: decoded, letterboxed frames and audio packets, in file order."""
+        size = self.model.size
+        try:
+            for item in self.reader:
+                if isinstance(item, Frame):
+                    upright = np.ascontiguousarray(np.rot90(item.rgb, self.turns)) if self.turns else item.rgb
+                    x, box = letterbox(upright, size)
+                    item = _Decoded(item, x, box, thumbnail(item.rgb) if self.smoother else None)
+                if not self._put(self.decoded, item):
+                    return
+            self._put(self.decoded, _END)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which reports it
+            self._put(self.decoded, _Failure(e))
+
+    def _infer(self, bar) -> int:
+        """This thread: batches through the backend, in order; returns the frame count."""
+        pending: list[_Decoded | AudioPacket] = []  # a batch's frames and the audio between them
+        batch: list[_Decoded] = []
+        frames = 0
+
+        def flush() -> None:
+            x = np.stack([d.x for d in batch])  # [N, 3, S, S] float32
+            out = np.asarray(self.backend.infer(x))  # [N, C, S, S] float32 in [0, 1]
+            for item, item_out in zip(batch, out):
+                item.out = self.smoother(item_out, item.thumb) if self.smoother else item_out
+            for item in pending:
+                self._put(self.inferred, item)
+            bar.update(len(batch))
+            pending.clear()
+            batch.clear()
+
+        while True:
+            item = self._get(self.decoded)
+            if item is _END:
+                break
+            if isinstance(item, _Failure):
+                raise VideoError(_failure_reason(item.error))
+            pending.append(item)
+            if isinstance(item, _Decoded):
+                batch.append(item)
+                frames += 1
+                if len(batch) == self.batch_size:
+                    flush()
+        if batch:
+            flush()
+        for item in pending:  # audio after the last frame
+            self._put(self.inferred, item)
+        return frames
+
+    def _write(self, writers: dict[str, VideoWriter]) -> None:
+        """Writer thread: back to the frame's size and orientation, compose, encode."""
+        background_frames = None
+        try:
+            if isinstance(self.config.background, VideoBackground) and "composite" in writers:
+                background_frames = self.config.background.frames()
+            while True:
+                item = self._get(self.inferred)
+                if item is _END:
+                    return
+                if isinstance(item, AudioPacket):
+                    for writer in writers.values():
+                        writer.write_audio(item)
+                    continue
+                background = (Background(image=next(background_frames)) if background_frames is not None
+                              else self.config.background)
+                for kind, image in self._images(item, writers, background):
+                    writers[kind].write(image, item.frame.pts)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            self.write_error = e
+            self.stop.set()
+        finally:
+            if background_frames is not None:
+                background_frames.close()
+
+    def _images(self, item: _Decoded, writers: dict[str, VideoWriter],
+                background: Background) -> Iterator[tuple[str, np.ndarray]]:
+        restored = unletterbox(item.out, item.box)  # upright [h, w] matte or [h, w, 3] painting
+        if self.turns:
+            restored = np.ascontiguousarray(np.rot90(restored, -self.turns))
+        rgb = item.frame.rgb
+        if self.model.target == "rgb":  # painted on white: only a composite exists
+            yield "composite", to_uint8(restored)
+            return
+        if self.config.refine == "guided":
+            height, width = rgb.shape[:2]
+            restored = guided_filter(rgb, restored, radius=guided_radius(height, width, self.model.size),
+                                     model_size=self.model.size)
+        alpha = to_uint8(restored)
+        for kind in writers:
+            yield kind, _FRAME_IMAGES[kind](rgb, alpha, background)
+
+    # -- queues that give up when the run stops -----------------------------------------------
+
+    def _put(self, q: queue.Queue, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        if q is self.inferred and self.write_error is not None:
+            raise VideoError(_failure_reason(self.write_error))
+        return False
+
+    def _get(self, q: queue.Queue):
+        while True:
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                if self.stop.is_set():
+                    if self.write_error is not None:
+                        raise VideoError(_failure_reason(self.write_error)) from None
+                    return _END

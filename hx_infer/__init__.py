@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from .backends.base import Backend
     from .model import ModelDir
+    from .video_pipeline import VideoOptions
 
 
 def _version() -> str:
@@ -110,17 +111,19 @@ class Extractor:
             refine: str = "none", overwrite: bool = False, workers: int | None = None,
             max_pixels: int = 100_000_000, glob: str | None = None,
             report: str | Path | None = None, progress: bool = True,
-            log: Callable[[str], None] | None = None) -> dict:
+            log: Callable[[str], None] | None = None, video: "VideoOptions | None" = None) -> dict:
         """Process a photo, a folder tree, or an iterable of paths into output_dir; see
         hx_infer.pipeline for the layout. Existing outputs are kept (resume) unless overwrite.
 
         Returns the report (also written to `report`, default OUTPUT/hx-report.json). Photos
         that cannot be read are counted in it, with their reason, and passed to `log`.
+        Videos among the inputs are written as `video` says (hx_infer.video_pipeline.VideoOptions:
+        temporal smoothing, lossless, rgba codec); each counts as one file.
         """
         from . import pipeline
 
         config = pipeline.make_config(
             inputs, output_dir, self.model, outputs=outputs, background=background, refine=refine,
             overwrite=overwrite, workers=workers, max_pixels=max_pixels, glob=glob, report=report,
-            progress=progress)
+            progress=progress, video=video)
         return pipeline.run(config, self.backend, self.model, self.batch_size, log=log)

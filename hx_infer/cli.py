@@ -82,7 +82,8 @@ def main() -> None:
 @click.option("--outputs", default="rgba", show_default=True,
               help="Comma-separated kinds to write: alpha (matte), rgba (cutout), composite.")
 @click.option("--background", default="white", show_default=True,
-              help="Composite background: white, black, '#RRGGBB' or an image file.")
+              help="Composite background: white, black, '#RRGGBB', an image file, or a video file "
+                   "(looped behind videos; photos get its first frame).")
 @click.option("--refine", type=click.Choice(["none", "guided"]), default="none", show_default=True,
               help="guided: sharpen the upsampled matte along the photo's edges.")
 @click.option("--resume/--overwrite", default=True, show_default=True,
@@ -95,11 +96,22 @@ def main() -> None:
               help="Where to write the JSON report.  [default: OUTPUT/hx-report.json]")
 @click.option("--quiet", is_flag=True, help="No progress bar: only errors and the summary line.")
 @click.option("--glob", default=None, help="Only photos whose path below INPUT matches, e.g. '*.jpg'.")
+@click.option("--temporal", is_flag=True,
+              help="Videos: smooth the matte over time (moving average, restarted at scene cuts).")
+@click.option("--temporal-strength", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Videos: weight of the past in --temporal; higher is steadier but lags fast motion "
+                   "(implies --temporal).  [default: 0.5]")
+@click.option("--lossless", is_flag=True, help="Videos: alpha and composite as FFV1 .mkv instead of H.264 .mp4.")
+@click.option("--video-codec", type=click.Choice(["prores", "vp9"]), default="prores", show_default=True,
+              help="Videos, rgba: ProRes 4444 .mov or VP9 .webm, both with alpha.")
+@click.option("--frames", type=click.Choice(["video", "png"]), default="video", show_default=True,
+              help="Videos, rgba: one video file, or a folder of PNG frames (OUTPUT/rgba/<dir>/<stem>/000000.png).")
 @click.pass_context
 def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, device: str,
         batch_size: int | None, outputs: str, background: str, refine: str, resume: bool,
         workers: int | None, max_pixels: int, report: Path | None, quiet: bool,
-        glob: str | None) -> None:
+        glob: str | None, temporal: bool, temporal_strength: float | None, lossless: bool,
+        video_codec: str, frames: str) -> None:
     """Write the matte, cutout and/or composite of every photo in INPUT below OUTPUT.
 
     INPUT is a photo, a folder (searched recursively; photos by extension, any case), or '-'
@@ -112,6 +124,11 @@ def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, 
     A rerun resumes: photos whose outputs all exist are skipped, so an interrupted run (even
     kill -9) finishes with the same files as an uninterrupted one. Exit 0 when every photo was
     done, 1 when some failed (see the report), 2 on bad usage.
+
+    Videos (mp4, mov, mkv, avi, webm; needs the `video` extra) are matted frame for frame:
+    OUTPUT/alpha/<dir>/<stem>.mp4, OUTPUT/composite/<dir>/<stem>.mp4 (.mkv with --lossless),
+    OUTPUT/rgba/<dir>/<stem>.mov (or .webm, or PNG frames); audio is copied. Each video counts
+    as one file; a rerun redoes a video whose outputs are not all complete.
     """
     from tqdm import tqdm
 
@@ -120,8 +137,12 @@ def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, 
     from .model import ModelError
     from .pipeline import ConfigError
     from .report import REPORT_NAME, summary_line
+    from .temporal import DEFAULT_STRENGTH
+    from .video_pipeline import VideoOptions
 
     inputs = (line for line in sys.stdin) if input == "-" else input
+    strength = temporal_strength if temporal_strength is not None else DEFAULT_STRENGTH if temporal else 0.0
+    video = VideoOptions(temporal=strength, lossless=lossless, rgba="png" if frames == "png" else video_codec)
 
     def log(line: str) -> None:
         tqdm.write(f"hx-infer: {line}", file=sys.stderr)  # above the bar, not through it
@@ -131,7 +152,7 @@ def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, 
             result = extractor.run(
                 inputs, output, outputs=outputs, background=background, refine=refine,
                 overwrite=not resume, workers=workers, max_pixels=max_pixels, glob=glob,
-                report=report, progress=not quiet, log=log)
+                report=report, progress=not quiet, log=log, video=video)
     report_path = report if report is not None else output / REPORT_NAME
     click.echo(summary_line(result, report_path), err=True)
     ctx.exit(EXIT_FAILED if result["counts"]["failed"] else EXIT_OK)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .backends.base import Backend
+    from .engines import Engine
     from .model import ModelDir
     from .video_pipeline import VideoOptions
 
@@ -52,19 +53,28 @@ class Extractor:
     device: auto, cpu, cuda or cuda:N. batch_size: photos per inference call (default 8 on the
     CPU, 32 on CUDA). Raises ModelError / BackendError / ConfigError with a one-line message.
     The backend opens on first use; close it with `close()` or a `with` block.
+    engine: None runs `run` in this process; an engine from hx_infer.engines.make_engine (e.g.
+    "ray") runs it there, and then backend, device and the default batch size are settled
+    where the engine runs the model (this machine may have no GPU while its workers do).
     """
 
     def __init__(self, model: str | Path = "default", backend: str = "auto", device: str = "auto",
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, engine: "Engine | None" = None):
         from .backends.base import resolve_backend, resolve_device
         from .pipeline import ConfigError
 
         self.model = load_model(model)
-        self.device = resolve_device(device)
-        self.backend_name = resolve_backend(backend, self.device)
-        if batch_size is None:
-            batch_size = 32 if self.device.startswith("cuda") else 8
-        if batch_size < 1:
+        self.engine = engine
+        if engine is None:
+            self.device = resolve_device(device)
+            self.backend_name = resolve_backend(backend, self.device)
+            if batch_size is None:
+                batch_size = 32 if self.device.startswith("cuda") else 8
+        else:
+            if backend != "auto":
+                resolve_backend(backend, "cpu")  # the name only: fail here, not on every worker
+            self.device, self.backend_name = device, backend
+        if batch_size is not None and batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
         self._backend: Backend | None = None
@@ -126,4 +136,6 @@ class Extractor:
             inputs, output_dir, self.model, outputs=outputs, background=background, refine=refine,
             overwrite=overwrite, workers=workers, max_pixels=max_pixels, glob=glob, report=report,
             progress=progress, video=video)
+        if self.engine is not None:
+            return self.engine.run(config, self.model, self.backend_name, self.device, self.batch_size, log=log)
         return pipeline.run(config, self.backend, self.model, self.batch_size, log=log)

@@ -17,6 +17,7 @@ import click
 
 from . import __version__
 from .backends.base import BACKENDS
+from .engines import ENGINES, EngineError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -45,12 +46,16 @@ class _OneLineErrors(click.Group):
 def _exit_on_errors(ctx: click.Context, *usage_errors: type[Exception]) -> Iterator[None]:
     """Turn what a command's library call raises into one line on stderr and an exit code:
     usage_errors (bad option, path or model) -> 2; OSError (an output could not be written:
-    disk full, permissions) -> 1; anything else is a bug -> 1, traceback only with HX_DEBUG=1."""
+    disk full, permissions) and EngineError (a Ray cluster went away) -> 1; anything else is a
+    bug -> 1, traceback only with HX_DEBUG=1."""
     try:
         yield
     except usage_errors as e:
         click.echo(f"hx-infer: error: {e}", err=True)
         ctx.exit(EXIT_USAGE)
+    except EngineError as e:  # stopped part-way; what was written is complete, a rerun resumes
+        click.echo(f"hx-infer: error: {e}", err=True)
+        ctx.exit(EXIT_FAILED)
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         click.echo(f"hx-infer: error: {where}{e.strerror or e}", err=True)
@@ -106,12 +111,26 @@ def main() -> None:
               help="Videos, rgba: ProRes 4444 .mov or VP9 .webm, both with alpha.")
 @click.option("--frames", type=click.Choice(["video", "png"]), default="video", show_default=True,
               help="Videos, rgba: one video file, or a folder of PNG frames (OUTPUT/rgba/<dir>/<stem>/000000.png).")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+              help="local: threads in this process. ray: Ray Data tasks and actors, on this machine "
+                   "or a Ray cluster (needs the `ray` extra; photos only).")
+@click.option("--ray-address", default=None,
+              help="--engine ray: 'auto' (the cluster `ray start` runs here) or HOST:PORT of a "
+                   "cluster's head.  [default: $RAY_ADDRESS, else a Ray runtime started for this run]")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="--engine ray: inference actors, each loading the model once.  [default: as many "
+                   "as the cluster's GPUs allow, or its CPUs less one]")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=None,
+              help="--engine ray: GPUs each actor holds.  [default: 1 when the cluster has GPUs, else 0]")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--engine ray: CPUs each actor holds, also its backend's CPU threads.  [default: 1]")
 @click.pass_context
 def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, device: str,
         batch_size: int | None, outputs: str, background: str, refine: str, resume: bool,
         workers: int | None, max_pixels: int, report: Path | None, quiet: bool,
         glob: str | None, temporal: bool, temporal_strength: float | None, lossless: bool,
-        video_codec: str, frames: str) -> None:
+        video_codec: str, frames: str, engine: str, ray_address: str | None, actors: int | None,
+        gpus_per_actor: float | None, cpus_per_actor: float | None) -> None:
     """Write the matte, cutout and/or composite of every photo in INPUT below OUTPUT.
 
     INPUT is a photo, a folder (searched recursively; photos by extension, any case), or '-'
@@ -129,10 +148,14 @@ def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, 
     OUTPUT/alpha/<dir>/<stem>.mp4, OUTPUT/composite/<dir>/<stem>.mp4 (.mkv with --lossless),
     OUTPUT/rgba/<dir>/<stem>.mov (or .webm, or PNG frames); audio is copied. Each video counts
     as one file; a rerun redoes a video whose outputs are not all complete.
+
+    --engine ray runs the same stages on Ray (see the README): the same files, byte for byte,
+    and the same report; INPUT and OUTPUT must be on storage every node sees at the same path.
     """
     from tqdm import tqdm
 
     from . import Extractor
+    from .engines import make_engine
     from .backends.base import BackendError
     from .model import ModelError
     from .pipeline import ConfigError
@@ -147,8 +170,16 @@ def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, 
     def log(line: str) -> None:
         tqdm.write(f"hx-infer: {line}", file=sys.stderr)  # above the bar, not through it
 
+    ray_options = {"address": ray_address, "actors": actors, "gpus_per_actor": gpus_per_actor,
+                   "cpus_per_actor": cpus_per_actor}
+    given = {name: value for name, value in ray_options.items() if value is not None}
+    if given and engine != "ray":
+        flag = "--ray-address" if "address" in given else "--" + next(iter(given)).replace("_", "-")
+        raise click.UsageError(f"{flag} is an option of --engine ray", ctx)
+
     with _exit_on_errors(ctx, ConfigError, ModelError, BackendError):
-        with Extractor(model, backend=backend, device=device, batch_size=batch_size) as extractor:
+        with Extractor(model, backend=backend, device=device, batch_size=batch_size,
+                       engine=make_engine(engine, **given)) as extractor:
             result = extractor.run(
                 inputs, output, outputs=outputs, background=background, refine=refine,
                 overwrite=not resume, workers=workers, max_pixels=max_pixels, glob=glob,

@@ -1,0 +1,352 @@
+"""`hx-infer run --engine ray`: the local pipeline's stages mapped onto Ray Data.
+
+    driver: plan_jobs (listing, glob, name collisions, resume skips), CHUNK jobs at a time
+      -> ray.data.from_items          rows {src, path, rel} (file names as bytes)
+      -> map_batches(_decode)         CPU tasks: PhotoStages.decode   x [N, 3, S, S] float32
+      -> map_batches(_Infer)          actor pool, model loaded once per actor, num_gpus/num_cpus
+                                      per actor: backend.infer        out [N, C, S, S] float32
+      -> map_batches(_finish)         CPU tasks: PhotoStages.finish (un-letterbox, refine, encode,
+                                      atomic write under OUTPUT/<kind>/<rel>)
+      -> driver: one record per photo {src, reason} -> Outcomes -> the local engine's report
+
+Every stage calls the same functions as the local engine, so each photo's files are the same
+bytes (the backends give a photo the same output whatever else shares its batch).
+
+On a cluster, every node must see INPUT and OUTPUT at the same paths (shared storage: paths are
+made absolute on the driver) and have the same hx and model folder installed at the same path.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import ray
+import ray.data
+
+from ..backends.base import BackendError
+from ..compose import Background
+from ..io.video import is_video_name
+from ..model import ModelDir, ModelError
+from ..pipeline import (ConfigError, Decoded, Failed, Job, Outcomes, PhotoStages, RunConfig, Skipped,
+                        finish_report, plan_jobs, prepare_output)
+from . import EngineError
+
+# Jobs per Ray Data execution. The driver holds one chunk's file names (about 300 bytes a photo),
+# so memory stays bounded on a 10^7-photo archive; each chunk costs one actor-pool start (a
+# model load per actor), a few seconds against the minutes a chunk takes.
+CHUNK = 100_000
+FREE_CPUS = 1  # kept out of the actor pool for the decode and write tasks (else the run hangs)
+# A video is one long sequential job with state from frame to frame (temporal smoothing, one
+# encoder): nothing to spread over actors. The local engine runs them.
+NO_VIDEOS = "a video; --engine ray runs photos only (run videos with --engine local)"
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many inference actors, and what each one holds."""
+
+    actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+
+    @property
+    def threads(self) -> int:
+        """CPU threads for the backend: the actor's share, so actors do not fight over cores."""
+        return max(1, int(self.cpus_per_actor))
+
+
+def plan_actors(cluster_cpus: float, cluster_gpus: float, actors: int | None = None,
+                gpus_per_actor: float | None = None, cpus_per_actor: float | None = None) -> ActorPlan:
+    """Size the actor pool so that it can be scheduled and leaves CPUs for decoding and writing.
+
+    Defaults: one GPU per actor when the cluster has GPUs (else none), one CPU per actor, and as
+    many actors as the GPUs allow, or as the CPUs allow after FREE_CPUS. A pool that takes every
+    CPU starves the decode tasks and Ray Data waits forever; one that asks for more GPUs than
+    there are never starts: both are refused here, naming the option.
+    """
+    gpus = (1.0 if cluster_gpus >= 1 else 0.0) if gpus_per_actor is None else float(gpus_per_actor)
+    cpus = 1.0 if cpus_per_actor is None else float(cpus_per_actor)
+    if gpus < 0:
+        raise ConfigError(f"--gpus-per-actor must be 0 or more, got {gpus:g}")
+    if cpus <= 0:
+        raise ConfigError(f"--cpus-per-actor must be more than 0, got {cpus:g}")
+    if actors is not None and actors < 1:
+        raise ConfigError(f"--actors must be at least 1, got {actors}")
+    if gpus > cluster_gpus:
+        raise ConfigError(f"--gpus-per-actor {gpus:g}: the Ray cluster has {cluster_gpus:g} GPUs")
+    spare = cluster_cpus - FREE_CPUS
+    by_cpus = math.floor(spare / cpus + 1e-9)
+    by_gpus = math.floor(cluster_gpus / gpus + 1e-9) if gpus > 0 else by_cpus
+    if actors is None:
+        actors = min(by_cpus, by_gpus)
+        if actors < 1:
+            raise ConfigError(f"--cpus-per-actor {cpus:g}: the Ray cluster has {cluster_cpus:g} CPUs, and "
+                              f"{FREE_CPUS} must stay free for reading and writing photos")
+    elif actors > by_cpus:
+        raise ConfigError(f"--actors {actors} x --cpus-per-actor {cpus:g}: the Ray cluster has "
+                          f"{cluster_cpus:g} CPUs, and {FREE_CPUS} must stay free for reading and writing photos")
+    elif actors > by_gpus:
+        raise ConfigError(f"--actors {actors} x --gpus-per-actor {gpus:g}: the Ray cluster has "
+                          f"{cluster_gpus:g} GPUs")
+    return ActorPlan(actors, gpus, cpus)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages, as Ray Data runs them. Batches are dicts of numpy columns; a file name travels as
+# os.fsencode bytes (Arrow strings must be UTF-8, file names need not be), a per-photo object
+# (Decoded without its x, or Failed) as pickle bytes.
+
+
+def _decode(batch: dict[str, np.ndarray], stages: PhotoStages) -> dict[str, np.ndarray]:
+    """rows {src, path, rel} -> {src, ok, x [N, 3, S, S] float32, item}; a photo that cannot be
+    read keeps its row (ok False, x zeros) so that its reason reaches the report."""
+    xs, items, ok = [], [], []
+    blank = np.zeros((3, stages.size, stages.size), np.float32)
+    for src, path, rel in zip(batch["src"], batch["path"], batch["rel"]):
+        result = stages.decode(Job(Path(os.fsdecode(path)), Path(os.fsdecode(rel))))
+        if isinstance(result, Failed):
+            xs.append(blank)
+            items.append(pickle.dumps(Failed(Path(os.fsdecode(src)), result.reason)))
+        else:
+            xs.append(result.x)
+            items.append(pickle.dumps(replace(result, x=None), protocol=pickle.HIGHEST_PROTOCOL))
+        ok.append(not isinstance(result, Failed))
+    return {"src": batch["src"], "ok": np.array(ok, bool), "x": np.stack(xs),
+            "item": _objects(items)}
+
+
+class _Infer:
+    """One per actor: the backend, opened once, then every batch the actor is given."""
+
+    def __init__(self, model_root: str, backend: str, device: str, batch_size: int, threads: int):
+        from ..backends.base import open_backend
+        from ..model import load_model_dir
+
+        model = load_model_dir(model_root)
+        self._shape = (model.out_channels, model.size, model.size)
+        # device 'auto' is resolved here, on the actor's node, where Ray has set the visible GPUs
+        self._backend = open_backend(backend, model, device, batch_size=batch_size, threads=threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = batch["ok"]
+        out = np.zeros((len(ok), *self._shape), np.float32)  # [N, C, S, S]; zeros for unread photos
+        if ok.any():
+            x = batch["x"] if ok.all() else batch["x"][ok]  # [n, 3, S, S] float32
+            out[ok] = np.asarray(self._backend.infer(np.ascontiguousarray(x)))
+        n = len(ok)
+        return {"src": batch["src"], "ok": ok, "out": out, "item": batch["item"],
+                "backend": np.full(n, self._backend.name), "device": np.full(n, self._backend.device)}
+
+
+def _finish(batch: dict[str, np.ndarray], stages: PhotoStages) -> dict[str, np.ndarray]:
+    """-> {src, reason ('' when the photo's outputs were written), backend, device}"""
+    reasons = []
+    for src, ok, item, out in zip(batch["src"], batch["ok"], batch["item"], batch["out"]):
+        item: Decoded | Failed = pickle.loads(item)
+        failure = item if not ok else stages.finish(item, out)
+        reasons.append("" if failure is None else failure.reason)
+    return {"src": batch["src"], "reason": np.array(reasons, object),
+            "backend": batch["backend"], "device": batch["device"]}
+
+
+class _PortableBackground(Background):
+    """A Background that pickles: its lock and render cache stay behind and are made anew on the
+    worker (compose.Background holds a threading.Lock, which cannot travel to Ray workers)."""
+
+    @classmethod
+    def of(cls, background: Background) -> "_PortableBackground":
+        return cls(background.color, background.image, background.label)
+
+    def __reduce__(self):
+        return (_PortableBackground, (self.color, self.image, self.label))
+
+
+def _objects(values: list) -> np.ndarray:
+    array = np.empty(len(values), object)  # np.array would try to broadcast equal-length bytes
+    array[:] = values
+    return array
+
+
+def _rows(jobs: Iterable[Job]) -> list[dict[str, bytes]]:
+    """src as the user named it (for the report), path absolute (for workers in other folders)."""
+    return [{"src": os.fsencode(job.src), "path": os.fsencode(os.path.abspath(job.src)),
+             "rel": os.fsencode(job.rel)} for job in jobs]
+
+
+def _chunks(config: RunConfig, outcomes: Outcomes) -> Iterator[list[Job]]:
+    """The run's photos, CHUNK at a time; skips and planning failures go straight to `outcomes`."""
+    chunk: list[Job] = []
+    for planned in plan_jobs(config):
+        if isinstance(planned, Skipped):
+            outcomes.skipped()
+        elif isinstance(planned, Failed):
+            outcomes.failed(planned)
+        elif is_video_name(planned.src.name):
+            outcomes.failed(Failed(planned.src, NO_VIDEOS))
+        else:
+            chunk.append(planned)
+            if len(chunk) == CHUNK:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+
+
+class RayEngine:
+    """Runs `hx-infer run` on Ray.
+
+    address: None for $RAY_ADDRESS when set, else a Ray runtime started for this run on this
+    machine (stopped after it); "auto" for the cluster `ray start` runs on this machine;
+    "HOST:PORT" for a cluster's head. When this process is already connected to Ray, that
+    connection is used and kept. actors, gpus_per_actor, cpus_per_actor: see plan_actors.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, actors: int | None = None,
+                 gpus_per_actor: float | None = None, cpus_per_actor: float | None = None):
+        self.address = address
+        self.actors = actors
+        self.gpus_per_actor = gpus_per_actor
+        self.cpus_per_actor = cpus_per_actor
+
+    def run(self, config: RunConfig, model: ModelDir, backend: str, device: str,
+            batch_size: int | None, log: Callable[[str], None] | None = None) -> dict:
+        start = time.perf_counter()
+        connected_here = self._connect()
+        try:
+            resources = ray.cluster_resources()
+            cluster = {"cpus": resources.get("CPU", 0.0), "gpus": resources.get("GPU", 0.0),
+                       "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
+            plan = plan_actors(cluster["cpus"], cluster["gpus"], self.actors, self.gpus_per_actor,
+                               self.cpus_per_actor)
+            if batch_size is None:
+                batch_size = 32 if plan.gpus_per_actor > 0 else 8  # the local engine's defaults
+            prepare_output(config)
+            # Workers run in other folders, maybe on other machines: absolute paths only, and no
+            # stdin iterator (the driver plans the jobs; workers never list anything).
+            shipped = replace(config, source=(), output_dir=Path(os.path.abspath(config.output_dir)),
+                              background=_PortableBackground.of(config.background))
+            stages = PhotoStages.for_run(shipped, model)
+            outcomes = Outcomes(config, log)
+            ran_on: set[tuple[str, str]] = set()
+            try:
+                with _quiet_ray_data():
+                    for chunk in _chunks(config, outcomes):
+                        dataset = self._dataset(chunk, stages, model, backend, device, batch_size, plan)
+                        ran_on |= _collect(dataset, outcomes)
+            finally:
+                outcomes.close()
+        except ray.exceptions.RayError as e:
+            raise _one_line(e) from None
+        finally:
+            if connected_here:
+                ray.shutdown()
+
+        backends = sorted(ran_on) or [(backend, device)]  # nothing inferred: what was asked for
+        return finish_report(
+            config, model, outcomes.tally, time.perf_counter() - start, engine="ray",
+            backend=",".join(sorted({b for b, _ in backends})), device=",".join(sorted({d for _, d in backends})),
+            batch_size=batch_size,
+            ray={"address": self.address, "actors": plan.actors, "gpus_per_actor": plan.gpus_per_actor,
+                 "cpus_per_actor": plan.cpus_per_actor, "cluster": cluster})
+
+    def _connect(self) -> bool:
+        """Connect to (or start) Ray unless this process already is; True when it was done here."""
+        if ray.is_initialized():
+            return False
+        options: dict = {"logging_level": logging.WARNING}
+        if self.address is None and not os.environ.get("RAY_ADDRESS"):
+            options.update(address="local", include_dashboard=False)
+        else:
+            options.update(address=self.address)
+        try:
+            ray.init(**options)
+        except (ConnectionError, ValueError, RuntimeError) as e:  # no cluster there, refused, bad token
+            where = self.address or os.environ.get("RAY_ADDRESS") or "a local Ray runtime"
+            raise ConfigError(f"--ray-address {where}: cannot connect ({_first_line(e)})") from None
+        return True
+
+    def _dataset(self, jobs: list[Job], stages: PhotoStages, model: ModelDir, backend: str, device: str,
+                 batch_size: int, plan: ActorPlan) -> "ray.data.Dataset":
+        rows = _rows(jobs)
+        return (
+            ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
+            .map_batches(_decode, batch_format="numpy", batch_size=None, fn_kwargs={"stages": stages},
+                         num_cpus=1)
+            # With GPU actors, decoding runs in these CPU tasks, in parallel with inference. With
+            # CPU-only actors of one CPU (same resources), Ray Data fuses it into the actor, which
+            # then decodes between model calls: no GPU to keep busy, one copy of x fewer.
+            .map_batches(_Infer, batch_format="numpy", batch_size=batch_size,
+                         compute=ray.data.ActorPoolStrategy(size=plan.actors),
+                         num_gpus=plan.gpus_per_actor, num_cpus=plan.cpus_per_actor,
+                         fn_constructor_kwargs={"model_root": str(model.root), "backend": backend,
+                                                "device": device, "batch_size": batch_size,
+                                                "threads": plan.threads})
+            .map_batches(_finish, batch_format="numpy", batch_size=None, fn_kwargs={"stages": stages},
+                         num_cpus=1)
+        )
+
+
+def _collect(dataset: "ray.data.Dataset", outcomes: Outcomes) -> set[tuple[str, str]]:
+    """Run the dataset, counting each photo as its batch comes back -> the (backend, device) pairs seen."""
+    ran_on: set[tuple[str, str]] = set()
+    for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
+        for src, reason in zip(batch["src"], batch["reason"]):
+            if reason:
+                outcomes.failed(Failed(Path(os.fsdecode(src)), reason))
+            else:
+                outcomes.processed()
+        ran_on |= {(str(b), str(d)) for b, d in zip(batch["backend"], batch["device"]) if b}
+    return ran_on
+
+
+# Our progress bar and report stand in for Ray Data's bars and its per-run log lines; the
+# progress logger only says, once, that its bars are off.
+_QUIET_LOGGERS = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}
+
+
+class _quiet_ray_data:
+    """Ray Data without its progress bars and INFO lines, for the `with` block only."""
+
+    def __enter__(self) -> None:
+        context = ray.data.DataContext.get_current()
+        self._bars = context.enable_progress_bars
+        self._levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
+        context.enable_progress_bars = False
+        for name, level in _QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
+
+    def __exit__(self, *exc) -> None:
+        ray.data.DataContext.get_current().enable_progress_bars = self._bars
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _one_line(e: BaseException) -> Exception:
+    """A Ray error -> the hx error inside it when there is one (a model or backend an actor could
+    not open is a usage error), else an EngineError with one line."""
+    seen = e
+    for _ in range(8):  # RayTaskError -> UserCodeException -> the exception the stage raised
+        if isinstance(seen, (ModelError, BackendError, ConfigError)):
+            return seen
+        inner = getattr(seen, "cause", None) or seen.__cause__
+        if inner is None or inner is seen:
+            break
+        seen = inner
+    return EngineError(f"ray: {type(seen).__name__}: {_first_line(seen)}")

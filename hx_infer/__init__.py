@@ -56,10 +56,12 @@ class Extractor:
     engine: None runs `run` in this process; an engine from hx_infer.engines.make_engine (e.g.
     "ray") runs it there, and then backend, device and the default batch size are settled
     where the engine runs the model (this machine may have no GPU while its workers do).
+    engine_cache: the folder of built TensorRT engines (trt backend; default ~/.cache/hx/trt).
     """
 
     def __init__(self, model: str | Path = "default", backend: str = "auto", device: str = "auto",
-                 batch_size: int | None = None, engine: "Engine | None" = None):
+                 batch_size: int | None = None, engine: "Engine | None" = None,
+                 engine_cache: str | Path | None = None):
         from .backends.base import resolve_backend, resolve_device
         from .pipeline import ConfigError
 
@@ -77,6 +79,7 @@ class Extractor:
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
+        self.engine_cache = engine_cache
         self._backend: Backend | None = None
 
     @property
@@ -85,7 +88,7 @@ class Extractor:
             from .backends.base import open_backend
 
             self._backend = open_backend(self.backend_name, self.model, self.device,
-                                         batch_size=self.batch_size)
+                                         batch_size=self.batch_size, engine_cache=self.engine_cache)
         return self._backend
 
     def close(self) -> None:

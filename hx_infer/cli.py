@@ -1,5 +1,5 @@
-"""`hx-infer`: click commands that parse, validate and call hx_infer (run, eval; build, bench
-and info come later). Kept light: `hx-infer --help` imports no runtime.
+"""`hx-infer`: click commands that parse, validate and call hx_infer (run, eval, build, bench;
+info comes later). Kept light: `hx-infer --help` imports no runtime.
 
 Exit codes: 0 all photos done; 1 some photos failed (listed in the report); 2 bad usage (option,
 path or model). Every error is one line on stderr, never a traceback (HX_DEBUG=1 shows it for
@@ -124,13 +124,16 @@ def main() -> None:
               help="--engine ray: GPUs each actor holds.  [default: 1 when the cluster has GPUs, else 0]")
 @click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=None,
               help="--engine ray: CPUs each actor holds, also its backend's CPU threads.  [default: 1]")
+@click.option("--engine-cache", type=click.Path(path_type=Path), default=None,
+              help="--backend trt: folder of built TensorRT engines, one per model, GPU and TensorRT "
+                   "version.  [default: $XDG_CACHE_HOME/hx/trt or ~/.cache/hx/trt]")
 @click.pass_context
 def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, device: str,
         batch_size: int | None, outputs: str, background: str, refine: str, resume: bool,
         workers: int | None, max_pixels: int, report: Path | None, quiet: bool,
         glob: str | None, temporal: bool, temporal_strength: float | None, lossless: bool,
         video_codec: str, frames: str, engine: str, ray_address: str | None, actors: int | None,
-        gpus_per_actor: float | None, cpus_per_actor: float | None) -> None:
+        gpus_per_actor: float | None, cpus_per_actor: float | None, engine_cache: Path | None) -> None:
     """Write the matte, cutout and/or composite of every photo in INPUT below OUTPUT.
 
     INPUT is a photo, a folder (searched recursively; photos by extension, any case), or '-'
@@ -179,7 +182,7 @@ def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, 
 
     with _exit_on_errors(ctx, ConfigError, ModelError, BackendError):
         with Extractor(model, backend=backend, device=device, batch_size=batch_size,
-                       engine=make_engine(engine, **given)) as extractor:
+                       engine=make_engine(engine, **given), engine_cache=engine_cache) as extractor:
             result = extractor.run(
                 inputs, output, outputs=outputs, background=background, refine=refine,
                 overwrite=not resume, workers=workers, max_pixels=max_pixels, glob=glob,
@@ -241,6 +244,114 @@ def eval_command(ctx: click.Context, model: str, data: Path, backend: str, devic
             write_report(json_path, results)
     click.echo(format_results(results))
     ctx.exit(EXIT_FAILED if results["failures"] else EXIT_OK)
+
+
+@main.command()
+@click.argument("model_dir", metavar="MODEL_DIR")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write the engine here, and its sidecar ENGINE.json beside it.  "
+                   "[default: into --engine-cache, where `run --backend trt` looks]")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+              help="Builds from model.fp16.onnx or model.onnx (strongly typed: the graph sets the types).")
+@click.option("--min-batch", type=int, default=1, show_default=True, help="Smallest batch the engine takes.")
+@click.option("--opt-batch", type=int, default=32, show_default=True, help="The batch it is tuned for.")
+@click.option("--max-batch", type=int, default=128, show_default=True,
+              help="Largest batch it takes (larger ones are run in pieces).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="Layer timings kept across builds.  [default: in --engine-cache, per TensorRT version and GPU]")
+@click.option("--workspace", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="GiB of GPU memory TensorRT may use while building.  [default: TensorRT's]")
+@click.option("--engine-cache", type=click.Path(path_type=Path), default=None,
+              help="[default: $XDG_CACHE_HOME/hx/trt or ~/.cache/hx/trt]")
+@click.option("--device", default="cuda", show_default=True, help="cuda or cuda:N: the GPU the engine is for.")
+@click.pass_context
+def build(ctx: click.Context, model_dir: str, out: Path | None, precision: str, min_batch: int, opt_batch: int,
+          max_batch: int, timing_cache: Path | None, workspace: float | None, engine_cache: Path | None,
+          device: str) -> None:
+    """Build a TensorRT engine for MODEL_DIR on this GPU (once; `run --backend trt` reuses it).
+
+    One optimisation profile over the batch axis; the engine is written atomically with a
+    sidecar JSON (TensorRT version, GPU and compute capability, precision, profile, ONNX
+    sha256). An engine only runs on the TensorRT version and GPU model it was built with.
+    Exit 2 when tensorrt or a GPU is missing, or on bad options.
+    """
+    from .backends.base import BackendError
+    from .model import ModelError, load_model_dir
+    from .trt_build import Profile, build_for_model
+
+    def log(line: str) -> None:
+        click.echo(f"hx-infer: {line}", err=True)
+
+    with _exit_on_errors(ctx, ModelError, BackendError):
+        engine = build_for_model(load_model_dir(model_dir), precision=precision,
+                                 profile=Profile(min_batch, opt_batch, max_batch), out=out,
+                                 timing_cache=timing_cache, workspace_gib=workspace, cache_dir=engine_cache,
+                                 device=device, log=log)
+    click.echo(str(engine))
+
+
+@main.command()
+@click.option("--model", default="default", show_default=True,
+              help="'default' (the bundled model) or a model folder made by `hx-train export`.")
+@click.option("--backend", "backends", type=click.Choice(BACKENDS), multiple=True,
+              help="Repeat to compare several.  [default: auto]")
+@click.option("--precision", "precisions", type=click.Choice(["fp32", "fp16", "bf16"]), multiple=True,
+              help="Repeat to compare several.  [default: the backend's own, fp16 on CUDA, fp32 on CPU]")
+@click.option("--batch-sizes", default=None,
+              help="Comma-separated.  [default: 1,8,32,128,256 on CUDA, 1,8,32 on CPU]")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Timed calls per configuration.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Untimed calls first (graph capture, autotuning).")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+              help="torch and trt on CUDA: replay a captured graph per batch size.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ort on CPU: threads.  [default: all cores]")
+@click.option("--engine-cache", type=click.Path(path_type=Path), default=None, help="--backend trt: as for run.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the results here.")
+@click.option("--markdown", "markdown_path", type=click.Path(path_type=Path), default=None,
+              help="Write the table here too.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Write a PNG chart of images/s against batch size.")
+@click.pass_context
+def bench(ctx: click.Context, model: str, backends: tuple[str, ...], precisions: tuple[str, ...],
+          batch_sizes: str | None, device: str, iterations: int, warmup: int, cuda_graphs: bool,
+          threads: int | None, engine_cache: Path | None, json_path: Path | None, markdown_path: Path | None,
+          plot_path: Path | None) -> None:
+    """Time the model alone: images/s and latency per backend x precision x batch size.
+
+    Warm-up calls are not timed; on CUDA each call is timed with CUDA events. Prints a markdown
+    table (with the model's GFLOPs per image and the TFLOP/s reached). Exit 1 when a
+    configuration failed while timing (its row says why), 2 on bad usage or a missing runtime.
+    """
+    from . import load_model
+    from .backends.base import BackendError
+    from .bench import bench_model, markdown_table, parse_batches, plot_throughput, write_json
+    from .model import ModelError
+
+    try:
+        batches = parse_batches(batch_sizes) if batch_sizes is not None else None
+    except ValueError as e:
+        raise click.UsageError(str(e), ctx) from None
+
+    def log(line: str) -> None:
+        click.echo(f"hx-infer: {line}", err=True)
+
+    with _exit_on_errors(ctx, ModelError, BackendError):
+        result = bench_model(load_model(model), backends=backends or ("auto",), precisions=precisions or (None,),
+                             batches=batches, device=device, iterations=iterations, warmup=warmup,
+                             cuda_graphs=cuda_graphs, threads=threads, engine_cache=engine_cache, log=log)
+        table = markdown_table(result)
+        if json_path is not None:
+            write_json(result, json_path)
+        if markdown_path is not None:
+            from .io.images import atomic_write
+
+            atomic_write(markdown_path, table.encode())
+        if plot_path is not None:
+            plot_throughput(result, plot_path)
+    click.echo(table)
+    ctx.exit(EXIT_FAILED if any(row["error"] for row in result["rows"]) else EXIT_OK)
 
 
 if __name__ == "__main__":

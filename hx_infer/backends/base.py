@@ -127,7 +127,8 @@ def resolve_backend(name: str, device: str) -> str:
             raise BackendError(f"--backend {name!r}: choose from {', '.join(BACKENDS)}")
         return name
     if device.startswith("cuda"):
-        # trt joins `auto` when its engine lands (TensorRT issue); until then it only refuses.
+        if trt_installed():
+            return "trt"
         if ort_has_cuda():
             return "ort"
         return "torch"

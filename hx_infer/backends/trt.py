@@ -1,29 +1,159 @@
-"""TensorRT backend. The engine itself (build from model.fp16.onnx, cache, run) is a later issue;
-until then this backend only says clearly why it cannot run, and never pretends to."""
+"""TensorRT backend: a cached engine (hx_infer.trt_build) run on torch's CUDA streams.
+
+Device buffers are torch CUDA tensors (set_tensor_address), and execute_async_v3 runs on the
+caller's current torch stream, so the engine orders with everything else torch queues there.
+An execution context holds per-inference state, so each stream gets its own. Batches larger
+than the engine's profile are run in pieces. Optional CUDA graphs: one capture per batch size
+(up to MAX_GRAPHS), each with its own context and static buffers.
+
+Nothing here has run on a GPU with TensorRT yet (see README, "GPU and TensorRT"); its decisions
+are tested on the CPU in tests/test_trt.py.
+"""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+
 from ..model import ModelDir
+from ..trt_build import (NEEDS_CUDA, NOT_INSTALLED, PRECISIONS, current_gpu, default_cache_dir, ensure_engine,
+                         import_tensorrt, profile_for_batch, split_batches)
 from .base import Backend, BackendError
 
-NOT_INSTALLED = "--backend trt: tensorrt is not installed (pip install 'hx[trt]'); use --backend ort or torch"
-NEEDS_CUDA = "--backend trt: TensorRT needs a CUDA device (--device cuda); use --backend ort on the CPU"
-NOT_BUILT_YET = ("--backend trt: the TensorRT engine is not implemented yet; "
-                 "use --backend ort (TensorRT execution provider) or torch")
+__all__ = ["TrtBackend", "NOT_INSTALLED", "NEEDS_CUDA", "resolve_precision"]
+
+MAX_GRAPHS = 4
+# Kept for tests/test_backends.py, which skips on it; this backend no longer raises it.
+NOT_BUILT_YET = "--backend trt: the TensorRT engine is not implemented yet"
+
+
+def resolve_precision(precision: str | None) -> str:
+    """None -> fp16. bf16 has no graph in the model folder (strongly typed engines take the ONNX's types)."""
+    if precision is None:
+        return "fp16"
+    if precision not in PRECISIONS:
+        raise BackendError(f"--precision {precision!r}: the trt backend builds fp16 or fp32 engines; "
+                           "use --backend torch for bf16")
+    return precision
 
 
 class TrtBackend(Backend):
     name = "trt"
 
     def __init__(self, model: ModelDir, device: str = "cuda", precision: str | None = None,
-                 batch_size: int | None = None, engine_cache=None):
+                 batch_size: int | None = None, engine_cache: Path | str | None = None,
+                 cuda_graphs: bool = False, log=None):
         super().__init__(model, device)
-        try:
-            import tensorrt  # noqa: F401  (imported here only: hx must import without it)
-        except ImportError:
-            raise BackendError(NOT_INSTALLED) from None
+        trt = import_tensorrt()  # imported here only: hx must import without it
         if not device.startswith("cuda"):
             raise BackendError(NEEDS_CUDA)
-        raise BackendError(NOT_BUILT_YET)
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendError(NEEDS_CUDA)
+        if batch_size is not None and batch_size < 1:
+            raise BackendError(f"--batch-size must be at least 1, got {batch_size}")
+        self.precision = resolve_precision(precision)
+        self.profile = profile_for_batch(batch_size)
+        self._torch = torch
+        self._device = torch.device(device)
+        cache = Path(engine_cache) if engine_cache else default_cache_dir()
+        self.engine_path = ensure_engine(trt, model, self.precision, self.profile, cache, current_gpu(device),
+                                         log=log or (lambda line: None))
+        logger = trt.Logger(trt.Logger.WARNING)
+        with torch.cuda.device(self._device):
+            self._engine = trt.Runtime(logger).deserialize_cuda_engine(self.engine_path.read_bytes())
+        if self._engine is None:
+            raise BackendError(f"{self.engine_path}: TensorRT cannot load this engine; delete it to rebuild")
+        self._input, self._output = _io_names(trt, self._engine)
+        self._in_dtype = _torch_dtype(trt, torch, self._engine.get_tensor_dtype(self._input))
+        self._out_dtype = _torch_dtype(trt, torch, self._engine.get_tensor_dtype(self._output))
+        self._max_batch = int(self._engine.get_tensor_profile_shape(self._input, 0)[2][0])
+        self._contexts: dict[int, object] = {}  # stream handle -> execution context
+        self._use_graphs = cuda_graphs
+        self._graphs: dict[int, tuple] = {}  # batch size -> (graph, context, static in, static out)
+
+    def close(self) -> None:
+        self._graphs.clear()
+        self._contexts.clear()
+        self._engine = None
+
+    def describe(self) -> str:
+        graphs = ", CUDA graphs" if self._use_graphs else ""
+        return f"trt {self.precision} on {self.device} (batch {self.profile.min}..{self._max_batch}{graphs})"
 
     def _infer(self, batch):
-        raise BackendError(NOT_BUILT_YET)
+        if self._engine is None:
+            raise BackendError("trt: backend used after close()")
+        torch = self._torch
+        as_numpy = isinstance(batch, np.ndarray)
+        images = torch.from_numpy(batch) if as_numpy else batch
+        x = images.to(self._device, self._in_dtype, non_blocking=True).contiguous()
+        stream = torch.cuda.current_stream(self._device)
+        outputs = [self._run(x[start:stop], stream) for start, stop in split_batches(len(x), self._max_batch)]
+        result = (outputs[0] if len(outputs) == 1 else torch.cat(outputs)).float()  # [N, C, S, S]
+        if as_numpy:
+            return result.cpu().numpy()
+        return result.to(images.device)
+
+    def _context(self, stream):
+        context = self._contexts.get(stream.cuda_stream)
+        if context is None:
+            context = self._contexts[stream.cuda_stream] = self._engine.create_execution_context()
+        return context
+
+    def _enqueue(self, context, x, out, stream) -> None:
+        if not context.set_input_shape(self._input, tuple(x.shape)):
+            raise BackendError(f"trt: the engine refuses input shape {list(x.shape)}")
+        context.set_tensor_address(self._input, x.data_ptr())
+        context.set_tensor_address(self._output, out.data_ptr())
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise BackendError("trt: TensorRT could not run the engine (see its messages above)")
+
+    def _run(self, x, stream):
+        """x [n, 3, S, S] engine dtype on the device, n <= the profile's max -> [n, C, S, S]."""
+        n = len(x)
+        if self._use_graphs and (n in self._graphs or len(self._graphs) < MAX_GRAPHS):
+            graph, _, static_in, static_out = self._graphs.get(n) or self._capture(n, stream)
+            static_in.copy_(x)
+            graph.replay()
+            return static_out.clone()  # the next replay overwrites static_out
+        out = self._torch.empty((n, self.model.out_channels, self.model.size, self.model.size),
+                                dtype=self._out_dtype, device=self._device)
+        self._enqueue(self._context(stream), x, out, stream)
+        return out
+
+    def _capture(self, n: int, stream):
+        torch = self._torch
+        s, c = self.model.size, self.model.out_channels
+        static_in = torch.zeros((n, 3, s, s), dtype=self._in_dtype, device=self._device)
+        static_out = torch.empty((n, c, s, s), dtype=self._out_dtype, device=self._device)
+        context = self._engine.create_execution_context()
+        side = torch.cuda.Stream(self._device)
+        side.wait_stream(stream)
+        with torch.cuda.stream(side):
+            # TensorRT does its lazy allocations on the first enqueue after a shape change,
+            # which must not happen inside the capture
+            self._enqueue(context, static_in, static_out, side)
+        stream.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._enqueue(context, static_in, static_out, torch.cuda.current_stream(self._device))
+        self._graphs[n] = (graph, context, static_in, static_out)
+        return self._graphs[n]
+
+
+def _io_names(trt, engine) -> tuple[str, str]:
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise BackendError(f"trt: expected one input and one output, the engine has {inputs} and {outputs}")
+    return inputs[0], outputs[0]
+
+
+def _torch_dtype(trt, torch, dtype):
+    table = {trt.DataType.HALF: torch.float16, trt.DataType.FLOAT: torch.float32}
+    if dtype not in table:
+        raise BackendError(f"trt: engine tensor type {dtype} is neither float16 nor float32")
+    return table[dtype]

@@ -1,0 +1,158 @@
+"""hx-infer bench on the CPU with the tiny model: the result's keys, one markdown row per
+configuration, the chart, errors. No timing is asserted."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from hx_infer import bench
+from hx_infer.backends import BackendError
+from hx_infer.cli import main
+from hx_infer.model import load_model_dir
+
+FAST = {"iterations": 2, "warmup": 1}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see conftest._one_thread
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def result(tiny_model_dir) -> dict:
+    model = load_model_dir(tiny_model_dir)
+    return bench.bench_model(model, backends=("ort", "torch"), batches=(1, 2), device="cpu", threads=1, **FAST)
+
+
+def test_result_has_one_row_per_configuration(result, tiny_model_dir):
+    card = load_model_dir(tiny_model_dir).card
+    assert result["format"] == bench.FORMAT and result["device"] == "cpu"
+    assert result["model"]["preset"] == "lite" and result["model"]["size"] == 64
+    assert result["settings"] == {"iterations": 2, "warmup": 1, "cuda_graphs": True, "timer": "perf_counter"}
+    assert result["hardware"]["cpu_cores"] >= 1
+    assert [(r["backend"], r["batch"]) for r in result["rows"]] == [("ort", 1), ("ort", 2), ("torch", 1), ("torch", 2)]
+    for row in result["rows"]:
+        assert row["error"] is None and row["precision"] == "fp32" and row["iterations"] == 2
+        assert row["img_per_s"] > 0
+        lat = row["latency_ms"]
+        assert set(lat) == {"p50", "p90", "p99"} and 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert row["gflops_per_image"] == card["gflops_per_image"]
+        assert row["tflops"] == pytest.approx(row["img_per_s"] * card["gflops_per_image"] / 1000, rel=1e-3, abs=1e-4)
+        assert row["backend_description"]
+    json.dumps(result)  # JSON-ready as it is
+
+
+def test_markdown_table_has_a_row_per_configuration(result):
+    lines = bench.markdown_table(result).strip().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    assert table[0].startswith("| backend | precision | batch | img/s |")
+    assert len(table) == 2 + len(result["rows"])
+    assert table[2].startswith("| ort | fp32 | 1 |") and table[-1].startswith("| torch | fp32 | 2 |")
+
+
+def test_plot_draws_a_line_per_backend(result, tmp_path):
+    bench.plot_throughput(result, tmp_path / "chart.png")
+    chart = np.asarray(Image.open(tmp_path / "chart.png"))
+    assert chart.shape == (600, 960, 3)
+    colours = {tuple(c) for c in chart.reshape(-1, 3)[::7]}
+    assert tuple(reversed(bench._COLOURS[0])) in colours or bench._COLOURS[0] in colours
+
+
+def test_a_configuration_that_fails_keeps_its_error_and_the_rest_go_on(tiny_model_dir, monkeypatch, tmp_path):
+    real_open = bench.open_backend
+
+    def flaky(name, model, device, **options):
+        backend = real_open(name, model, device, **options)
+        if options["batch_size"] == 2:
+            def boom(batch):
+                raise RuntimeError("CUDA out of memory\nsecond line")
+            backend.infer = boom
+        return backend
+
+    monkeypatch.setattr(bench, "open_backend", flaky)
+    result = bench.bench_model(load_model_dir(tiny_model_dir), backends=("ort",), batches=(1, 2), device="cpu",
+                               threads=1, **FAST)
+    ok, failed = result["rows"]
+    assert ok["error"] is None and ok["img_per_s"] > 0
+    assert failed["error"] == "RuntimeError: CUDA out of memory" and failed["img_per_s"] is None
+    assert "CUDA out of memory" in bench.markdown_table(result)
+    bench.plot_throughput(result, tmp_path / "chart.png")  # a failed row is left out of the chart
+    assert (tmp_path / "chart.png").is_file()
+
+
+def test_backend_that_cannot_run_here_is_a_backend_error(tiny_model_dir):
+    model = load_model_dir(tiny_model_dir)
+    with pytest.raises(BackendError, match="--precision fp16"):
+        bench.bench_model(model, backends=("ort",), precisions=("fp16",), batches=(1,), device="cpu", **FAST)
+
+
+@pytest.mark.parametrize("text,ok", [("1,8,32", (1, 8, 32)), ("4, 4,2", (4, 2)), ("0", None), ("a,b", None),
+                                     ("", None)])
+def test_parse_batches(text, ok):
+    if ok is None:
+        with pytest.raises(ValueError, match="--batch-sizes"):
+            bench.parse_batches(text)
+    else:
+        assert bench.parse_batches(text) == ok
+
+
+def test_default_batches():
+    assert bench.default_batches("cpu") == (1, 8, 32)
+    assert bench.default_batches("cuda:0") == (1, 8, 32, 128, 256)
+
+
+def test_cli_writes_json_markdown_and_plot(tiny_model_dir, tmp_path):
+    out = tmp_path / "bench"
+    r = CliRunner().invoke(main, ["bench", "--model", str(tiny_model_dir), "--device", "cpu", "--backend", "ort",
+                                  "--batch-sizes", "1,2", "--iterations", "2", "--warmup", "0", "--threads", "1",
+                                  "--json", str(out / "b.json"), "--markdown", str(out / "b.md"),
+                                  "--plot", str(out / "b.png")])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((out / "b.json").read_text())
+    assert len(saved["rows"]) == 2
+    assert (out / "b.md").read_text() in r.stdout
+    assert Image.open(out / "b.png").size == (960, 600)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--batch-sizes", "0"], "--batch-sizes"),
+    (["--precision", "fp16"], "--precision fp16"),
+    (["--backend", "trt", "--device", "cpu"], "trt"),
+    (["--iterations", "0"], "--iterations"),
+])
+def test_cli_usage_errors_are_one_line(tiny_model_dir, args, needle, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    r = CliRunner().invoke(main, ["bench", "--model", str(tiny_model_dir), "--device", "cpu", *args])
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hx-infer: error:") and needle in lines[0], r.output
+
+
+def test_random_model_without_onnxscript_falls_back_to_a_torchscript_export(tmp_path, monkeypatch):
+    """The GPU check machine has no onnxscript: the benchmark model is still made and runs."""
+    from hx_infer.backends.ort import OrtBackend
+    from hx_infer.backends.torch import TorchBackend
+    from hx_train import export
+
+    def no_onnxscript(*args, **kwargs):
+        raise export.ExportError("out: the ONNX exporter needs onnxscript (No module named 'onnxscript')")
+
+    monkeypatch.setattr(export, "export_generator", no_onnxscript)
+    logged = []
+    model = bench.write_random_model(tmp_path / "m", "lite", 64, log=logged.append)
+    assert any("torch-only" in line for line in logged)
+    assert model.preset == "lite" and model.size == 64 and model.card["gflops_per_image"] > 0
+    assert not model.onnx_fp16_path.exists()
+    model.verify()  # the card's hashes are those of the files written
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32)
+    with TorchBackend(model, "cpu") as t, OrtBackend(model, "cpu", threads=1) as o:
+        assert np.abs(t.infer(x) - o.infer(x)).max() < 1e-4

@@ -1,0 +1,508 @@
+"""Videos through `hx-infer run`: frame-accurate round trips for each output kind (odd sizes, audio),
+alpha in the rgba outputs, resume per whole video, bad videos reported, temporal smoothing and
+its flicker measure, and the shared vtest.avi end to end.
+
+Clips are made here with PyAV: 12-16 frames of about 64 x 48, a bright disc (the "person" the
+tiny test model was fitted to) moving across a dark, noisy background.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from hx_infer import Extractor
+from hx_infer.cli import main
+from hx_infer.io.images import clean_temporaries
+from hx_infer.io.video import PYAV_MISSING, VIDEO_EXTENSIONS, is_video_name
+from hx_infer.temporal import FlickerMeter, SceneCuts, TemporalSmoother, thumbnail
+from hx_infer.video_pipeline import VideoOptions
+
+HAVE_AV = importlib.util.find_spec("av") is not None
+needs_av = pytest.mark.skipif(not HAVE_AV, reason="PyAV (the video extra) is not installed")
+VTEST = Path("/work/shared/data/video/vtest.avi")
+RATE = 10
+AUDIO_RATE = 16000
+
+
+# ---------------------------------------------------------------------------------------------
+# Clips
+
+
+def disc_frames(n: int, width: int, height: int, seed: int = 0, still: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """n frames [n, H, W, 3] uint8 of a bright disc moving left to right (or standing still, in
+    the middle) on a dark field of fresh noise each frame, and the disc's centre x per frame [n]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    radius = 0.3 * min(width, height)
+    centres = np.full(n, width / 2) if still else np.linspace(radius + 1, width - radius - 1, n)
+    frames = np.empty((n, height, width, 3), np.uint8)
+    for i, cx in enumerate(centres):
+        inside = (yy - height / 2) ** 2 + (xx - cx) ** 2 <= radius ** 2
+        background = rng.uniform(0.05, 0.25, (height, width, 3))
+        person = 0.85 + rng.uniform(-0.05, 0.05, (height, width, 3))
+        frames[i] = (np.where(inside[..., None], person, background) * 255).round().astype(np.uint8)
+    return frames, centres
+
+
+def write_clip(path: Path, frames: np.ndarray, audio: str | None = None, rate: int = RATE,
+               rotation: int = 0, faststart: bool = False) -> Path:
+    """frames [n, H, W, 3] uint8 -> a video at `rate` fps. .avi: MPEG-4 Part 2 (needs even sides);
+    otherwise lossless-ish H.264 4:4:4. audio: None, "aac" or "pcm_s16le" (a 440 Hz tone as long
+    as the video). faststart: an mp4 with its index first (a cut one still opens)."""
+    import av
+
+    n, height, width = frames.shape[:3]
+    avi = path.suffix == ".avi"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
+        stream = out.add_stream("mpeg4" if avi else "libx264", rate=rate)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p" if avi else "yuv444p"
+        if not avi:
+            stream.options = {"crf": "0"}
+        if rotation:
+            stream.set_display_rotation(rotation)
+        sound = None
+        if audio:
+            sound = out.add_stream(audio, rate=AUDIO_RATE)
+            sound.layout = "mono"
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+        if sound is not None:
+            chunk = sound.codec_context.frame_size or 1024
+            total = n * AUDIO_RATE // rate
+            for start in range(0, total, chunk):
+                t = np.arange(start, min(start + chunk, total))
+                samples = (np.sin(2 * np.pi * 440 * t / AUDIO_RATE) * 8000).astype(np.int16)[None]
+                piece = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+                piece.sample_rate = AUDIO_RATE
+                piece.pts = start
+                out.mux(sound.encode(piece))
+            out.mux(sound.encode(None))
+    return path
+
+
+def decode(path: Path, fmt: str = "rgb24", decoder: str | None = None) -> dict:
+    """Every frame of a video as arrays, with its stream facts."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        facts = {"rate": stream.average_rate, "time_base": stream.time_base, "width": stream.width,
+                 "height": stream.height,
+                 "audio": [(s.codec_context.name, s.sample_rate) for s in container.streams.audio]}
+        if decoder is None:
+            decoded = list(container.decode(stream))
+        else:  # e.g. libvpx-vp9, the decoder that reads WebM's alpha plane
+            context = av.CodecContext.create(decoder, "r")
+            context.extradata = stream.codec_context.extradata
+            decoded = [f for packet in container.demux(stream) for f in context.decode(packet if packet.size else None)]
+        facts["pix_fmt"] = decoded[0].format.name
+        facts["rotation"] = decoded[0].rotation
+        facts["pts"] = [float(f.pts * f.time_base) for f in decoded]
+        facts["frames"] = np.stack([f.to_ndarray(format=fmt) for f in decoded])
+    return facts
+
+
+def run_api(model_dir: Path, source, out: Path, **options):
+    logged: list[str] = []
+    video = options.pop("video", VideoOptions())
+    with Extractor(model_dir, backend="ort", batch_size=options.pop("batch_size", 4)) as ex:
+        report = ex.run(source, out, progress=False, log=logged.append, workers=1, video=video, **options)
+    return report, logged
+
+
+def hx(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trips
+
+
+@needs_av
+@pytest.mark.parametrize("width,height,audio", [(64, 48, None), (65, 47, "aac"), (64, 48, "pcm_s16le")])
+def test_every_output_keeps_frames_rate_size_and_audio(tmp_path, tiny_model_dir, width, height, audio):
+    n = 14
+    frames, centres = disc_frames(n, width, height)
+    clip = write_clip(tmp_path / "in" / ("clip.avi" if audio == "pcm_s16le" else "clip.mp4"), frames, audio=audio)
+    source = decode(clip)
+    report, logged = run_api(tiny_model_dir, tmp_path / "in", tmp_path / "out", outputs="alpha,rgba,composite")
+    assert report["counts"] == {"processed": 1, "skipped": 0, "failed": 0}, report["failures"]
+    assert report["frames"] == n and logged == []
+
+    outputs = {"alpha": "alpha/clip.mp4", "rgba": "rgba/clip.mov", "composite": "composite/clip.mp4"}
+    for kind, rel in outputs.items():
+        got = decode(tmp_path / "out" / rel, fmt="rgba" if kind == "rgba" else "rgb24")
+        assert len(got["frames"]) == n, kind
+        assert got["pts"] == pytest.approx(source["pts"]), kind
+        assert (got["width"], got["height"], got["rate"]) == (width, height, RATE), kind
+        assert got["time_base"] == source["time_base"], kind  # mp4 and mov keep the input's
+        assert [name for name, _ in got["audio"]] == ([audio] if audio else []), kind
+
+    alpha = decode(tmp_path / "out" / outputs["alpha"], fmt="gray")["frames"]  # [n, H, W]
+    rgba = decode(tmp_path / "out" / outputs["rgba"], fmt="rgba")["frames"]
+    # The cutout's alpha is the matte, and the matte follows the disc frame by frame.
+    assert np.abs(rgba[..., 3].astype(int) - alpha).mean() < 3
+    assert rgba[..., 3].max() > 200 and rgba[..., 3].min() < 30
+    xs = np.arange(width)
+    matte_x = [(a.astype(float).sum(0) * xs).sum() / max(a.astype(float).sum(), 1) for a in alpha]
+    assert np.abs(np.array(matte_x) - centres).max() < 0.1 * width
+
+
+@needs_av
+def test_lossless_matte_is_the_per_frame_matte(tmp_path, tiny_model_dir):
+    """FFV1 keeps every level: the matte video equals Extractor.alpha on each decoded frame."""
+    frames, _ = disc_frames(12, 65, 47, seed=1)
+    clip = write_clip(tmp_path / "clip.mp4", frames)
+    report, _ = run_api(tiny_model_dir, clip, tmp_path / "out", outputs="alpha,composite",
+                        video=VideoOptions(lossless=True), batch_size=5)
+    assert report["counts"]["processed"] == 1
+    got = decode(tmp_path / "out/alpha/clip.mkv", fmt="gray")
+    source = decode(clip)["frames"]
+    with Extractor(tiny_model_dir, backend="ort") as ex:
+        expected = np.stack([ex.alpha(rgb) for rgb in source])
+    assert got["pix_fmt"] == "gray"
+    np.testing.assert_array_equal(got["frames"], expected)
+    assert len(decode(tmp_path / "out/composite/clip.mkv")["frames"]) == 12
+
+
+@needs_av
+def test_vp9_webm_and_png_frames_carry_alpha(tmp_path, tiny_model_dir):
+    frames, _ = disc_frames(12, 65, 47)
+    clip = write_clip(tmp_path / "clip.mp4", frames, audio="aac")
+    report, logged = run_api(tiny_model_dir, clip, tmp_path / "webm", outputs="alpha,rgba",
+                             video=VideoOptions(rgba="vp9"))
+    assert report["counts"]["processed"] == 1
+    assert logged == [f"{clip}: rgba: .webm cannot hold aac audio; written without it"]
+    webm = decode(tmp_path / "webm/rgba/clip.webm", fmt="rgba", decoder="libvpx-vp9")
+    alpha = decode(tmp_path / "webm/alpha/clip.mp4", fmt="gray")["frames"]
+    assert webm["pix_fmt"] == "yuva420p" and len(webm["frames"]) == 12
+    assert webm["frames"].shape[1:] == (47, 65, 4)
+    assert np.abs(webm["frames"][..., 3].astype(int) - alpha).mean() < 6
+
+    report, _ = run_api(tiny_model_dir, clip, tmp_path / "png", outputs="rgba", video=VideoOptions(rgba="png"))
+    folder = tmp_path / "png/rgba/clip"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [f"{i:06d}.png" for i in range(12)]
+    with Image.open(folder / "000005.png") as im:
+        assert im.mode == "RGBA" and im.size == (65, 47)
+        assert np.abs(np.asarray(im)[..., 3].astype(int) - alpha[5]).mean() < 3
+
+
+@needs_av
+def test_rotated_video_is_matted_upright_and_keeps_its_rotation(tmp_path, tiny_model_dir):
+    upright, _ = disc_frames(10, 48, 64, seed=2)  # portrait: [n, 64, 48, 3]
+    stored = np.ascontiguousarray(np.rot90(upright, 1, axes=(1, 2)))  # landscape [n, 48, 64, 3], shown turned -90
+    clip = write_clip(tmp_path / "clip.mp4", stored, rotation=-90)
+    run_api(tiny_model_dir, clip, tmp_path / "out", outputs="alpha", video=VideoOptions(lossless=True))
+    got = decode(tmp_path / "out/alpha/clip.mkv", fmt="gray")
+    source = decode(clip)["frames"]
+    assert got["rotation"] == -90 and got["frames"].shape[1:] == source.shape[1:3]
+    with Extractor(tiny_model_dir, backend="ort") as ex:
+        expected = np.stack([np.rot90(ex.alpha(np.ascontiguousarray(np.rot90(rgb, -1))), 1) for rgb in source])
+    np.testing.assert_array_equal(got["frames"], expected)
+
+
+@needs_av
+def test_composite_on_a_looped_video_background(tmp_path, tiny_model_dir):
+    frames, _ = disc_frames(12, 64, 48)
+    clip = write_clip(tmp_path / "clip.mp4", frames)
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    background = write_clip(tmp_path / "bg.mp4", np.stack([np.full((24, 32, 3), c, np.uint8) for c in colours]))
+    report, _ = run_api(tiny_model_dir, clip, tmp_path / "out", outputs="alpha,composite", background=str(background),
+                        video=VideoOptions(lossless=True))
+    assert report["counts"]["processed"] == 1
+    out = decode(tmp_path / "out/composite/clip.mkv")["frames"]
+    alpha = decode(tmp_path / "out/alpha/clip.mkv", fmt="gray")["frames"]
+    for i in range(12):
+        clear = alpha[i] < 8  # background shows through
+        assert clear.sum() > 100
+        assert np.abs(out[i][clear].astype(int) - colours[i % 3]).mean() < 12, i
+
+
+@needs_av
+def test_rgb_target_model_writes_a_composite_video(tmp_path, tiny_rgb_model_dir):
+    frames, _ = disc_frames(10, 64, 48)
+    clip = write_clip(tmp_path / "clip.mp4", frames)
+    report, _ = run_api(tiny_rgb_model_dir, clip, tmp_path / "out", outputs="composite")
+    assert report["counts"]["processed"] == 1
+    assert decode(tmp_path / "out/composite/clip.mp4")["frames"].shape == (10, 48, 64, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders, resume, failures
+
+
+@needs_av
+def test_videos_next_to_photos_resume_per_whole_video(tmp_path, tiny_model_dir, make_disc_photo):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    frames, _ = disc_frames(10, 64, 48)
+    write_clip(src / "a.mp4", frames)
+    write_clip(src / "sub" / "B.MOV", frames[:8])
+    Image.fromarray(make_disc_photo(30, 40)[0]).save(src / "a.jpg")  # a.jpg and a.mp4: no collision
+    out = tmp_path / "out"
+    report, _ = run_api(tiny_model_dir, src, out, outputs="alpha")
+    assert report["counts"] == {"processed": 3, "skipped": 0, "failed": 0}
+    assert report["frames"] == 18
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.*") if p.name != "hx-report.json"} == {
+        "alpha/a.png", "alpha/a.mp4", "alpha/sub/B.mp4"}
+
+    again, _ = run_api(tiny_model_dir, src, out, outputs="alpha")
+    assert again["counts"] == {"processed": 0, "skipped": 3, "failed": 0} and again["frames"] == 0
+
+    # What a killed run leaves: no final file, a temporary file and a temporary frame folder.
+    (out / "alpha/sub/B.mp4").unlink()
+    (out / "alpha/sub/.B.mp4.0123456789ab.hx-tmp").write_bytes(b"half a video")
+    (out / "rgba").mkdir()
+    (out / "rgba/.a.0123456789ab.hx-tmp").mkdir()
+    (out / "rgba/.a.0123456789ab.hx-tmp/000000.png").write_bytes(b"x")
+    redo, _ = run_api(tiny_model_dir, src, out, outputs="alpha")
+    assert redo["counts"] == {"processed": 1, "skipped": 2, "failed": 0} and redo["frames"] == 8
+    assert not [p for p in out.rglob("*") if ".hx-tmp" in p.name]
+    assert len(decode(out / "alpha/sub/B.mp4")["frames"]) == 8
+
+
+@needs_av
+def test_a_failed_or_interrupted_video_leaves_no_output(tmp_path, tiny_model_dir, monkeypatch):
+    from hx_infer.io import video as video_io
+
+    clip = write_clip(tmp_path / "clip.mp4", disc_frames(12, 64, 48)[0])
+    calls = {"n": 0}
+    real_write = video_io.ContainerWriter.write
+
+    def write_then_fill_the_disk(self, image, pts):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise OSError(28, "No space left on device")
+        real_write(self, image, pts)
+
+    monkeypatch.setattr(video_io.ContainerWriter, "write", write_then_fill_the_disk)
+    report, logged = run_api(tiny_model_dir, clip, tmp_path / "out", outputs="alpha,rgba")
+    assert report["counts"]["failed"] == 1
+    assert report["failures"][0]["reason"] == "cannot write (No space left on device)"
+    assert logged == [f"{clip}: cannot write (No space left on device)"]
+    assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == ["hx-report.json"]
+
+    monkeypatch.setattr(video_io.ContainerWriter, "write", real_write)
+    from hx_infer.backends.ort import OrtBackend
+
+    def interrupted(self, batch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OrtBackend, "_infer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_api(tiny_model_dir, clip, tmp_path / "out2", outputs="alpha")
+    assert not [p for p in (tmp_path / "out2").rglob("*") if p.is_file()]
+
+
+def _truncated(path: Path, keep: float) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@needs_av
+def test_bad_videos_are_reported_and_the_run_goes_on(tmp_path, tiny_model_dir, make_disc_photo):
+    import av
+
+    src = tmp_path / "in"
+    src.mkdir()
+    frames, _ = disc_frames(16, 64, 48)
+    write_clip(src / "good.mp4", frames)
+    _truncated(write_clip(src / "cut.avi", frames), 0.8)  # index lost: fewer frames than the header says
+    _truncated(write_clip(src / "cut_frames.mp4", frames, faststart=True), 0.7)  # index intact, frames missing
+    _truncated(write_clip(src / "cut_index.mp4", frames), 0.6)  # moov (written last) lost
+    data = write_clip(tmp_path / "x.avi", frames).read_bytes()
+    (src / "unknown_codec.avi").write_bytes(data.replace(b"FMP4", b"ZZZZ"))  # a FourCC no decoder knows
+    with av.open(str(src / "no_video.mp4"), "w") as out:
+        sound = out.add_stream("aac", rate=AUDIO_RATE)
+        for start in range(0, AUDIO_RATE, 1024):
+            piece = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.int16), format="s16", layout="mono")
+            piece.sample_rate, piece.pts = AUDIO_RATE, start
+            out.mux(sound.encode(piece))
+        out.mux(sound.encode(None))
+    (src / "text.mkv").write_text("not a video")
+    (src / "empty.webm").write_bytes(b"")
+    Image.fromarray(make_disc_photo(30, 40)[0]).save(src / "photo.png")
+
+    result = hx("run", src, tmp_path / "out", "--model", tiny_model_dir, "--backend", "ort", "--outputs", "alpha",
+                "--quiet")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    report = json.loads((tmp_path / "out/hx-report.json").read_text())
+    reasons = {Path(f["path"]).name: f["reason"] for f in report["failures"]}
+    assert report["counts"] == {"processed": 2, "skipped": 0, "failed": 7}, reasons
+    assert reasons["cut.avi"].startswith("truncated video (")
+    assert "truncated video (" in reasons["cut_frames.mp4"]
+    assert reasons["cut_index.mp4"].startswith("not a readable video (")
+    assert reasons["unknown_codec.avi"] == "no decoder for its video codec"
+    assert reasons["no_video.mp4"] == "no video stream"
+    assert reasons["text.mkv"].startswith("not a readable video (")
+    assert reasons["empty.webm"] == "zero bytes"
+    for name, reason in reasons.items():  # one line each on stderr too
+        assert f"hx-infer: {src / name}: {reason}" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out/alpha").iterdir()) == ["good.mp4", "photo.png"]
+
+
+def test_without_pyav_videos_fail_and_photos_run(tmp_path, tiny_model_dir, make_disc_photo, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 whatever")
+    Image.fromarray(make_disc_photo(30, 40)[0]).save(src / "photo.jpg")
+    result = hx("run", src, tmp_path / "out", "--model", tiny_model_dir, "--backend", "ort", "--outputs", "alpha",
+                "--quiet")
+    assert result.exit_code == 1
+    assert f"hx-infer: {src / 'clip.mp4'}: {PYAV_MISSING}" in result.stderr
+    assert "1 processed, 0 skipped, 1 failed" in result.stderr
+    assert (tmp_path / "out/alpha/photo.png").is_file()
+
+    bad = hx("run", src / "photo.jpg", tmp_path / "out2", "--model", tiny_model_dir, "--outputs", "composite",
+             "--background", src / "clip.mp4")
+    assert bad.exit_code == 2 and PYAV_MISSING in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@needs_av
+def test_videos_sharing_an_output_name_collide(tmp_path, tiny_model_dir):
+    src = tmp_path / "in"
+    src.mkdir()
+    frames, _ = disc_frames(8, 64, 48)
+    write_clip(src / "a.mkv", frames)
+    write_clip(src / "a.mp4", frames)
+    report, _ = run_api(tiny_model_dir, src, tmp_path / "out", outputs="alpha")
+    assert report["counts"] == {"processed": 1, "skipped": 0, "failed": 1}
+    assert report["failures"] == [{"path": str(src / "a.mp4"), "reason": f"output name collides with {src / 'a.mkv'}"}]
+
+
+def test_video_names_and_temporary_folders():
+    assert VIDEO_EXTENSIONS == {".mp4", ".mov", ".mkv", ".avi", ".webm"}
+    assert is_video_name("CLIP.MP4") and is_video_name("a.b.webm") and not is_video_name("a.mp4.jpg")
+
+
+def test_clean_temporaries_removes_temporary_folders_only(tmp_path):
+    keep = tmp_path / "rgba" / "clip"
+    keep.mkdir(parents=True)
+    (keep / "000000.png").write_bytes(b"done")
+    stale = tmp_path / "rgba" / ".clip.abcdef012345.hx-tmp"
+    stale.mkdir()
+    (stale / "000000.png").write_bytes(b"half")
+    (tmp_path / "rgba" / ".x.mov.abcdef012345.hx-tmp").write_bytes(b"half")
+    assert clean_temporaries(tmp_path) == 2
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "rgba", "rgba/clip", "rgba/clip/000000.png"]
+
+
+@needs_av
+def test_png_frames_never_replace_a_folder_with_other_files(tmp_path, tiny_model_dir):
+    clip = write_clip(tmp_path / "clip.mp4", disc_frames(8, 64, 48)[0])
+    out = tmp_path / "out"
+    theirs = out / "rgba" / "clip"
+    theirs.mkdir(parents=True)
+    (theirs / "notes.txt").write_text("mine")
+    report, _ = run_api(tiny_model_dir, clip, out, outputs="rgba", overwrite=True, video=VideoOptions(rgba="png"))
+    assert report["counts"]["failed"] == 1
+    assert "holds more than PNG frames; not replaced" in report["failures"][0]["reason"]
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+    (theirs / "notes.txt").unlink()
+    (theirs / "000000.png").write_bytes(b"an old frame")
+    report, _ = run_api(tiny_model_dir, clip, out, outputs="rgba", overwrite=True, video=VideoOptions(rgba="png"))
+    assert report["counts"]["processed"] == 1 and len(list(theirs.iterdir())) == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporal smoothing
+
+
+def test_smoother_averages_and_restarts_at_cuts():
+    rng = np.random.default_rng(0)
+    still = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    other = 255 - still
+    smoother = TemporalSmoother(strength=0.5)
+    a, b = np.zeros((1, 8, 8), np.float32), np.ones((1, 8, 8), np.float32)
+    np.testing.assert_array_equal(smoother(a, thumbnail(still)), a)  # first frame: as it is
+    np.testing.assert_allclose(smoother(b, thumbnail(still)), 0.5)  # then the average
+    np.testing.assert_allclose(smoother(b, thumbnail(still)), 0.75)
+    np.testing.assert_array_equal(smoother(a, thumbnail(other)), a)  # a cut: the past is dropped
+    assert smoother.restarts == 2
+    off = TemporalSmoother(strength=0.0)
+    off(a, thumbnail(still))
+    np.testing.assert_array_equal(off(b, thumbnail(still)), b)
+    with pytest.raises(ValueError, match="temporal-strength"):
+        TemporalSmoother(strength=1.0)
+    with pytest.raises(ValueError, match="temporal-strength"):
+        VideoOptions(temporal=-0.1)
+
+
+def test_scene_cuts_ignore_noise_and_find_a_new_shot():
+    frames, _ = disc_frames(16, 64, 48)  # the disc moves 1/25 of the width a frame, on fresh noise
+    cuts = SceneCuts()
+    assert [cuts.is_cut(thumbnail(f)) for f in frames] == [True] + [False] * 15
+    assert cuts.is_cut(thumbnail(np.full((48, 64, 3), 230, np.uint8)))
+
+
+def test_flicker_counts_background_in_both_frames_only():
+    meter = FlickerMeter()
+    first = np.array([[0, 51, 255, 0]], np.uint8)
+    second = np.array([[102, 0, 255, 255]], np.uint8)  # 0.4 and 0.2 change on background; the rest is not
+    meter.add(first)
+    assert meter.value == 0.0
+    meter.add(second)
+    assert meter.pairs == 1 and meter.pixels == 2
+    assert meter.value == pytest.approx((102 + 51) / 255 / 2)
+
+
+@needs_av
+def test_temporal_smoothing_reduces_measured_flicker(tmp_path, tiny_model_dir):
+    """A still person on a noisy background: all the matte's change there is flicker. (With motion
+    the lagging edge counts too: see the README's figures for vtest.avi.)"""
+    frames, _ = disc_frames(16, 64, 48, seed=3, still=True)
+    clip = write_clip(tmp_path / "clip.mp4", frames)
+    figures = {}
+    for strength in (0.0, 0.6):
+        out = tmp_path / f"out{strength}"
+        report, _ = run_api(tiny_model_dir, clip, out, outputs="alpha",
+                            video=VideoOptions(temporal=strength, lossless=True))
+        assert report["video"]["temporal"] == strength
+        meter = FlickerMeter()
+        for alpha in decode(out / "alpha/clip.mkv", fmt="gray")["frames"]:
+            meter.add(alpha)
+        figures[strength] = meter.value
+    assert figures[0.0] > 0
+    assert figures[0.6] < 0.8 * figures[0.0], figures
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared clip
+
+
+@needs_av
+@pytest.mark.slow
+def test_vtest_avi_gives_a_795_frame_10_fps_matte(tmp_path, tiny_model_dir):
+    if not VTEST.is_file():
+        pytest.skip(f"{VTEST} is not here")
+    result = hx("run", VTEST, tmp_path / "out", "--model", tiny_model_dir, "--backend", "ort", "--outputs", "alpha",
+                "--quiet", "--batch-size", "16")
+    assert result.exit_code == 0, result.output
+    import av
+
+    with av.open(str(tmp_path / "out/alpha/vtest.mp4")) as container:  # streamed: 795 frames are 350 MB
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height, stream.average_rate) == (768, 576, 10)
+        assert stream.time_base == Fraction(1, 10)
+        assert sum(1 for _ in container.decode(stream)) == 795
+    report = json.loads((tmp_path / "out/hx-report.json").read_text())
+    assert report["frames"] == 795 and report["counts"]["processed"] == 1

@@ -129,12 +129,20 @@ class _Infer:
         from ..backends.base import open_backend
         from ..model import load_model_dir
 
-        model = load_model_dir(model_root)
-        self._shape = (model.out_channels, model.size, model.size)
-        # device 'auto' is resolved here, on the actor's node, where Ray has set the visible GPUs
-        self._backend = open_backend(backend, model, device, batch_size=batch_size, threads=threads)
+        self._error: Exception | None = None
+        try:
+            model = load_model_dir(model_root)
+            self._shape = (model.out_channels, model.size, model.size)
+            # device 'auto' is resolved here, on the actor's node, where Ray set the visible GPUs
+            self._backend = open_backend(backend, model, device, batch_size=batch_size, threads=threads)
+        except (ModelError, BackendError) as e:
+            # Raised from __call__ instead: Ray hands the driver a constructor's error as text
+            # only, a call's error as itself, which the CLI reports in one line, exit 2.
+            self._error = e
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._error is not None:
+            raise self._error
         ok = batch["ok"]
         out = np.zeros((len(ok), *self._shape), np.float32)  # [N, C, S, S]; zeros for unread photos
         if ok.any():
@@ -266,7 +274,8 @@ class RayEngine:
         """Connect to (or start) Ray unless this process already is; True when it was done here."""
         if ray.is_initialized():
             return False
-        options: dict = {"logging_level": logging.WARNING}
+        # Workers' output stays in Ray's log folder: errors reach the driver as exceptions.
+        options: dict = {"logging_level": logging.WARNING, "log_to_driver": False}
         if self.address is None and not os.environ.get("RAY_ADDRESS"):
             options.update(address="local", include_dashboard=False)
         else:
@@ -312,24 +321,28 @@ def _collect(dataset: "ray.data.Dataset", outcomes: Outcomes) -> set[tuple[str, 
     return ran_on
 
 
-# Our progress bar and report stand in for Ray Data's bars and its per-run log lines; the
-# progress logger only says, once, that its bars are off.
-_QUIET_LOGGERS = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}
+# Our progress bar, one-line errors and report stand in for Ray Data's bars, log lines and
+# tracebacks (which stay in its log folder); a stage's error comes back as itself.
+_DATA_CONTEXT = {"enable_progress_bars": False, "raise_original_map_exception": True}
+_QUIET_LOGGERS = ("ray.data",)
 
 
 class _quiet_ray_data:
-    """Ray Data without its progress bars and INFO lines, for the `with` block only."""
+    """Ray Data set as _DATA_CONTEXT says and quiet on the console, for the `with` block only."""
 
     def __enter__(self) -> None:
         context = ray.data.DataContext.get_current()
-        self._bars = context.enable_progress_bars
+        self._saved = {name: getattr(context, name) for name in _DATA_CONTEXT}
         self._levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
-        context.enable_progress_bars = False
-        for name, level in _QUIET_LOGGERS.items():
-            logging.getLogger(name).setLevel(level)
+        for name, value in _DATA_CONTEXT.items():
+            setattr(context, name, value)
+        for name in _QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
     def __exit__(self, *exc) -> None:
-        ray.data.DataContext.get_current().enable_progress_bars = self._bars
+        context = ray.data.DataContext.get_current()
+        for name, value in self._saved.items():
+            setattr(context, name, value)
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
 
@@ -341,12 +354,15 @@ def _first_line(e: BaseException) -> str:
 def _one_line(e: BaseException) -> Exception:
     """A Ray error -> the hx error inside it when there is one (a model or backend an actor could
     not open is a usage error), else an EngineError with one line."""
-    seen = e
-    for _ in range(8):  # RayTaskError -> UserCodeException -> the exception the stage raised
-        if isinstance(seen, (ModelError, BackendError, ConfigError)):
-            return seen
-        inner = getattr(seen, "cause", None) or seen.__cause__
-        if inner is None or inner is seen:
-            break
-        seen = inner
-    return EngineError(f"ray: {type(seen).__name__}: {_first_line(seen)}")
+    chain: list[BaseException] = []
+    seen: BaseException | None = e
+    while seen is not None and seen not in chain and len(chain) < 8:
+        chain.append(seen)
+        cause = getattr(seen, "cause", None)  # RayTaskError: the exception the stage raised
+        seen = cause if isinstance(cause, BaseException) else seen.__cause__
+    for error in chain:
+        # (RayTaskError also poses as its cause's class, with the whole traceback as its text)
+        # (and Ray Data appends its retry advice to the message: keep the first line)
+        if isinstance(error, (ModelError, BackendError, ConfigError)) and not isinstance(error, ray.exceptions.RayError):
+            return type(error)(_first_line(error))
+    return EngineError(f"ray: {type(chain[-1]).__name__}: {_first_line(chain[-1])}")

@@ -157,8 +157,8 @@ def _finish(batch: dict[str, np.ndarray], stages: PhotoStages) -> dict[str, np.n
     """-> {src, reason ('' when the photo's outputs were written), backend, device}"""
     reasons = []
     for src, ok, item, out in zip(batch["src"], batch["ok"], batch["item"], batch["out"]):
-        item: Decoded | Failed = pickle.loads(item)
-        failure = item if not ok else stages.finish(item, out)
+        record: Decoded | Failed = pickle.loads(item)
+        failure = record if not ok else stages.finish(record, out)
         reasons.append("" if failure is None else failure.reason)
     return {"src": batch["src"], "reason": np.array(reasons, object),
             "backend": batch["backend"], "device": batch["device"]}
@@ -166,7 +166,8 @@ def _finish(batch: dict[str, np.ndarray], stages: PhotoStages) -> dict[str, np.n
 
 class _PortableBackground(Background):
     """A Background that pickles: its lock and render cache stay behind and are made anew on the
-    worker (compose.Background holds a threading.Lock, which cannot travel to Ray workers)."""
+    worker. (compose.Background holds a threading.Lock, which cannot travel to Ray workers; this
+    can go once Background pickles itself.)"""
 
     @classmethod
     def of(cls, background: Background) -> "_PortableBackground":
@@ -361,8 +362,8 @@ def _one_line(e: BaseException) -> Exception:
         cause = getattr(seen, "cause", None)  # RayTaskError: the exception the stage raised
         seen = cause if isinstance(cause, BaseException) else seen.__cause__
     for error in chain:
-        # (RayTaskError also poses as its cause's class, with the whole traceback as its text)
-        # (and Ray Data appends its retry advice to the message: keep the first line)
+        # RayTaskError also poses as its cause's class, with the whole traceback for text, and
+        # Ray Data appends its retry advice to the cause's message: a new one, first line only.
         if isinstance(error, (ModelError, BackendError, ConfigError)) and not isinstance(error, ray.exceptions.RayError):
             return type(error)(_first_line(error))
     return EngineError(f"ray: {type(chain[-1]).__name__}: {_first_line(chain[-1])}")

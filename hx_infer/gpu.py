@@ -81,8 +81,11 @@ def resize_uint8(image: torch.Tensor, new_h: int, new_w: int) -> torch.Tensor:
     device = str(image.device)
     x = image.float()
     if (new_h, new_w) != (h, w):
-        x = _axis_weights(h, new_h, device) @ x @ _axis_weights(w, new_w, device).T  # [3, new_h, new_w]
-    return x.round_().clamp_(0, 255)
+        rows, cols = _axis_weights(h, new_h, device), _axis_weights(w, new_w, device).T
+        # (rows @ x) @ cols or rows @ (x @ cols): the same sum, whichever multiplies less first
+        # (1920x1080 -> 256x144: rows first is 2.2 GFLOP, columns first 3.4)
+        x = (rows @ x) @ cols if new_h * w * (h + new_w) <= h * new_w * (w + new_h) else rows @ (x @ cols)
+    return x.round_().clamp_(0, 255)  # [3, new_h, new_w]
 
 
 def letterbox_into(image: torch.Tensor, size: int, out: torch.Tensor,
@@ -488,9 +491,13 @@ class PipelineOnDevice:
             return Failed(job.src, _reason(e))
 
     def submit(self, batch: list) -> list:
-        """batch: (job, HostPhoto) pairs -> the previous batch's (job, Outputs | Exception) pairs."""
+        """batch: (job, HostPhoto) pairs -> the previous batch's (job, Outputs | Exception) pairs.
+
+        This batch is queued before the previous one is waited for, so its upload and
+        letterboxing (copy stream) overlap the previous batch's inference (compute stream)."""
+        queued = ([job for job, _ in batch], self.device.submit([photo for _, photo in batch]))
         done = self.flush()
-        self._pending = ([job for job, _ in batch], self.device.submit([photo for _, photo in batch]))
+        self._pending = queued
         return done
 
     def flush(self) -> list:

@@ -6,7 +6,8 @@
     writer thread: un-letterbox, rotate back, refine, compose, encode, mux (+ the audio packets)
                    into temporaries, renamed into place once the last frame is in
 
-Every queue is bounded (two batches), so memory does not grow with the video's length.
+Every queue is bounded (two batches, or fewer frames of a large video: QUEUE_BYTES), so memory
+does not grow with the video's length.
 hx_infer.pipeline lists videos with the photos and hands each to run_video, after the photos;
 a video counts as one file in the report (processed, skipped or failed), its frames are added.
 
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from .pipeline import Job, RunConfig
 
 RGBA_FORMATS = ("prores", "vp9", "png")
+# Decoded frames waiting in each queue take at most about this much (a 4K frame is 25 MB): a
+# queue holds two batches of frames, or fewer when they are large, and never less than two.
+QUEUE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -223,8 +227,9 @@ class _VideoRun:
         self.turns = self.info.rotation // 90  # np.rot90 turns that show the frame upright
         self.smoother = TemporalSmoother(self.options.temporal) if self.options.temporal > 0 else None
         self.stop = threading.Event()
-        self.decoded: queue.Queue = queue.Queue(maxsize=2 * batch_size)
-        self.inferred: queue.Queue = queue.Queue(maxsize=2 * batch_size)
+        depth = max(2, min(2 * batch_size, QUEUE_BYTES // (self.info.width * self.info.height * 3)))
+        self.decoded: queue.Queue = queue.Queue(maxsize=depth)
+        self.inferred: queue.Queue = queue.Queue(maxsize=depth)
         self.write_error: BaseException | None = None
 
     def run(self) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -183,7 +182,7 @@ def test_lossless_matte_is_the_per_frame_matte(tmp_path, tiny_model_dir):
 def test_vp9_webm_and_png_frames_carry_alpha(tmp_path, tiny_model_dir):
     frames, _ = disc_frames(12, 65, 47)
     clip = write_clip(tmp_path / "clip.mp4", frames, audio="aac")
-    report, logged = run_api(tiny_model_dir, clip, tmp_path / "webm", outputs="alpha,rgba",
+    report, logged = run_api(tiny_model_dir, clip, tmp_path / "webm", outputs="alpha,rgba", refine="guided",
                              video=VideoOptions(rgba="vp9"))
     assert report["counts"]["processed"] == 1
     assert logged == [f"{clip}: rgba: .webm cannot hold aac audio; written without it"]
@@ -193,7 +192,8 @@ def test_vp9_webm_and_png_frames_carry_alpha(tmp_path, tiny_model_dir):
     assert webm["frames"].shape[1:] == (47, 65, 4)
     assert np.abs(webm["frames"][..., 3].astype(int) - alpha).mean() < 6
 
-    report, _ = run_api(tiny_model_dir, clip, tmp_path / "png", outputs="rgba", video=VideoOptions(rgba="png"))
+    report, _ = run_api(tiny_model_dir, clip, tmp_path / "png", outputs="rgba", refine="guided",
+                        video=VideoOptions(rgba="png"))
     folder = tmp_path / "png/rgba/clip"
     names = sorted(p.name for p in folder.iterdir())
     assert names == [f"{i:06d}.png" for i in range(12)]

@@ -7,6 +7,8 @@ textured background), plus the `gpu` marker skip.
 """
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 
 import numpy as np
@@ -79,45 +81,47 @@ def _fit_bright_disc(generator: torch.nn.Module, steps: int = FIT_STEPS, size: i
     generator.eval()
 
 
-def _one_thread():
+@contextlib.contextmanager
+def torch_on_one_thread():
     """torch on several threads crawls on a shared 2-core machine (spin-waits); one is 10x faster."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return threads
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """For modules that run torch: `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    with torch_on_one_thread():
+        yield
+
+
+def _export_tiny(out: Path, target: str, fit: bool, card_extra: dict | None = None) -> Path:
+    """A seeded lite generator at TINY_SIZE, optionally fitted to bright discs, exported to out."""
+    from hx_train.export import export_generator
+    from hx_train.models import build_generator
+
+    with torch_on_one_thread():
+        torch.manual_seed(0)
+        generator = build_generator("lite", TINY_SIZE, target)
+        if fit:
+            _fit_bright_disc(generator)
+        export_generator(generator, out, preset="lite", size=TINY_SIZE, target=target, card_extra=card_extra)
+    return out
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from hx_train.export import export_generator
-    from hx_train.models import build_generator
-
-    threads = _one_thread()
-    try:
-        torch.manual_seed(0)
-        generator = build_generator("lite", TINY_SIZE, "alpha")
-        _fit_bright_disc(generator)
-        out = tmp_path_factory.mktemp("models") / "tiny-alpha"
-        export_generator(generator, out, preset="lite", size=TINY_SIZE, target="alpha",
-                         card_extra={"data": {"source": "synthetic bright discs (tests/conftest.py)"}})
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    return _export_tiny(tmp_path_factory.mktemp("models") / "tiny-alpha", "alpha", fit=True,
+                        card_extra={"data": {"source": "synthetic bright discs (tests/conftest.py)"}})
 
 
 @pytest.fixture(scope="session")
 def tiny_rgb_model_dir(tmp_path_factory) -> Path:
-    from hx_train.export import export_generator
-    from hx_train.models import build_generator
-
-    threads = _one_thread()
-    try:
-        torch.manual_seed(0)
-        generator = build_generator("lite", TINY_SIZE, "rgb")
-        out = tmp_path_factory.mktemp("models") / "tiny-rgb"
-        export_generator(generator, out, preset="lite", size=TINY_SIZE, target="rgb")
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    return _export_tiny(tmp_path_factory.mktemp("models") / "tiny-rgb", "rgb", fit=False)
 
 
 @pytest.fixture(scope="session")

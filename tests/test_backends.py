@@ -37,12 +37,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see conftest._one_thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.torch_on_one_thread
 
 
 @pytest.fixture(scope="module", params=["alpha", "rgb"])

@@ -19,12 +19,7 @@ from hx_infer.model import load_model_dir
 FAST = {"iterations": 2, "warmup": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see conftest._one_thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.torch_on_one_thread
 
 
 @pytest.fixture(scope="module")

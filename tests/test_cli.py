@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hx_infer.cli import main
+from hx_infer_asserts import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,15 +39,6 @@ def photos(folder: Path, make_disc_photo, n: int, height: int = 30, width: int =
 def digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != "hx-report.json"}
-
-
-def assert_one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hx-infer: error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture

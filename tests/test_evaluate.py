@@ -15,6 +15,7 @@ from hx_infer.cli import main
 from hx_infer.evaluate import (CROPS, EvalError, alpha_mae, boundary, boundary_scores, crop_box, evaluate,
                                find_pairs, iou, parse_crops, plan_eval, read_mask)
 from hx_infer.model import load_model_dir
+from hx_infer_asserts import assert_one_line_error
 
 
 def hx(*args) -> "CliRunner.invoke":
@@ -26,15 +27,6 @@ def rect(height: int, width: int, top: int, left: int, bottom: int, right: int) 
     image = np.zeros((height, width), np.uint8)
     image[top:bottom, left:right] = 255
     return image
-
-
-def assert_one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hx-infer: error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture

@@ -19,12 +19,7 @@ from hx_train.models import build_generator
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see conftest._one_thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.torch_on_one_thread
 
 
 def _generator_with_running_stats(seed: int, target: str = "alpha") -> torch.nn.Module:

@@ -22,12 +22,7 @@ S = 64
 SIZES = [(97, 131), (300, 71), (31, 47), (64, 64), (1, 200), (241, 160), (20, 64), (130, 520)]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see conftest._one_thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.torch_on_one_thread
 
 
 @pytest.fixture(scope="module")

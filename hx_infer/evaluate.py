@@ -46,7 +46,7 @@ import numpy as np
 from .backends.base import Backend
 from .io.images import DecodeError, is_photo_name, photo_size, read_photo
 from .model import ModelDir
-from .pipeline import DEFAULT_MAX_PIXELS, matte_input
+from .pipeline import DEFAULT_MAX_PIXELS, matte_input, parse_names
 from .transforms import Letterbox, letterbox, to_uint8, unletterbox
 
 CROPS = ("full", "upper", "head")
@@ -156,14 +156,7 @@ def crop_box(mask: np.ndarray, crop: str) -> Box | None:
 
 def parse_crops(crops: str | Iterable[str]) -> tuple[str, ...]:
     """'full,head' or ('full', 'head') -> ('full', 'head'), in the order given, no repeats."""
-    names = crops.split(",") if isinstance(crops, str) else list(crops)
-    names = [n.strip() for n in names if n.strip()]
-    if not names:
-        raise EvalError(f"--crops: give one or more of {','.join(CROPS)}")
-    for name in names:
-        if name not in CROPS:
-            raise EvalError(f"--crops: unknown crop {name!r}; choose from {','.join(CROPS)}")
-    return tuple(dict.fromkeys(names))
+    return parse_names(crops, CROPS, "--crops", "crop", EvalError)
 
 
 # ---------------------------------------------------------------------------------------------

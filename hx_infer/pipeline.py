@@ -98,16 +98,25 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def parse_outputs(outputs: str | Iterable[str]) -> tuple[str, ...]:
-    """'alpha,rgba' or ('alpha', 'rgba') -> ('alpha', 'rgba'), in the order given, no repeats."""
-    names = outputs.split(",") if isinstance(outputs, str) else list(outputs)
+def parse_names(spec: str | Iterable[str], choices: Iterable[str], option: str, what: str,
+                error: type[Exception] = ValueError) -> tuple[str, ...]:
+    """'a,b' or ('a', 'b') -> ('a', 'b'), in the order given, no repeats, each one of `choices`.
+
+    Raises `error` with a one-line message naming `option` (e.g. --outputs) and the `what`."""
+    choices = tuple(choices)
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [n.strip() for n in names if n.strip()]
     if not names:
-        raise ConfigError(f"--outputs: give one or more of {','.join(OUTPUT_KINDS)}")
+        raise error(f"{option}: give one or more of {','.join(choices)}")
     for n in names:
-        if n not in OUTPUT_KINDS:
-            raise ConfigError(f"--outputs: unknown kind {n!r}; choose from {','.join(OUTPUT_KINDS)}")
+        if n not in choices:
+            raise error(f"{option}: unknown {what} {n!r}; choose from {','.join(choices)}")
     return tuple(dict.fromkeys(names))
+
+
+def parse_outputs(outputs: str | Iterable[str]) -> tuple[str, ...]:
+    """'alpha,rgba' or ('alpha', 'rgba') -> ('alpha', 'rgba')."""
+    return parse_names(outputs, OUTPUT_KINDS, "--outputs", "kind", ConfigError)
 
 
 def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Path, model: ModelDir, *,

@@ -111,6 +111,8 @@ def prepare(src: Path, dst: Path, fmt: str, val_fraction: float, seed: int, over
 @click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True, help="Adam learning rate")
 @click.option("--lambda-l1", type=float, default=DEFAULTS.lambda_l1, show_default=True,
               help="weight of L1 against the GAN loss")
+@click.option("--lambda-gan", type=float, default=DEFAULTS.lambda_gan, show_default=True,
+              help="weight of the GAN loss; 0 trains G alone on L1 (+ --seg-loss), no discriminator")
 @click.option("--gan-loss", type=click.Choice(GAN_LOSSES), default=DEFAULTS.gan_loss, show_default=True)
 @click.option("--seg-loss", type=click.Choice(SEG_LOSSES), default=DEFAULTS.seg_loss, show_default=True,
               help="extra matte term (alpha only)")

@@ -148,6 +148,8 @@ class Split:
     masks: torch.Tensor  # [N, 1, side, side] uint8, 255 = person
     boxes: torch.Tensor  # [N, 4, 4] float32 (x0, y0, x1, y1) in pixels: rows PHOTO, PERSON,
     #                      UPPER_BODY, HEAD; the person rows are NaN where the mask is empty
+    plates: torch.Tensor | None = None  # [N, 3, side, side] uint8: the photos with the person
+    #                                     painted out (load_split(plates=True)), else None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -157,19 +159,40 @@ class Split:
         return self.photos.shape[-1]
 
 
+def paint_out(photo: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A clean plate: photo [H, W, 3] uint8 with the person (mask [H, W] uint8 > 127, grown a
+    little) filled in from the surrounding background. [H, W, 3] uint8.
+
+    Telea inpainting of a person-sized hole is slow at full size and gives a smooth fill at any
+    size, so the hole is filled at 1/4 scale and the fill is upsampled into it.
+    """
+    h, w = mask.shape
+    small = (max(1, w // 4), max(1, h // 4))
+    hole_small = cv2.dilate((cv2.resize(mask, small, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8),
+                            np.ones((3, 3), np.uint8), iterations=2)
+    filled = cv2.inpaint(cv2.resize(photo, small, interpolation=cv2.INTER_AREA), hole_small, 3, cv2.INPAINT_TELEA)
+    hole = cv2.resize(hole_small, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    plate = photo.copy()
+    plate[hole] = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)[hole]
+    return plate
+
+
 def load_split(split_dir: Path, side: int, *, fractions: tuple[float, float] = (0.55, 0.30),
-               workers: int = 0, pin: bool = False, log: Callable[[str], None] = lambda _: None) -> Split:
+               workers: int = 0, pin: bool = False, plates: bool = False,
+               log: Callable[[str], None] = lambda _: None) -> Split:
     """Decode every pair in `split_dir` and letterbox it onto a `side` x `side` square.
 
     fractions: the upper-body and head-and-shoulders bands, as shares of the person's height.
     workers: decoding threads (0 = one per core, at most 8). pin: page-locked memory, so batches
-    can be copied to a GPU asynchronously.
+    can be copied to a GPU asynchronously. plates: also keep each photo with its person painted
+    out (paint_out), the person-free backgrounds Augmenter pastes people onto.
     """
     pairs = find_pairs(split_dir)
     n = len(pairs)
     photos = torch.empty((n, 3, side, side), dtype=torch.uint8, pin_memory=pin)
     masks = torch.empty((n, 1, side, side), dtype=torch.uint8, pin_memory=pin)
     boxes = torch.empty((n, 4, 4), dtype=torch.float32)
+    plate_squares = torch.empty((n, 3, side, side), dtype=torch.uint8, pin_memory=pin) if plates else None
     log(f"decoding {n} pairs from {split_dir} ({(photos.nbytes + masks.nbytes) / 2**20:.0f} MiB)")
 
     def load(i: int) -> None:
@@ -184,6 +207,8 @@ def load_split(split_dir: Path, side: int, *, fractions: tuple[float, float] = (
         masks[i, 0] = torch.from_numpy(mask_square)
         boxes[i, PHOTO] = torch.tensor(box, dtype=torch.float32)
         boxes[i, PERSON:] = torch.from_numpy(person_boxes(mask_square, fractions))
+        if plate_squares is not None:
+            plate_squares[i] = torch.from_numpy(paint_out(square, mask_square)).permute(2, 0, 1)
 
     # OpenCV and Pillow release the GIL while decoding and resizing, so threads are enough.
     pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
@@ -192,7 +217,7 @@ def load_split(split_dir: Path, side: int, *, fractions: tuple[float, float] = (
             pass
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return Split([str(p) for p, _ in pairs], photos, masks, boxes)
+    return Split([str(p) for p, _ in pairs], photos, masks, boxes, plate_squares)
 
 
 def gather(source: torch.Tensor, index: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -206,10 +231,11 @@ def gather(source: torch.Tensor, index: torch.Tensor, device: torch.device) -> t
 
 
 def batches(split: Split, batch_size: int, generator: torch.Generator,
-            device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """One epoch of shuffled batches: (photos [B, 3, C, C] uint8, masks [B, 1, C, C] uint8) on
-    `device`, boxes [B, 4, 4] on the CPU. The last partial batch is dropped (steady batch-norm
-    statistics, one compiled shape) unless the split is smaller than one batch.
+    `device`, boxes [B, 4, 4] on the CPU, plates [B, 3, C, C] uint8 on `device` (None when the
+    split has none). The last partial batch is dropped (steady batch-norm statistics, one
+    compiled shape) unless the split is smaller than one batch.
 
     The GPU runs asynchronously, so gathering the next batch on the CPU overlaps the current step.
     """
@@ -217,7 +243,8 @@ def batches(split: Split, batch_size: int, generator: torch.Generator,
     size = min(batch_size, len(split))
     for start in range(0, len(split) - size + 1, size):
         index = order[start:start + size]
-        yield gather(split.photos, index, device), gather(split.masks, index, device), split.boxes[index]
+        plates = None if split.plates is None else gather(split.plates, index, device)
+        yield gather(split.photos, index, device), gather(split.masks, index, device), split.boxes[index], plates
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -268,7 +295,7 @@ def validation_batches(split: Split, batch_size: int, device: torch.device,
 # ---------------------------------------------------------------------------------------------
 # Augmentation on the device
 
-N_DRAWS = 16  # uniform numbers drawn per image per batch (see Augmenter.views)
+N_DRAWS = 20  # uniform numbers drawn per image per batch: 0-10 views, 11-14 colour, 15-19 paste
 
 
 class Augmenter:
@@ -277,6 +304,10 @@ class Augmenter:
     Each view is a rectangle R of the photo (a crop of the whole photo, or the upper body or head
     and shoulders of the person grown by a margin), rotated and maybe flipped, then letterboxed
     to S x S exactly as a photo of R's shape would be: everything outside R is pad (0.0).
+    Then, in p_paste of the views, the next view of the batch (its person and mask, scaled by
+    paste_min..1 and moved anywhere) is pasted over it and the mask becomes the union: groups,
+    overlaps, people cut by the frame. In p_plate of the views the photo is first swapped for its
+    clean plate (Split.plates), so that view is a person pasted onto a person-free background.
     All random numbers come from the CPU generator passed in, so a run replays exactly.
     """
 
@@ -286,18 +317,24 @@ class Augmenter:
         self.size = config.size
 
     def __call__(self, photos: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """photos [B, 3, C, C] uint8, masks [B, 1, C, C] uint8 (device), boxes [B, 4, 4] (CPU)
-        -> (photo [B, 3, S, S] in [-1, 1] with pad 0, mask [B, 1, S, S] in [0, 1])."""
+                 generator: torch.Generator, plates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """photos [B, 3, C, C] uint8, masks [B, 1, C, C] uint8 (device), boxes [B, 4, 4] (CPU),
+        plates [B, 3, C, C] uint8 or None -> (photo [B, 3, S, S] in [-1, 1] with pad 0,
+        mask [B, 1, S, S] in [0, 1])."""
         device = photos.device
         draws = torch.rand((photos.shape[0], N_DRAWS), generator=generator, dtype=torch.float64)
+        on_plate = draws[:, 15] < (self.config.p_plate if plates is not None else 0.0)
         theta, half_extent = self.views(boxes.double(), draws)
         colour = self.colour_transforms(draws)
 
         S = self.size
-        source = torch.cat([photos.float() / 255.0, masks.float() / 255.0,
-                            box_mask(boxes[:, PHOTO], self.canvas, device).float()], 1)  # [B, 5, C, C]
-        grid = F.affine_grid(theta.to(device, torch.float32), [photos.shape[0], 5, S, S], align_corners=False)
+        channels = [photos.float() / 255.0, masks.float() / 255.0,
+                    box_mask(boxes[:, PHOTO], self.canvas, device).float()]  # [B, 5, C, C]
+        if on_plate.any():
+            channels.append(plates.float() / 255.0)  # [B, 8, C, C]: the same view of the plate
+        source = torch.cat(channels, 1)
+        grid = F.affine_grid(theta.to(device, torch.float32), [photos.shape[0], source.shape[1], S, S],
+                             align_corners=False)
         warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
         # Inside R in the output square, and inside the photo after rotation.
@@ -307,8 +344,37 @@ class Augmenter:
         inside_y = centres.abs() <= half[:, 1, None]
         valid = (inside_y[:, None, :, None] & inside_x[:, None, None, :]) & (warped[:, 4:5] > 0.5)
 
-        photo = self.jitter(warped[:, :3], valid, *(t.to(device, torch.float32) for t in colour))
-        return (photo * 2.0 - 1.0) * valid, warped[:, 3:4] * valid
+        colour = tuple(t.to(device, torch.float32) for t in colour)
+        person = (self.jitter(warped[:, :3], valid, *colour) * 2.0 - 1.0) * valid
+        person_mask = warped[:, 3:4] * valid
+        photo, mask = person, person_mask
+        if on_plate.any():
+            plate = (self.jitter(warped[:, 5:8], valid, *colour) * 2.0 - 1.0) * valid
+            swap = on_plate.to(device)[:, None, None, None]
+            photo, mask = torch.where(swap, plate, photo), torch.where(swap, 0.0, mask)
+        pasted = on_plate | (draws[:, 16] < self.config.p_paste)
+        if pasted.any():
+            photo, mask = self.paste(photo, mask, person, person_mask, valid, pasted, draws)
+        return photo, mask
+
+    def paste(self, photo: torch.Tensor, mask: torch.Tensor, person: torch.Tensor, person_mask: torch.Tensor,
+              valid: torch.Tensor, pasted: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Over each view where `pasted` ([B] bool, CPU), paste the person of the next view
+        (person, person_mask: the views before any plate swap), scaled by paste_min..1 and
+        centred anywhere in the middle of the square; alpha-composite the photos with the pasted
+        mask as alpha, and take the union of the masks."""
+        B, device = photo.shape[0], photo.device
+        scale = self.config.paste_min + (1 - self.config.paste_min) * u[:, 17]
+        shift = (2 * u[:, 18:20] - 1) * 0.6  # the pasted view's centre, in [-1, 1] coordinates
+        zero = torch.zeros_like(scale)
+        # output -> source: x_src = (x_out - shift) / scale
+        theta = torch.stack([torch.stack([1 / scale, zero, -shift[:, 0] / scale], 1),
+                             torch.stack([zero, 1 / scale, -shift[:, 1] / scale], 1)], 1)
+        donor = torch.cat([person, person_mask], 1).roll(1, 0)
+        grid = F.affine_grid(theta.to(device, torch.float32), [B, 4, *photo.shape[2:]], align_corners=False)
+        warped = F.grid_sample(donor, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        alpha = warped[:, 3:4] * valid * pasted.to(device, torch.float32)[:, None, None, None]
+        return photo * (1 - alpha) + warped[:, :3] * alpha, mask + alpha * (1 - mask)
 
     def views(self, boxes: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """boxes [B, 4, 4], u [B, N_DRAWS] uniform -> theta [B, 2, 3] for affine_grid (output square

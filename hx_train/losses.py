@@ -55,17 +55,18 @@ def segmentation_loss(output: torch.Tensor, mask: torch.Tensor, kind: str) -> to
     raise ValueError(f"unknown --seg-loss {kind!r}; choose none, bce or dice")
 
 
-def generator_loss(fake_logits: torch.Tensor, output: torch.Tensor, target: torch.Tensor,
+def generator_loss(fake_logits: torch.Tensor | None, output: torch.Tensor, target: torch.Tensor,
                    mask: torch.Tensor, config: TrainConfig) -> dict[str, torch.Tensor]:
     """G's loss: fool D (fake_logits: D on (photo, output)) and stay near the target (L1).
 
     output, target: [B, C, S, S] in [-1, 1]; mask: [B, 1, S, S] in [0, 1], for the matte term.
+    fake_logits None: no GAN term (config.lambda_gan == 0, D is not run).
     """
-    terms = {
-        "g_gan": gan_loss(fake_logits, True, config.gan_loss),
-        "g_l1": F.l1_loss(output.float(), target.float()),
-    }
-    total = terms["g_gan"] + config.lambda_l1 * terms["g_l1"]
+    terms = {"g_l1": F.l1_loss(output.float(), target.float())}
+    total = config.lambda_l1 * terms["g_l1"]
+    if fake_logits is not None:
+        terms["g_gan"] = gan_loss(fake_logits, True, config.gan_loss)
+        total = total + config.lambda_gan * terms["g_gan"]
     if config.seg_loss != "none":
         terms["g_seg"] = segmentation_loss(output, mask, config.seg_loss)
         total = total + config.seg_weight * terms["g_seg"]

@@ -20,6 +20,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,12 +203,22 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: 
                config: TrainConfig) -> dict[str, torch.Tensor]:
     """One pix2pix iteration. photo [B, 3, S, S], target [B, C, S, S] in [-1, 1]; mask [B, 1, S, S].
 
-    Returns the detached loss terms: d_real, d_fake, d_total, g_gan, g_l1, (g_seg), g_total.
+    Returns the detached loss terms: d_real, d_fake, d_total, g_gan, g_l1, (g_seg), g_total;
+    with config.lambda_gan == 0 only g_l1, (g_seg), g_total.
     With fp16 the one GradScaler scales each loss, steps each optimiser (skipping a step whose
     gradients overflowed), and updates its scale once per iteration.
     """
     with autocast():
         fake = G(photo)  # forward: G(x)
+    if config.lambda_gan == 0:  # no adversary: G alone on L1 (+ the matte term), D never runs
+        opt_g.zero_grad(set_to_none=True)
+        with autocast():
+            g = generator_loss(None, fake, target, mask, config)
+        scaler.scale(g["total"]).backward()
+        scaler.step(opt_g)
+        scaler.update()
+        terms = {**{k: v for k, v in g.items() if k != "total"}, "g_total": g["total"]}
+        return {name: value.detach() for name, value in terms.items()}
 
     # D step: real pairs (x, y) -> 1, fake pairs (x, G(x)) -> 0; G(x) detached so G gets no gradient.
     opt_d.zero_grad(set_to_none=True)
@@ -428,7 +439,8 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
     # Data first: a bad data set fails before anything is created.
     pin = device.type == "cuda"  # page-locked, for asynchronous copies to the GPU
     train = hxdata.load_split(data / "train", hxdata.canvas_side(config.size), workers=config.workers,
-                              fractions=(config.upper_body_fraction, config.head_fraction), pin=pin, log=log)
+                              fractions=(config.upper_body_fraction, config.head_fraction), pin=pin,
+                              plates=config.p_plate > 0, log=log)
     val = hxdata.load_split(data / "val", config.size, workers=config.workers, pin=pin, log=log)
     data_info = {"train": len(train), "val": len(val), "source": str(data)}
     try:
@@ -474,9 +486,9 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.total_epochs}", unit="step", leave=False,
                    dynamic_ncols=True, disable=None if progress is None else not progress)
-        for i, (photos, masks, boxes) in enumerate(hxdata.batches(train, config.batch_size,
-                                                                  run.generators["order"], device)):
-            photo, mask = augment(photos, masks, boxes, run.generators["augment"])
+        for i, (photos, masks, boxes, plates) in enumerate(hxdata.batches(train, config.batch_size,
+                                                                          run.generators["order"], device)):
+            photo, mask = augment(photos, masks, boxes, run.generators["augment"], plates)
             target = hxdata.make_target(photo, mask, config.target)
             terms = train_step(G_step, D_step, run.opt_g, run.opt_d, run.scaler, autocast,
                                _layout(photo, device), _layout(target, device), mask, config)
@@ -488,7 +500,11 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
                                  if k in ("d_total", "g_gan", "g_l1")})
         bar.close()
         run.sched_g.step()
-        run.sched_d.step()
+        with warnings.catch_warnings():
+            # With --lambda-gan 0 opt_d never steps; its schedule still advances, so D's learning
+            # rate is right if a resumed run turns the GAN term on.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            run.sched_d.step()
         losses = {name: round(total.item() / steps, 6) for name, total in sums.items()}  # GPU sync
         train_seconds = time.perf_counter() - started
 

@@ -1,6 +1,7 @@
 """hx_train.data / losses / train: tiny synthetic data sets (a bright disc on noise), lite at 64 px."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -87,7 +88,8 @@ def test_person_boxes_cover_the_top_of_the_mask():
 
 def _plain(**overrides) -> TrainConfig:
     """Geometry only: no colour jitter, so photo and mask can be compared pixel for pixel."""
-    return TrainConfig(**{**TINY, "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0, **overrides})
+    return TrainConfig(**{**TINY, "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0,
+                          "p_paste": 0, "p_plate": 0, **overrides})
 
 
 def _white_where_masked(tmp_path: Path) -> hxdata.Split:
@@ -103,7 +105,7 @@ def test_augmentation_moves_photo_and_mask_together(tmp_path):
     config = _plain(p_head=0.3, p_upper_body=0.3, rotate_deg=15)
     augment = hxdata.Augmenter(config, split.side)
     g = torch.Generator().manual_seed(0)
-    photos, masks, boxes = next(hxdata.batches(split, 6, g, torch.device("cpu")))
+    photos, masks, boxes, _ = next(hxdata.batches(split, 6, g, torch.device("cpu")))
     photo, mask = augment(photos, masks, boxes, g)
     assert photo.shape == (6, 3, 64, 64) and mask.shape == (6, 1, 64, 64)
     assert photo.min() >= -1 and photo.max() <= 1 and mask.min() >= 0 and mask.max() <= 1
@@ -121,9 +123,46 @@ def test_augmentation_replays_from_the_generator_state(tmp_path):
     outputs = []
     for _ in range(2):
         g = torch.Generator().manual_seed(5)
-        photos, masks, boxes = next(hxdata.batches(split, 4, g, torch.device("cpu")))
+        photos, masks, boxes, _ = next(hxdata.batches(split, 4, g, torch.device("cpu")))
         outputs.append(augment(photos, masks, boxes, g))
     assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+
+
+def test_pasting_adds_a_person_and_keeps_the_union_of_the_masks(tmp_path):
+    split = _white_where_masked(tmp_path)
+    views = {}
+    for p_paste in (0.0, 1.0):
+        augment = hxdata.Augmenter(_plain(p_paste=p_paste, paste_min=0.5), split.side)
+        views[p_paste] = augment(split.photos, split.masks, split.boxes, torch.Generator().manual_seed(3))
+    (photo0, mask0), (photo1, mask1) = views[0.0], views[1.0]
+    assert (mask1 >= mask0 - 1e-6).all()  # the union: no person pixel is lost
+    assert mask1.sum() > 1.2 * mask0.sum()  # and the pasted people add to it
+    # Photo and mask still agree on the background and where an opaque pasted person covers it.
+    covered = (mask0 < 1e-3) & (mask1 > 0.999)
+    assert covered.any()
+    solid = ((photo1 != 0) & ((mask1 < 1e-3) | covered)).expand_as(photo1)
+    assert solid.any()
+    assert torch.allclose(((photo1 + 1) / 2)[solid], mask1.expand_as(photo1)[solid], atol=1e-3)
+
+
+def test_plates_paint_the_person_out_and_views_on_them_hold_only_the_pasted_person(tmp_path):
+    photo = np.zeros((64, 48, 3), np.uint8)
+    photo[:] = (0, 0, 200)  # blue background
+    mask = np.zeros((64, 48), np.uint8)
+    mask[10:60, 16:32] = 255
+    photo[mask > 0] = (220, 30, 30)  # a red person
+    plate = hxdata.paint_out(photo, mask)
+    assert np.abs(plate[mask > 0].astype(int) - (0, 0, 200)).max() < 30  # background fills the hole
+    assert np.array_equal(plate[:, :8], photo[:, :8])  # far from the person nothing changes
+
+    split = _white_where_masked(tmp_path)
+    black = torch.zeros_like(split.photos)  # plates that are black everywhere
+    augment = hxdata.Augmenter(_plain(p_plate=1.0), split.side)
+    out, out_mask = augment(split.photos, split.masks, split.boxes, torch.Generator().manual_seed(0), black)
+    valid = out != 0
+    empty = valid[:, :1] & (out_mask < 1e-3)
+    assert empty.any() and torch.allclose(out[:, :1][empty], torch.tensor(-1.0), atol=1e-2)  # the black plate
+    assert out_mask.amax((1, 2, 3)).min() > 0.5  # every view holds its pasted person
 
 
 def test_head_crops_zoom_in_on_the_person(tmp_path):
@@ -344,6 +383,24 @@ def test_one_grad_scaler_steps_both_optimisers_and_updates_once_per_step():
     after = [p.detach() for p in (*G.parameters(), *D.parameters())]
     assert all(not torch.equal(a, b) for a, b in zip(before, after))  # both optimisers stepped
     assert all(p.requires_grad for p in D.parameters())  # D is left trainable
+
+
+def test_without_the_gan_term_d_never_runs_and_g_still_learns():
+    torch.manual_seed(0)
+    config = TrainConfig(**TINY, lambda_gan=0, seg_loss="dice")
+    G, D = build_generator("lite", 64), build_discriminator("lite")
+    opt_g, opt_d = (torch.optim.Adam(n.parameters(), lr=2e-4, betas=(0.5, 0.999)) for n in (G, D))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    d_before = [p.detach().clone() for p in D.parameters()]
+    g_before = [p.detach().clone() for p in G.parameters()]
+    photo = torch.rand(2, 3, 64, 64) * 2 - 1
+    mask = (torch.rand(2, 1, 64, 64) > 0.5).float()
+    terms = train_step(G, D, opt_g, opt_d, scaler, contextlib.nullcontext, photo, mask * 2 - 1, mask, config)
+    assert set(terms) == {"g_l1", "g_seg", "g_total"}
+    assert torch.isclose(terms["g_total"], 100 * terms["g_l1"] + 10 * terms["g_seg"])
+    assert all(torch.equal(a, b) for a, b in zip(d_before, D.parameters()))
+    assert all(p.grad is None for p in D.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, G.parameters()))
 
 
 # --- CUDA --------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ are imported inside the commands, so `hx-train --help` answers at once.
 """
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -139,7 +141,7 @@ def fit(ctx: click.Context, data: Path, out: Path, resume: bool, quiet: bool, **
     try:
         config = resume_config(out, given) if resume else TrainConfig(**options)
         result = run_fit(config, data, out, resume=resume, log=(lambda _: None) if quiet else _log,
-                         progress=False if quiet else None)
+                         progress=False if quiet else None, command=shlex.join(["hx-train", *sys.argv[1:]]))
     except TrainError as e:
         raise CommandError(str(e)) from None
     except OSError as e:

@@ -82,7 +82,8 @@ def export(ckpt: Path, out: Path, log: Log = lambda s: None, *, overwrite: bool 
                           f"{config['size']} target {config['target']!r} ({_first_line(e)})") from None
     extra = {
         "source_checkpoint": ckpt.name,
-        "training": {"config": config, "epoch": state.get("epoch")},
+        # sessions: each hx-train fit invocation behind the weights (command, machine, epochs, seconds).
+        "training": {"config": config, "epoch": state.get("epoch"), "sessions": state.get("sessions", [])},
         "data": state.get("data", {}),
         "val_metrics": state.get("val_metrics", {}),
     }

@@ -18,7 +18,9 @@ import dataclasses
 import json
 import math
 import os
+import platform
 import random
+import re
 import time
 import warnings
 from collections import defaultdict
@@ -371,7 +373,8 @@ class _Training:
             return lr_factor(epoch, config.epochs, config.epochs_decay)
         return factor
 
-    def state_dict(self, epoch: int, best_metric: float, val_metrics: dict, data: dict) -> dict:
+    def state_dict(self, epoch: int, best_metric: float, val_metrics: dict, data: dict,
+                   sessions: list[dict]) -> dict:
         return {
             "format": CKPT_FORMAT,
             "config": dataclasses.asdict(self.config),
@@ -385,6 +388,7 @@ class _Training:
             "best_metric": best_metric,
             "val_metrics": val_metrics,
             "data": data,
+            "sessions": sessions,
         }
 
     def load(self, ckpt: dict) -> None:
@@ -424,8 +428,23 @@ def _open_run(out: Path, resume: bool, config: TrainConfig) -> dict | None:
     return ckpt
 
 
+def machine(device: torch.device) -> dict:
+    """What a run trained on, for the model card: CPU model and cores, torch threads, GPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": device.type, "torch": str(torch.__version__)}  # str: weights_only loads no TorchVersion
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
 def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log: Log = _quiet,
-        progress: bool | None = None) -> dict:
+        progress: bool | None = None, command: str | None = None) -> dict:
     """Train on DATA/train, validate on DATA/val each epoch, write RUN (see the module docstring).
 
     resume: continue from RUN/last.pt (take `config` from `resume_config`); without it an
@@ -460,6 +479,10 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         log(f"resuming {out} after epoch {start}")
     else:
         (out / METRICS).unlink(missing_ok=True)  # left by a run that never finished an epoch
+    # One record per invocation (a resumed run adds one): how each span of epochs was made.
+    sessions = list(ckpt.get("sessions", [])) if ckpt is not None else []
+    session = {"command": command, "machine": machine(device), "epochs": [start + 1, start], "seconds": 0.0}
+    sessions.append(session)
     del ckpt
     _write_json(out / CONFIG, dataclasses.asdict(config))
 
@@ -503,7 +526,7 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         with warnings.catch_warnings():
             # With --lambda-gan 0 opt_d never steps; its schedule still advances, so D's learning
             # rate is right if a resumed run turns the GAN term on.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             run.sched_d.step()
         losses = {name: round(total.item() / steps, 6) for name, total in sums.items()}  # GPU sync
         train_seconds = time.perf_counter() - started
@@ -515,13 +538,15 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         score = metrics[best_key(config.target)]
         improved = score > best_metric
         best_metric = max(best_metric, score)
+        session["epochs"][1] = epoch + 1
+        session["seconds"] = round(session["seconds"] + time.perf_counter() - started, 1)  # training + validation
         record = {"epoch": epoch + 1, "loss": losses, "val": metrics, "lr": lr,
                   "seconds": round(time.perf_counter() - started, 3),
                   "img_per_s": round(steps * batch / train_seconds, 2)}
         # Metrics line, then best.pt, then last.pt: a crash in between repeats this epoch on resume.
         with open(out / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
-        checkpoint = run.state_dict(epoch + 1, best_metric, metrics, data_info)
+        checkpoint = run.state_dict(epoch + 1, best_metric, metrics, data_info, sessions)
         if improved:
             _atomic_write(out / BEST, lambda f: torch.save(checkpoint, f))
             _link_or_copy(out / BEST, out / LAST)

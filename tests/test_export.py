@@ -41,6 +41,7 @@ def _write_checkpoint(path: Path, generator: torch.nn.Module, **changes) -> Path
         "val_metrics": {"iou": torch.tensor(0.75), "mae": 0.1},
         "data": {"train": 10, "val": 2, "source": "synthetic"},
         "epoch": 1,
+        "sessions": [{"command": "hx-train fit", "machine": {"device": "cpu"}, "epochs": [1, 1], "seconds": 2.0}],
         "optimizer_g": {},
     }
     state.update(changes)
@@ -93,6 +94,7 @@ def test_card_describes_model_and_training(exported):
     assert card["data"]["train"] == 10
     assert card["val_metrics"]["iou"] == pytest.approx(0.75)
     assert card["training"]["config"]["seed"] == 3
+    assert card["training"]["sessions"][0]["command"] == "hx-train fit"  # how the weights were made
     assert card["parameters"] == sum(p.numel() for p in generator.parameters())
     assert card["gflops_per_image"] > 0
     assert set(card["versions"]) == {"torch", "onnx", "onnxruntime"}

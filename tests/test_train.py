@@ -326,8 +326,13 @@ def test_resume_after_an_interruption_reaches_the_same_weights(dataset, tmp_path
     assert read_checkpoint(tmp_path / "stopped" / LAST)["epoch"] == 2
     with pytest.raises(TrainError, match="exists: add --resume"):
         fit(config, dataset, tmp_path / "stopped")
-    fit(config, dataset, tmp_path / "stopped", resume=True)
+    fit(config, dataset, tmp_path / "stopped", resume=True, command="hx-train fit again")
     _assert_same_run(tmp_path / "straight", tmp_path / "stopped")
+    # Each invocation is on record: which epochs it made, where, how long it took.
+    sessions = read_checkpoint(tmp_path / "stopped" / LAST)["sessions"]
+    assert [s["epochs"] for s in sessions] == [[1, 2], [3, 4]]
+    assert sessions[1]["command"] == "hx-train fit again" and sessions[1]["machine"]["device"] == "cpu"
+    assert all(s["seconds"] > 0 for s in sessions)
 
     # Training for 2 epochs, then extending the schedule by 2 decay epochs, is the same run too.
     fit(TrainConfig(**{**TINY, "epochs": 2, "epochs_decay": 0, "seed": 3}), dataset, tmp_path / "extended")

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from .compose import Background
-from .io.images import (DecodeError, _check_pixels, _open, _orientation, atomic_write, encode_jpeg, encode_png,
-                        photo_size, read_photo)
+from .io.images import (DecodeError, atomic_write, check_pixels, encode_jpeg, encode_png, exif_orientation,
+                        open_image, photo_size, read_photo)
 from .transforms import Letterbox, fit
 
 # ---------------------------------------------------------------------------------------------
@@ -199,13 +199,13 @@ def gpu_decodable(data: bytes, max_pixels: int) -> JpegHeader | None:
     Anything unusual (CMYK, MPO, bytes after the end marker, a file cut short) is left to the
     CPU decoder, which reports truncation instead of padding the photo with grey.
     """
-    with _open(data) as image:
-        _check_pixels(image, max_pixels)
+    with open_image(data) as image:
+        check_pixels(image, max_pixels)
         if image.format != "JPEG" or image.mode not in ("RGB", "L"):
             return None
         if not data.endswith(b"\xff\xd9"):  # end-of-image marker: a complete file
             return None
-        return JpegHeader(image.width, image.height, _orientation(image))
+        return JpegHeader(image.width, image.height, exif_orientation(image))
 
 
 def decode_jpegs(datas: Sequence[bytes], headers: Sequence[JpegHeader], device: torch.device

@@ -17,7 +17,7 @@ from hx_infer.backends.ort import (CUDA_PROVIDER, TRT_PROVIDER, OrtBackend, cpu_
                                    default_engine_cache)
 from hx_infer.backends.ort import resolve_precision as ort_precision
 from hx_infer.backends.torch import TorchBackend
-from hx_infer.backends.trt import NEEDS_CUDA, NOT_BUILT_YET, NOT_INSTALLED, TrtBackend
+from hx_infer.backends.trt import NEEDS_CUDA, NOT_INSTALLED, TrtBackend
 from hx_infer.model import load_model_dir
 
 TOLERANCE = 2 / 255  # two 8-bit grey levels
@@ -61,21 +61,12 @@ def _reference(model, images: np.ndarray) -> np.ndarray:
         return backend.infer(images)
 
 
-def _open(name: str, model, device: str, **options):
-    try:
-        return open_backend(name, model, device, **options)
-    except BackendError as e:
-        if str(e) == NOT_BUILT_YET:
-            pytest.skip("TensorRT engine not implemented yet")
-        raise
-
-
 @pytest.mark.parametrize("name,device,options", CASES)
 def test_contract(name, device, options, model):
     images = _images(5, model.size)
     expected = _reference(model, images)
     c, s = model.out_channels, model.size
-    with _open(name, model, device, batch_size=2, **options) as backend:  # 5 = 2 + 2 + 1
+    with open_backend(name, model, device, batch_size=2, **options) as backend:  # 5 = 2 + 2 + 1
         got = backend.infer(images)
         single = backend.infer(images[3:4])
         with pytest.raises(BackendError, match=r"\[N, 3, 64, 64\]"):
@@ -100,7 +91,7 @@ def test_torch_tensors_come_back_as_torch_tensors_on_their_device(name, device, 
     images = _images(3, model.size, seed=1)
     expected = _reference(model, images)
     tensor = torch.from_numpy(images).to(device)
-    with _open(name, model, device, **options) as backend:
+    with open_backend(name, model, device, **options) as backend:
         got = backend.infer(tensor)
     assert isinstance(got, torch.Tensor) and got.device == tensor.device and got.dtype == torch.float32
     assert np.abs(got.cpu().numpy() - expected).max() <= TOLERANCE

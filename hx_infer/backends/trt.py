@@ -23,8 +23,6 @@ from .base import Backend, BackendError
 __all__ = ["TrtBackend", "NOT_INSTALLED", "NEEDS_CUDA", "resolve_precision"]
 
 MAX_GRAPHS = 4
-# Kept for tests/test_backends.py, which skips on it; this backend no longer raises it.
-NOT_BUILT_YET = "--backend trt: the TensorRT engine is not implemented yet"
 
 
 def resolve_precision(precision: str | None) -> str:

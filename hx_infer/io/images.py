@@ -62,7 +62,7 @@ class DecodeError(Exception):
     """A photo that cannot be read. str(e) is the reason only; the caller names the file."""
 
 
-def _open(source: Path | bytes) -> Image.Image:
+def open_image(source: Path | bytes) -> Image.Image:
     """Open the header of a photo (no pixels decoded). Raises DecodeError."""
     if isinstance(source, bytes):
         if not source:
@@ -101,13 +101,14 @@ def _reason(e: BaseException) -> str:
     return f"corrupt image ({text})"
 
 
-def _check_pixels(image: Image.Image, max_pixels: int) -> None:
+def check_pixels(image: Image.Image, max_pixels: int) -> None:
+    """DecodeError if the opened image's header declares more than max_pixels pixels."""
     w, h = image.size
     if w * h > max_pixels:
         raise DecodeError(f"{w}x{h} = {w * h / 1e6:.0f} megapixels over --max-pixels {max_pixels}")
 
 
-def _orientation(image: Image.Image) -> int:
+def exif_orientation(image: Image.Image) -> int:
     """EXIF (or XMP) orientation 1..8; 1 when absent or nonsense."""
     try:
         if image.format == "PNG" and "exif" not in image.info:
@@ -171,8 +172,8 @@ def read_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = N
     """
     # From a path Pillow reads the header first and the rest as it decodes, so a 4 GB video
     # named .jpg costs one small read, not 4 GB of memory.
-    with _open(data if data is not None else Path(path)) as image:
-        _check_pixels(image, max_pixels)
+    with open_image(data if data is not None else Path(path)) as image:
+        check_pixels(image, max_pixels)
         if reduce_to is not None:
             _draft(image, reduce_to)
         try:
@@ -186,7 +187,7 @@ def read_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = N
         except Exception as e:
             raise DecodeError(_reason(e)) from None
         # After load(): Pillow's TIFF reader turns TIFFs upright itself and drops the tag then.
-        method = _UPRIGHT.get(_orientation(image))
+        method = _UPRIGHT.get(exif_orientation(image))
         upright = image.transpose(method) if method is not None else image
         return _to_rgb(upright)
 
@@ -204,11 +205,11 @@ def _tiff_size_is_upright() -> bool:
 
 def photo_size(path: Path, data: bytes | None = None) -> tuple[int, int]:
     """Upright (width, height) of a photo, read from its header without decoding pixels."""
-    with _open(data if data is not None else Path(path)) as image:
+    with open_image(data if data is not None else Path(path)) as image:
         w, h = image.size
         if image.format == "TIFF" and _tiff_size_is_upright():
             return w, h
-        if _orientation(image) in _SWAPS_AXES:
+        if exif_orientation(image) in _SWAPS_AXES:
             w, h = h, w
         return w, h
 

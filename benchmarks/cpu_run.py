@@ -12,7 +12,6 @@ Never asserted in tests.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -25,9 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import record  # benchmarks/record.py
+
 REPO = Path(__file__).resolve().parents[1]
 CCP = Path("/work/shared/data/ccp/images")
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def make_photos(folder: Path, n: int, seed: int = 0) -> str:
@@ -85,7 +85,7 @@ def main() -> None:
 
     result = {
         "benchmark": "cpu_run",
-        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "when": record.now(),
         "photos": n,
         "photo_source": source,
         "outputs": args.outputs,
@@ -107,10 +107,7 @@ def main() -> None:
     print(f"{n} photos in {wall:.1f} s: {n / wall:.1f} photos/s end to end "
           f"({report['files_per_s']:.1f} files/s inside the pipeline; {report['backend']} on {report['device']}, "
           f"batch {report['batch_size']}, {report['workers']} workers)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"cpu_run-{result['when'][:19].replace(':', '')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {path}")
+    record.save("cpu_run", result)
 
 
 if __name__ == "__main__":

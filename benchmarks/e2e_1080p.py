@@ -23,7 +23,6 @@ benchmarks/results/e2e_1080p-<time>.json). Never asserted in tests.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -43,9 +42,9 @@ from hx_infer import Extractor  # noqa: E402
 from hx_infer.gpu import _ENCODE, PipelineOnDevice  # noqa: E402
 from hx_infer.io.images import atomic_write, iter_photos  # noqa: E402
 from hx_infer.pipeline import Job, default_workers, make_config  # noqa: E402
+import record  # noqa: E402  (benchmarks/record.py)
 
 CCP = Path("/work/shared/data/ccp/images")
-RESULTS = REPO / "benchmarks" / "results"
 WIDTH, HEIGHT = 1920, 1080
 DISTINCT = 16
 KEEP = 64  # outputs kept from the device stage for the encode and write stages
@@ -160,7 +159,7 @@ def main() -> None:
 
         result = {
             "benchmark": "e2e_1080p",
-            "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "when": record.now(),
             "photos": args.n, "size": [WIDTH, HEIGHT], "photo_source": source,
             "model": {"path": str(ex.model.root), "preset": ex.model.preset, "size": ex.model.size},
             "backend": ex.backend.describe(), "device": ex.device, "batch_size": ex.batch_size, "workers": workers,
@@ -168,10 +167,7 @@ def main() -> None:
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "python": platform.python_version()},
         }
-    path = args.json or RESULTS / f"e2e_1080p-{result['when'][:19].replace(':', '')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {path}")
+    record.save("e2e_1080p", result, args.json)
 
 
 if __name__ == "__main__":

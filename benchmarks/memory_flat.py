@@ -12,7 +12,6 @@ benchmarks/results/. Never asserted in tests.
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
 import os
@@ -25,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import record  # benchmarks/record.py
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 DISTINCT = 8
 PER_FOLDER = 250
 
@@ -93,7 +93,7 @@ def main() -> None:
     print(f"ratio {ratio:.3f} (target: within 1.10)")
     result = {
         "benchmark": "memory_flat",
-        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "when": record.now(),
         "photo": "320x240 JPEG, 8 distinct encodings under many names, 250 per folder",
         "outputs": args.outputs,
         "command": " ".join(["hx-infer", "run", "IN", "OUT", *command[6:]]),
@@ -105,10 +105,7 @@ def main() -> None:
         "batch_size": report["batch_size"],
         "workers": report["workers"],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"memory_flat-{result['when'][:19].replace(':', '')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {path}")
+    record.save("memory_flat", result)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ benchmarks/results/. Never asserted in tests.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -29,9 +28,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 VTEST = Path("/work/shared/data/video/vtest.avi")
 sys.path.insert(0, str(REPO))
+import record  # noqa: E402  (benchmarks/record.py)
 
 
 def hx_run(video: Path, out: Path, model: str, *args: str) -> tuple[float, dict]:
@@ -89,7 +88,7 @@ def main() -> None:
 
     result = {
         "benchmark": "video_bench",
-        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "when": record.now(),
         "video": str(args.video),
         "frames": frames,
         "outputs": args.outputs,
@@ -106,10 +105,7 @@ def main() -> None:
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"video_bench-{result['when'].replace(':', '').replace('+0000', '')[:17]}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {path.relative_to(REPO)}")
+    record.save("video_bench", result)
 
 
 if __name__ == "__main__":

@@ -140,5 +140,6 @@ class Extractor:
             overwrite=overwrite, workers=workers, max_pixels=max_pixels, glob=glob, report=report,
             progress=progress, video=video)
         if self.engine is not None:
-            return self.engine.run(config, self.model, self.backend_name, self.device, self.batch_size, log=log)
+            return self.engine.run(config, self.model, self.backend_name, self.device, self.batch_size, log=log,
+                                   engine_cache=self.engine_cache)
         return pipeline.run(config, self.backend, self.model, self.batch_size, log=log)

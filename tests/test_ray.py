@@ -234,6 +234,18 @@ def test_actor_pools_that_cannot_run_are_refused(cpus, gpus, asked, needle):
         plan_actors(cpus, gpus, **asked)
 
 
+@needs_ray
+def test_actors_open_their_backend_with_the_engine_cache(monkeypatch, tiny_model_dir, tmp_path):
+    """--engine-cache reaches the trt backend on each actor (built engines are reused there)."""
+    from hx_infer.backends import base
+    from hx_infer.engines.ray import _Infer
+
+    opened = {}
+    monkeypatch.setattr(base, "open_backend", lambda *args, **options: opened.update(options))
+    actor = _Infer(str(tiny_model_dir), "trt", "cuda", batch_size=4, threads=1, engine_cache=str(tmp_path / "engines"))
+    assert actor._error is None and opened["engine_cache"] == str(tmp_path / "engines")
+
+
 def test_without_ray_the_engine_is_a_usage_error(monkeypatch, tree, tiny_model_dir, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     monkeypatch.delitem(sys.modules, "hx_infer.engines.ray", raising=False)

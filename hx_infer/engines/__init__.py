@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Protocol
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..model import ModelDir
     from ..pipeline import RunConfig
 
@@ -28,9 +30,11 @@ class Engine(Protocol):
     name: str
 
     def run(self, config: "RunConfig", model: "ModelDir", backend: str, device: str,
-            batch_size: int | None, log: Callable[[str], None] | None = None) -> dict:
+            batch_size: int | None, log: Callable[[str], None] | None = None,
+            engine_cache: Path | None = None) -> dict:
         """Run the job and return the report (also written to config.report_path). backend and
-        device are the user's words ('auto' included), resolved where the model runs."""
+        device are the user's words ('auto' included), resolved where the model runs;
+        engine_cache is the trt backend's folder of built engines there (None: its default)."""
         ...
 
 

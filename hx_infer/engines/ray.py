@@ -125,7 +125,8 @@ def _decode(batch: dict[str, np.ndarray], stages: PhotoStages) -> dict[str, np.n
 class _Infer:
     """One per actor: the backend, opened once, then every batch the actor is given."""
 
-    def __init__(self, model_root: str, backend: str, device: str, batch_size: int, threads: int):
+    def __init__(self, model_root: str, backend: str, device: str, batch_size: int, threads: int,
+                 engine_cache: str | None):
         from ..backends.base import open_backend
         from ..model import load_model_dir
 
@@ -134,7 +135,8 @@ class _Infer:
             model = load_model_dir(model_root)
             self._shape = (model.out_channels, model.size, model.size)
             # device 'auto' is resolved here, on the actor's node, where Ray set the visible GPUs
-            self._backend = open_backend(backend, model, device, batch_size=batch_size, threads=threads)
+            self._backend = open_backend(backend, model, device, batch_size=batch_size, threads=threads,
+                                         engine_cache=engine_cache)
         except (ModelError, BackendError) as e:
             # Raised from __call__ instead: Ray hands the driver a constructor's error as text
             # only, a call's error as itself, which the CLI reports in one line, exit 2.
@@ -231,7 +233,8 @@ class RayEngine:
         self.cpus_per_actor = cpus_per_actor
 
     def run(self, config: RunConfig, model: ModelDir, backend: str, device: str,
-            batch_size: int | None, log: Callable[[str], None] | None = None) -> dict:
+            batch_size: int | None, log: Callable[[str], None] | None = None,
+            engine_cache: Path | None = None) -> dict:
         start = time.perf_counter()
         connected_here = self._connect()
         try:
@@ -253,7 +256,8 @@ class RayEngine:
             try:
                 with _quiet_ray_data():
                     for chunk in _chunks(config, outcomes):
-                        dataset = self._dataset(chunk, stages, model, backend, device, batch_size, plan)
+                        dataset = self._dataset(chunk, stages, model, backend, device, batch_size, plan,
+                                                engine_cache)
                         ran_on |= _collect(dataset, outcomes)
             finally:
                 outcomes.close()
@@ -289,7 +293,7 @@ class RayEngine:
         return True
 
     def _dataset(self, jobs: list[Job], stages: PhotoStages, model: ModelDir, backend: str, device: str,
-                 batch_size: int, plan: ActorPlan) -> "ray.data.Dataset":
+                 batch_size: int, plan: ActorPlan, engine_cache: Path | None) -> "ray.data.Dataset":
         rows = _rows(jobs)
         return (
             ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
@@ -303,7 +307,9 @@ class RayEngine:
                          num_gpus=plan.gpus_per_actor, num_cpus=plan.cpus_per_actor,
                          fn_constructor_kwargs={"model_root": str(model.root), "backend": backend,
                                                 "device": device, "batch_size": batch_size,
-                                                "threads": plan.threads})
+                                                "threads": plan.threads,
+                                                # a path on the workers' machines; None: their default
+                                                "engine_cache": None if engine_cache is None else str(engine_cache)})
             .map_batches(_finish, batch_format="numpy", batch_size=None, fn_kwargs={"stages": stages},
                          num_cpus=1)
         )

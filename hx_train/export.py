@@ -41,7 +41,9 @@ OPSET = 18
 INPUT_NAME = "image"
 # Max |ONNX - PyTorch| on [0, 1] outputs that export accepts; 1/255 is one 8-bit grey level.
 FP32_TOLERANCE = 1e-4
-FP16_TOLERANCE = 1e-2
+# fp16 end to end through ~16 layers, on random-noise images (harder than photos): the worst pixel
+# of a well-trained lite model lands near 1e-2, so the bound is 5 grey levels, not 2.5.
+FP16_TOLERANCE = 2e-2
 PARITY_BATCH = 2  # > 1, so the check also runs the dynamic batch axis
 NORMALISATION = {"input": "RGB, x/127.5-1, letterboxed to SxS centred, pad 0.0", "output": "[0,1]"}
 # Keys export_generator computes itself; card_extra may add keys but not replace these.

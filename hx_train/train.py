@@ -87,6 +87,12 @@ def resolve(config: TrainConfig, log: Log = _quiet) -> tuple[TrainConfig, torch.
     return dataclasses.replace(config, device=device.type, amp=amp), device
 
 
+def autocast_for(config: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A fresh autocast context per call, for the resolved config's amp (off: a no-op context)."""
+    amp_dtype = AMP_DTYPES.get(config.amp)
+    return lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+
 def read_checkpoint(path: Path) -> dict:
     """Load a checkpoint onto the CPU (lazily, memory-mapped); TrainError if it is not one."""
     try:
@@ -212,36 +218,32 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: 
     """
     with autocast():
         fake = G(photo)  # forward: G(x)
-    if config.lambda_gan == 0:  # no adversary: G alone on L1 (+ the matte term), D never runs
-        opt_g.zero_grad(set_to_none=True)
-        with autocast():
-            g = generator_loss(None, fake, target, mask, config)
-        scaler.scale(g["total"]).backward()
-        scaler.step(opt_g)
-        scaler.update()
-        terms = {**{k: v for k, v in g.items() if k != "total"}, "g_total": g["total"]}
-        return {name: value.detach() for name, value in terms.items()}
+    adversarial = config.lambda_gan != 0  # 0: G alone on L1 (+ the matte term), D never runs
+    terms: dict[str, torch.Tensor] = {}
 
-    # D step: real pairs (x, y) -> 1, fake pairs (x, G(x)) -> 0; G(x) detached so G gets no gradient.
-    opt_d.zero_grad(set_to_none=True)
-    with autocast():
-        d = discriminator_loss(D(torch.cat([photo, target], 1)), D(torch.cat([photo, fake.detach()], 1)),
-                               config.gan_loss)
-    scaler.scale(d["total"]).backward()
-    scaler.step(opt_d)
+    if adversarial:
+        # D step: real pairs (x, y) -> 1, fake pairs (x, G(x)) -> 0; G(x) detached so G gets no gradient.
+        opt_d.zero_grad(set_to_none=True)
+        with autocast():
+            d = discriminator_loss(D(torch.cat([photo, target], 1)), D(torch.cat([photo, fake.detach()], 1)),
+                                   config.gan_loss)
+        scaler.scale(d["total"]).backward()
+        scaler.step(opt_d)
+        terms = {"d_real": d["d_real"], "d_fake": d["d_fake"], "d_total": d["total"]}
+        _set_requires_grad(D, False)  # D only passes gradients through to G below
 
     # G step: make the updated D call (x, G(x)) real, and keep G(x) near y (L1).
-    _set_requires_grad(D, False)  # D only passes gradients through to G here
     opt_g.zero_grad(set_to_none=True)
     with autocast():
-        g = generator_loss(D(torch.cat([photo, fake], 1)), fake, target, mask, config)
+        fake_logits = D(torch.cat([photo, fake], 1)) if adversarial else None
+        g = generator_loss(fake_logits, fake, target, mask, config)
     scaler.scale(g["total"]).backward()
     scaler.step(opt_g)
-    _set_requires_grad(D, True)
+    if adversarial:
+        _set_requires_grad(D, True)
 
     scaler.update()  # once per iteration, after both optimisers stepped
-    terms = {"d_real": d["d_real"], "d_fake": d["d_fake"], "d_total": d["total"],
-             **{k: v for k, v in g.items() if k != "total"}, "g_total": g["total"]}
+    terms.update({k: v for k, v in g.items() if k != "total"}, g_total=g["total"])
     return {name: value.detach() for name, value in terms.items()}
 
 
@@ -486,11 +488,7 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
     del ckpt
     _write_json(out / CONFIG, dataclasses.asdict(config))
 
-    amp_dtype = AMP_DTYPES.get(config.amp)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
+    autocast = autocast_for(config, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
     # torch.compile wraps the modules; checkpoints save the originals, so keys never get `_orig_mod.`.
@@ -538,10 +536,11 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         score = metrics[best_key(config.target)]
         improved = score > best_metric
         best_metric = max(best_metric, score)
+        epoch_seconds = time.perf_counter() - started  # training + validation
         session["epochs"][1] = epoch + 1
-        session["seconds"] = round(session["seconds"] + time.perf_counter() - started, 1)  # training + validation
+        session["seconds"] = round(session["seconds"] + epoch_seconds, 1)
         record = {"epoch": epoch + 1, "loss": losses, "val": metrics, "lr": lr,
-                  "seconds": round(time.perf_counter() - started, 3),
+                  "seconds": round(epoch_seconds, 3),
                   "img_per_s": round(steps * batch / train_seconds, 2)}
         # Metrics line, then best.pt, then last.pt: a crash in between repeats this epoch on resume.
         with open(out / METRICS, "a") as f:

@@ -42,7 +42,7 @@ class TrainConfig:
 
     # --- losses (hx_train.losses) ---
     lambda_l1: float = 100.0  # the paper's weight: L1 does the low frequencies, the GAN the edges
-    lambda_gan: float = 1.0  # the paper's weight of the GAN term; 0 skips D entirely (L1 + seg only, ~3x faster on a CPU)
+    lambda_gan: float = 1.0  # the paper's weight of the GAN term; 0 skips D entirely (L1 + seg only, ~4x faster on a CPU)
     gan_loss: str = "bce"  # the paper's vanilla GAN (BCE on logits); "lsgan" is steadier on some data
     seg_loss: str = "none"  # extra matte term, alpha only; off by default to stay the paper's objective
     seg_weight: float = 10.0  # BCE/Dice are ~0.1-1, so 10 weighs like lambda_l1 * L1 (~0.01-0.1 * 100)

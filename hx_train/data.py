@@ -193,7 +193,8 @@ def load_split(split_dir: Path, side: int, *, fractions: tuple[float, float] = (
     masks = torch.empty((n, 1, side, side), dtype=torch.uint8, pin_memory=pin)
     boxes = torch.empty((n, 4, 4), dtype=torch.float32)
     plate_squares = torch.empty((n, 3, side, side), dtype=torch.uint8, pin_memory=pin) if plates else None
-    log(f"decoding {n} pairs from {split_dir} ({(photos.nbytes + masks.nbytes) / 2**20:.0f} MiB)")
+    held = photos.nbytes + masks.nbytes + (plate_squares.nbytes if plate_squares is not None else 0)
+    log(f"decoding {n} pairs from {split_dir} ({held / 2**20:.0f} MiB)")
 
     def load(i: int) -> None:
         photo_path, mask_path = pairs[i]

@@ -1,7 +1,6 @@
 """hx_train.data / losses / train: tiny synthetic data sets (a bright disc on noise), lite at 64 px."""
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from hx_train import data as hxdata
 from hx_train.config import TrainConfig, TrainError
 from hx_train.losses import discriminator_loss, generator_loss, segmentation_loss
 from hx_train.models import build_discriminator, build_generator
-from hx_train.train import LAST, evaluate, fit, lr_factor, read_checkpoint, resume_config, train_step
+from hx_train.train import (LAST, _Training, autocast_for, evaluate, fit, lr_factor, read_checkpoint, resolve,
+                             resume_config, train_step)
 
 TINY = dict(preset="lite", size=64, batch_size=4, device="cpu", samples=3)
 
@@ -391,16 +391,15 @@ def test_one_grad_scaler_steps_both_optimisers_and_updates_once_per_step():
 
 
 def test_without_the_gan_term_d_never_runs_and_g_still_learns():
-    torch.manual_seed(0)
-    config = TrainConfig(**TINY, lambda_gan=0, seg_loss="dice")
-    G, D = build_generator("lite", 64), build_discriminator("lite")
-    opt_g, opt_d = (torch.optim.Adam(n.parameters(), lr=2e-4, betas=(0.5, 0.999)) for n in (G, D))
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    config, device = resolve(TrainConfig(**TINY, lambda_gan=0, seg_loss="dice"))
+    run = _Training.start(config, device)  # as fit sets up: networks, optimisers, scaler
+    G, D = run.G, run.D
     d_before = [p.detach().clone() for p in D.parameters()]
     g_before = [p.detach().clone() for p in G.parameters()]
     photo = torch.rand(2, 3, 64, 64) * 2 - 1
     mask = (torch.rand(2, 1, 64, 64) > 0.5).float()
-    terms = train_step(G, D, opt_g, opt_d, scaler, contextlib.nullcontext, photo, mask * 2 - 1, mask, config)
+    terms = train_step(G, D, run.opt_g, run.opt_d, run.scaler, autocast_for(config, device),
+                       photo, mask * 2 - 1, mask, config)
     assert set(terms) == {"g_l1", "g_seg", "g_total"}
     assert torch.isclose(terms["g_total"], 100 * terms["g_l1"] + 10 * terms["g_seg"])
     assert all(torch.equal(a, b) for a, b in zip(d_before, D.parameters()))

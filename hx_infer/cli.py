@@ -277,7 +277,7 @@ def build(ctx: click.Context, model_dir: str, out: Path | None, precision: str, 
     """
     from .backends.base import BackendError
     from .model import ModelError, load_model_dir
-    from .trt_build import Profile, build_for_model
+    from .backends.trt_build import Profile, build_for_model
 
     def log(line: str) -> None:
         click.echo(f"hx-infer: {line}", err=True)

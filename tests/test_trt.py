@@ -17,7 +17,7 @@ from hx_infer.backends import BackendError
 from hx_infer.backends.base import resolve_backend
 from hx_infer.cli import main
 from hx_infer.model import load_model_dir
-from hx_infer.trt_build import (DEFAULT_PROFILE, NEEDS_CUDA, NOT_INSTALLED, EngineKey, Gpu, Profile,
+from hx_infer.backends.trt_build import (DEFAULT_PROFILE, NEEDS_CUDA, NOT_INSTALLED, EngineKey, Gpu, Profile,
                                 build_engine, build_for_model, cached_engine_path, default_cache_dir,
                                 engine_key, ensure_engine, import_tensorrt, make_sidecar, mismatches,
                                 onnx_for, profile_for_batch, read_sidecar, sidecar_path, split_batches,
@@ -386,7 +386,7 @@ def test_build_cli_errors(tmp_path, tiny_model_dir, monkeypatch):
 def test_build_cli_writes_engine_and_sidecar(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT())
     monkeypatch.setattr("hx_infer.backends.base.resolve_device", lambda device: device)
-    monkeypatch.setattr("hx_infer.trt_build.current_gpu", lambda device: H100)
+    monkeypatch.setattr("hx_infer.backends.trt_build.current_gpu", lambda device: H100)
     out = tmp_path / "tiny.engine"
     result = _build(tiny_model_dir, "--out", out, "--max-batch", "64", "--timing-cache", tmp_path / "t.cache",
                     "--precision", "fp32")
@@ -398,7 +398,7 @@ def test_build_cli_writes_engine_and_sidecar(tmp_path, tiny_model_dir, monkeypat
 
 
 def test_importing_the_trt_modules_does_not_import_tensorrt():
-    code = ("import sys, hx_infer.trt_build, hx_infer.backends.trt, hx_infer.bench, hx_infer.gpu; "
+    code = ("import sys, hx_infer.backends.trt_build, hx_infer.backends.trt, hx_infer.bench, hx_infer.gpu; "
             "print('tensorrt' in sys.modules, 'torchvision' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False False"

@@ -1,4 +1,4 @@
-"""TensorRT backend: a cached engine (hx_infer.trt_build) run on torch's CUDA streams.
+"""TensorRT backend: a cached engine (hx_infer.backends.trt_build) run on torch's CUDA streams.
 
 Device buffers are torch CUDA tensors (set_tensor_address), and execute_async_v3 runs on the
 caller's current torch stream, so the engine orders with everything else torch queues there.
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model import ModelDir
-from ..trt_build import (NEEDS_CUDA, NOT_INSTALLED, PRECISIONS, current_gpu, default_cache_dir, ensure_engine,
+from .trt_build import (NEEDS_CUDA, NOT_INSTALLED, PRECISIONS, current_gpu, default_cache_dir, ensure_engine,
                          import_tensorrt, profile_for_batch, split_batches)
 from .base import Backend, BackendError
 

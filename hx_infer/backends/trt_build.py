@@ -30,9 +30,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from .backends.base import BackendError
-from .io.images import atomic_write
-from .model import ModelDir, sha256_file
+from .base import BackendError
+from ..io.images import atomic_write
+from ..model import ModelDir, sha256_file
 
 SIDECAR_FORMAT = "hx-trt-engine/1"
 NOT_INSTALLED = "--backend trt: tensorrt is not installed (pip install 'hx[trt]'); use --backend ort or torch"
@@ -285,7 +285,7 @@ def build_for_model(model: ModelDir, *, precision: str = "fp16", profile: Profil
     Checks the options and the model folder first, then that tensorrt and a GPU are here: each
     failure is a BackendError naming what is wrong or missing.
     """
-    from .backends.base import resolve_device
+    from .base import resolve_device
 
     profile.check()
     onnx_for(model, precision)

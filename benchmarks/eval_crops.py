@@ -1,5 +1,5 @@
 """Draw the crops `hx-infer eval` scores on a few photos: the person's mask tinted green, the
-`upper` box red, the `head` box blue (rules in hx_infer/evaluate.py). For checking the rules by eye.
+`upper` box red, the `head` box blue (rules in hx_infer/crops.py). For checking the rules by eye.
 
     .venv/bin/python benchmarks/eval_crops.py /work/shared/data/ccp --out /tmp/eval_crops.png --n 6
 
@@ -17,8 +17,10 @@ import numpy as np
 
 from grid import REPO, choose, row, stack, tile  # noqa: F401 - REPO puts hx on sys.path
 
-from hx_infer.evaluate import EvalError, crop_box, data_folder, find_pairs, read_mask  # noqa: E402
+from hx_infer.crops import crop_box  # noqa: E402
+from hx_infer.evaluate import EvalError, data_folder  # noqa: E402
 from hx_infer.io.images import DecodeError, atomic_write, encode_png, read_photo  # noqa: E402
+from hx_infer.io.pairs import find_pairs, read_mask  # noqa: E402
 
 COLOURS = {"upper": (255, 0, 0), "head": (0, 0, 255)}  # RGB
 TINT = np.array([0, 100, 0], np.float32)
@@ -50,7 +52,7 @@ def main() -> int:
     if min(args.n, args.per_row) < 1 or args.height < 8:
         parser.error("--n and --per-row must be at least 1, --height at least 8")
     try:
-        pairs, _ = find_pairs(data_folder(args.data))
+        pairs, _ = find_pairs(data_folder(args.data), EvalError)
         tiles = [tile(draw(read_photo(photo), read_mask(mask)), args.height)
                  for photo, mask in choose(pairs, args.n, args.seed)]
     except EvalError as e:

@@ -26,8 +26,9 @@ sys.path.insert(0, str(REPO))  # run from anywhere without installing hx
 from hx_infer import Extractor  # noqa: E402
 from hx_infer.backends.base import BACKENDS, BackendError  # noqa: E402
 from hx_infer.compose import composite, parse_background  # noqa: E402
-from hx_infer.evaluate import EvalError, data_folder, find_pairs, iou, read_mask  # noqa: E402
+from hx_infer.evaluate import EvalError, data_folder, iou  # noqa: E402
 from hx_infer.io.images import DecodeError, atomic_write, encode_png, read_photo  # noqa: E402
+from hx_infer.io.pairs import find_pairs, read_mask  # noqa: E402
 from hx_infer.model import ModelError  # noqa: E402
 
 GAP = 4  # px of white between tiles and between rows
@@ -87,7 +88,7 @@ def main() -> int:
 
     white = parse_background("white")
     try:
-        pairs, _ = find_pairs(data_folder(args.data))
+        pairs, _ = find_pairs(data_folder(args.data), EvalError)
         rows = []
         with Extractor(args.model, backend=args.backend, device=args.device) as extractor:
             for photo, mask_path in choose(pairs, args.n, args.seed):

@@ -14,8 +14,8 @@ pixels. With the person's box from the mask (mask > 127; rows top..bottom, heigh
            0.10 h on each side; clamped to the photo.
     head   head and shoulders: the same with top + round(0.30 h).
 
-The fractions are hx-train's upper_body_fraction and head_fraction, so eval scores the views
-training crops. A photo whose mask is empty has no person box: it is scored on `full` only
+The rule and its fractions live in hx_infer.crops, which hx-train's person-band views read too,
+so eval scores the views training crops. A photo whose mask is empty has no person box: it is scored on `full` only
 and reported as skipped for the other crops. The same crop is cut from photo and mask.
 
 The model sees a crop exactly as `hx-infer run` shows it a photo: letterbox -> backend ->
@@ -44,18 +44,16 @@ import cv2
 import numpy as np
 
 from .backends.base import Backend
-from .io.images import DecodeError, is_photo_name, photo_size, read_photo
+from .crops import CROPS, Box, crop_box
+from .io.images import DecodeError, photo_size, read_photo
+from .io.pairs import find_pairs, read_mask
 from .model import ModelDir
 from .run.config import parse_names
 from .run.options import DEFAULT_MAX_PIXELS
 from .run.photos import matte_input
 from .transforms import Letterbox, letterbox, to_uint8, unletterbox
 
-CROPS = ("full", "upper", "head")
-CROP_FRACTIONS = {"upper": 0.55, "head": 0.30}  # of the person's height, from its top
-CROP_MARGIN = 0.10  # of the person's height: room above the head and on either side
 DEFAULT_TOLERANCE = 3  # px
-Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) in photo pixels, x1 and y1 exclusive
 
 
 class EvalError(ValueError):
@@ -136,26 +134,6 @@ def score(alpha: np.ndarray, mask: np.ndarray, tolerance: float = DEFAULT_TOLERA
 # Crops
 
 
-def crop_box(mask: np.ndarray, crop: str) -> Box | None:
-    """The crop `crop` of a photo with this mask ([H, W] uint8), by the rules in the module
-    docstring; None for a person crop when the mask is empty."""
-    height, width = mask.shape
-    if crop == "full":
-        return 0, 0, width, height
-    if crop not in CROP_FRACTIONS:
-        raise EvalError(f"--crops: unknown crop {crop!r}; choose from {','.join(CROPS)}")
-    person = mask > 127
-    rows = np.flatnonzero(person.any(axis=1))
-    if rows.size == 0:
-        return None
-    top, bottom = int(rows[0]), int(rows[-1]) + 1
-    tall = bottom - top
-    cut = top + max(1, round(CROP_FRACTIONS[crop] * tall))
-    cols = np.flatnonzero(person[top:cut].any(axis=0))
-    margin = round(CROP_MARGIN * tall)
-    return max(0, int(cols[0]) - margin), max(0, top - margin), min(width, int(cols[-1]) + 1 + margin), cut
-
-
 def parse_crops(crops: str | Iterable[str]) -> tuple[str, ...]:
     """'full,head' or ('full', 'head') -> ('full', 'head'), in the order given, no repeats."""
     return parse_names(crops, CROPS, "--crops", "crop", EvalError)
@@ -188,33 +166,6 @@ def data_folder(data: Path) -> Path:
                     f"as hx-train prepare writes)")
 
 
-def _photos_in(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if is_photo_name(p.name) and not p.name.startswith(".")
-                      and p.is_file())
-    except OSError as e:
-        raise EvalError(f"DATA {folder}: cannot list ({e.strerror or e})") from None
-
-
-def find_pairs(folder: Path) -> tuple[list[tuple[Path, Path]], list[Path]]:
-    """(photo, mask) pairs of folder/images and folder/masks matched by stem, sorted by photo
-    name, and the photos that have no mask. Two masks of one stem raise EvalError."""
-    masks: dict[str, Path] = {}
-    for path in _photos_in(folder / "masks"):
-        if path.stem in masks:
-            raise EvalError(f"{path}: a second mask for {path.stem!r} (also {masks[path.stem].name})")
-        masks[path.stem] = path
-    pairs, unpaired = [], []
-    for photo in _photos_in(folder / "images"):
-        if photo.stem in masks:
-            pairs.append((photo, masks[photo.stem]))
-        else:
-            unpaired.append(photo)
-    if not pairs:
-        raise EvalError(f"DATA {folder}: no photo in images/ has a mask of the same stem in masks/")
-    return pairs, unpaired
-
-
 def plan_eval(model: ModelDir, data: Path, crops: str | Iterable[str] = CROPS,
               tolerance: float = DEFAULT_TOLERANCE) -> EvalPlan:
     """Check the model, DATA and options (cheap: lists files, decodes nothing); raise EvalError."""
@@ -225,13 +176,10 @@ def plan_eval(model: ModelDir, data: Path, crops: str | Iterable[str] = CROPS,
         raise EvalError(f"--boundary-tolerance must be at least 0 pixels, got {tolerance}")
     crops = parse_crops(crops)
     folder = data_folder(data)
-    pairs, unpaired = find_pairs(folder)
+    pairs, unpaired = find_pairs(folder, EvalError)
+    if not pairs:
+        raise EvalError(f"DATA {folder}: no photo in images/ has a mask of the same stem in masks/")
     return EvalPlan(folder, tuple(pairs), tuple(unpaired), crops, tolerance)
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """[H, W] uint8, upright by EXIF like its photo; grey as Pillow's convert("L") gives it."""
-    return cv2.cvtColor(read_photo(path), cv2.COLOR_RGB2GRAY)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from hx_infer.crops import BANDS
+
 TARGETS = ("alpha", "rgb")
 GAN_LOSSES = ("bce", "lsgan")
 SEG_LOSSES = ("none", "bce", "dice")
@@ -51,8 +53,8 @@ class TrainConfig:
     crop_min: float = 0.6  # whole-photo views keep 60-100% of each side: scale and aspect variety
     p_upper_body: float = 0.2  # share of views cropped to the top ~55% of the person (portraits)
     p_head: float = 0.15  # share cropped to the top ~30% (head and shoulders, profile pictures)
-    upper_body_fraction: float = 0.55  # of the person's height, from the top of the mask
-    head_fraction: float = 0.30  # of the person's height, from the top of the mask
+    upper_body_fraction: float = BANDS["upper"]  # of the person's height from its top: eval's crops
+    head_fraction: float = BANDS["head"]  # (hx_infer.crops), so training shows the views eval scores
     person_margin: float = 0.15  # person crops grow by up to this share of the person's height per side
     p_paste: float = 0.25  # share of views with another training person pasted in (groups, overlaps)
     p_plate: float = 0.1  # share whose own person is first painted out (a person-free background)

@@ -22,11 +22,11 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
-
-from hx_infer.evaluate import crop_box
+from hx_infer.crops import BANDS, band_boxes, crop_box
 from hx_infer.io.images import PHOTO_EXTENSIONS, DecodeError
 from hx_infer.io.images import read_photo as decode_photo
+from hx_infer.io.pairs import find_pairs
+from hx_infer.io.pairs import read_mask as decode_mask
 from hx_infer.transforms import fit as letterbox_geometry
 
 from .config import TrainConfig, TrainError
@@ -59,26 +59,16 @@ def _reason(error: Exception, path: Path) -> str:
     return " ".join(text.split()).rstrip(" :") or type(error).__name__
 
 
-def find_pairs(split_dir: Path) -> list[tuple[Path, Path]]:
-    """(photo, mask) paths of one split, matched by file stem and sorted by photo name."""
+def split_pairs(split_dir: Path) -> list[tuple[Path, Path]]:
+    """(photo, mask) paths of one split (hx_infer.io.pairs.find_pairs), sorted by photo name;
+    training needs every photo to have its mask."""
     images_dir, masks_dir = split_dir / "images", split_dir / "masks"
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
             raise DataError(f"{folder}: no such folder (DATA must be a folder written by hx-train prepare)")
-    masks: dict[str, Path] = {}
-    for path in sorted(masks_dir.iterdir()):
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-            if path.stem in masks:
-                raise DataError(f"{path}: a second mask for {path.stem!r} (also {masks[path.stem].name})")
-            masks[path.stem] = path
-    pairs = []
-    for photo in sorted(images_dir.iterdir()):
-        if photo.suffix.lower() not in IMAGE_SUFFIXES or photo.name.startswith("."):
-            continue
-        mask = masks.get(photo.stem)
-        if mask is None:
-            raise DataError(f"{photo}: no mask named {photo.stem}.* in {masks_dir}")
-        pairs.append((photo, mask))
+    pairs, unpaired = find_pairs(split_dir, DataError)
+    if unpaired:
+        raise DataError(f"{unpaired[0]}: no mask named {unpaired[0].stem}.* in {masks_dir}")
     if not pairs:
         raise DataError(f"{images_dir}: no photos with masks found")
     return pairs
@@ -93,11 +83,10 @@ def read_photo(path: Path) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """[H, W] uint8, 0 = background, 255 = person."""
+    """[H, W] uint8, 0 = background, 255 = person, read as hx-infer eval reads it (hx_infer.io.pairs)."""
     try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("L"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return decode_mask(path)
+    except DecodeError as e:
         raise DataError(f"{path}: cannot read mask ({_reason(e, path)})") from None
 
 
@@ -120,21 +109,14 @@ def letterbox(image: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int,
 
 
 def person_boxes(mask: np.ndarray, fractions: tuple[float, ...]) -> np.ndarray:
-    """Boxes (x0, y0, x1, y1) of the person in `mask` ([H, W] uint8) and of the top `fractions` of
-    their height (each as wide as the mask in that band). [1 + len(fractions), 4] float32; all NaN
-    when the mask holds no person.
+    """Boxes (x0, y0, x1, y1) of the person in `mask` ([H, W] uint8) and of the bands of the top
+    `fractions` of their height, by hx_infer.crops' rule without a margin. [1 + len(fractions), 4]
+    float32; all NaN when the mask holds no person.
     """
-    boxes = np.full((1 + len(fractions), 4), np.nan, dtype=np.float32)
-    person = mask > 127
-    rows = np.flatnonzero(person.any(1))
-    if rows.size == 0:
-        return boxes
-    top, bottom = int(rows[0]), int(rows[-1]) + 1
-    for i, fraction in enumerate((1.0,) + tuple(fractions)):
-        cut = top + max(1, round(fraction * (bottom - top)))
-        cols = np.flatnonzero(person[top:cut].any(0))
-        boxes[i] = (cols[0], top, cols[-1] + 1, cut)
-    return boxes
+    boxes = band_boxes(mask, (1.0,) + tuple(fractions))
+    if boxes is None:
+        return np.full((1 + len(fractions), 4), np.nan, dtype=np.float32)
+    return np.asarray(boxes, dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +173,8 @@ def find_backgrounds(folder: Path) -> list[Path]:
     return photos
 
 
-def load_split(split_dir: Path | None, side: int, *, fractions: tuple[float, float] = (0.55, 0.30),
+def load_split(split_dir: Path | None, side: int, *,
+               fractions: tuple[float, float] = (BANDS["upper"], BANDS["head"]),
                workers: int = 0, pin: bool = False, plates: bool = False, crop: str = "full",
                photos_only: list[Path] | None = None, sources: list[dict] | None = None,
                log: Callable[[str], None] = lambda _: None) -> Split:
@@ -202,11 +185,11 @@ def load_split(split_dir: Path | None, side: int, *, fractions: tuple[float, flo
     can be copied to a GPU asynchronously. plates: also keep each photo with its person painted
     out (paint_out), the person-free backgrounds Augmenter pastes people onto.
     crop: "full", or hx-infer eval's "upper" / "head" crop of each photo, cut by its rule
-    (hx_infer.evaluate.crop_box) before letterboxing; photos with an empty mask are left out then.
+    (hx_infer.crops.crop_box) before letterboxing; photos with an empty mask are left out then.
     photos_only: person-free photos with all-zero masks instead of split_dir's pairs (backgrounds).
     sources: DATA/sources.json's sources, to name each pair's source (Split.sources).
     """
-    pairs = ([(p, None) for p in photos_only] if photos_only is not None else find_pairs(split_dir))
+    pairs = ([(p, None) for p in photos_only] if photos_only is not None else split_pairs(split_dir))
     if crop != "full":
         pairs = [(p, m) for p, m in pairs if m is not None and read_mask(m).max(initial=0) > 127]
     n = len(pairs)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hx_infer.io.images import fsync_path
 from hx_infer.model import CARD, FORMAT, ONNX_FP16, ONNX_FP32, WEIGHTS, ModelDir, load_model_dir, sha256_file
 from hx_train.models import (UnetGenerator, build_generator, check_size, conv_gflops, count_parameters,
                              get_preset, out_channels_for)
@@ -172,7 +173,7 @@ def export_generator(generator: UnetGenerator, out: Path, *, preset: str, size: 
         card.update(extra)
         (tmp / CARD).write_text(json.dumps(card, indent=2, default=_json_default) + "\n")
         for name in (ONNX_FP32, ONNX_FP16, WEIGHTS, CARD):
-            _fsync(tmp / name)
+            fsync_path(tmp / name)  # durable, as hx_infer.io.images.atomic_write states
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -326,15 +327,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         os.rename(out, old)
         os.rename(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
-    _fsync(out.parent)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(out.parent)
 
 
 def _json_default(value):

@@ -55,6 +55,9 @@ import cv2
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from hx_infer.io.images import DecodeError, atomic_write, exif_orientation, open_image, read_photo
+from hx_infer.run.options import DEFAULT_MAX_PIXELS
+
 FORMATS = ("folders", "supervisely", "ab", "coco")
 VAL_FRACTION = 0.1  # share of each source held out for validation
 # ... but at least this many val photos per source where the source has three times as many: a
@@ -108,7 +111,7 @@ class _Pair:
 
 @dataclass
 class _Sample:
-    photo: Image.Image  # RGB, EXIF orientation applied
+    photo: np.ndarray  # [H, W, 3] uint8 RGB, upright, as hx-infer decodes it
     original: bytes | None  # the file's bytes when they can be copied unchanged
     suffix: str  # output suffix: ".jpg"/".jpeg"/".png" for copies, ".png" otherwise
     mask: np.ndarray  # [H, W] uint8 0/255, same size as photo
@@ -249,21 +252,23 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
-        return im
-    if im.mode.startswith("I"):  # 16-bit grey: keep the top 8 bits instead of clipping at 255
-        values = np.asarray(im).astype(np.uint32)
-        if values.max(initial=0) > 255:
-            values >>= 8
-        return Image.fromarray(values.astype(np.uint8)).convert("RGB")
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")  # Pillow wants palette transparency expanded before dropping it
-    return im.convert("RGB")
+def _decode_photo(path: Path, data: bytes) -> np.ndarray:
+    """A photo's pixels exactly as hx-infer and hx-train fit decode them (hx_infer.io.images:
+    EXIF orientation, 16-bit keeps its high byte, strict about damaged files), so what is
+    prepared is what training and inference see. [H, W, 3] uint8 RGB."""
+    try:
+        return read_photo(path, DEFAULT_MAX_PIXELS, data=data)
+    except DecodeError:
+        raise _Skip("unreadable image") from None
+
+
+def _size(photo: np.ndarray) -> tuple[int, int]:
+    return photo.shape[1], photo.shape[0]
 
 
 def _decode(data: bytes, reason: str) -> tuple[Image.Image, str, bool]:
-    """Fully decode `data`, EXIF orientation applied -> (image, Pillow format, was it rotated).
+    """Fully decode a label file's `data`, EXIF orientation applied, modes kept (a mask's palette
+    indices, alpha and 16-bit values mean something) -> (image, Pillow format, was it rotated).
 
     Raises _Skip(reason) on anything that is not a complete image.
     """
@@ -283,20 +288,28 @@ def _check_size(width: int, height: int) -> None:
         raise _Skip(f"unusable size {width}x{height}")
 
 
-def _read_photo(path: Path) -> tuple[Image.Image, bytes | None, str]:
+def _read_photo(path: Path) -> tuple[np.ndarray, bytes | None, str]:
     """-> (RGB photo, its bytes if they can be copied as they are, output suffix)."""
     try:
         data = path.read_bytes()
     except OSError:
         raise _Skip("unreadable image") from None
-    im, fmt, rotated = _decode(data, "unreadable image")
-    _check_size(*im.size)
+    try:
+        with open_image(data) as header:
+            fmt, mode, orientation = header.format, header.mode, exif_orientation(header)
+            width, height = header.size
+    except DecodeError:
+        raise _Skip("unreadable image") from None
+    if width * height > DEFAULT_MAX_PIXELS:  # hx-train fit and hx-infer would refuse it
+        raise _Skip(f"unusable size {width}x{height} (over {DEFAULT_MAX_PIXELS // 10**6} megapixels)")
+    photo = _decode_photo(path, data)
+    _check_size(*_size(photo))
     suffix = path.suffix.lower()
-    copyable = im.mode == "RGB" and not rotated and (
+    copyable = mode == "RGB" and orientation == 1 and (
         (fmt == "JPEG" and suffix in (".jpg", ".jpeg")) or (fmt == "PNG" and suffix == ".png"))
     if copyable:
-        return im, data, suffix
-    return _to_rgb(im), None, ".png"
+        return photo, data, suffix
+    return photo, None, ".png"
 
 
 def _person(im: Image.Image) -> np.ndarray:
@@ -332,7 +345,7 @@ def _load_folders(pair: _Pair) -> _Sample:
     except OSError:
         raise _Skip("mask unreadable") from None
     mask_im, _, _ = _decode(data, "mask unreadable")
-    return _Sample(photo, original, suffix, _fit(_person(mask_im), photo.size))
+    return _Sample(photo, original, suffix, _fit(_person(mask_im), _size(photo)))
 
 
 def supervisely_mask(ann: dict, size: tuple[int, int]) -> np.ndarray:
@@ -384,10 +397,10 @@ def _load_supervisely(pair: _Pair) -> _Sample:
     photo, original, suffix = _read_photo(pair.photo)
     try:
         ann = json.loads(pair.label.read_bytes())
-        person = supervisely_mask(ann, photo.size)
+        person = supervisely_mask(ann, _size(photo))
     except (*_DECODE_ERRORS, KeyError, TypeError, IndexError, AttributeError, binascii.Error):
         raise _Skip("mask unreadable") from None
-    return _Sample(photo, original, suffix, _fit(person, photo.size))
+    return _Sample(photo, original, suffix, _fit(person, _size(photo)))
 
 
 def _border(values: np.ndarray) -> np.ndarray:
@@ -426,15 +439,14 @@ def _load_ab(pair: _Pair) -> _Sample:
         data = pair.photo.read_bytes()
     except OSError:
         raise _Skip("unreadable image") from None
-    im, _, _ = _decode(data, "unreadable image")
-    width, height = im.size
+    ab = _decode_photo(pair.photo, data)
+    height, width = ab.shape[:2]
     if width % 2:
         raise _Skip(f"odd width {width}: not a side-by-side A|B pair")
     _check_size(width // 2, height)
-    ab = np.asarray(_to_rgb(im))
     half = width // 2
-    photo = Image.fromarray(np.ascontiguousarray(ab[:, :half]))
-    return _Sample(photo, None, ".png", _fit(ab_target_mask(ab[:, half:]), photo.size))
+    photo = np.ascontiguousarray(ab[:, :half])
+    return _Sample(photo, None, ".png", _fit(ab_target_mask(ab[:, half:]), _size(photo)))
 
 
 def _load_coco(pair: _Pair) -> _Sample:
@@ -442,10 +454,10 @@ def _load_coco(pair: _Pair) -> _Sample:
 
     photo, original, suffix = _read_photo(pair.photo)
     try:
-        person = coco.objects_mask(pair.label, photo.size)
+        person = coco.objects_mask(pair.label, _size(photo))
     except coco.CocoError as e:
         raise _Skip(f"mask unreadable ({e})") from None
-    return _Sample(photo, original, suffix, _fit(person, photo.size))
+    return _Sample(photo, original, suffix, _fit(person, _size(photo)))
 
 
 _LOADERS = {"folders": _load_folders, "supervisely": _load_supervisely, "ab": _load_ab, "coco": _load_coco}
@@ -463,14 +475,14 @@ def _is_ab_folder(src: Path) -> bool:
         if checked == AB_SAMPLE:
             break
         try:
-            im, _, _ = _decode(path.read_bytes(), "unreadable image")
+            ab = _decode_photo(path, path.read_bytes())
         except (_Skip, OSError):
             continue
         checked += 1
-        width, height = im.size
+        height, width = ab.shape[:2]
         if width % 2 or min(width // 2, height) < MIN_SIDE:
             continue
-        b = np.asarray(_to_rgb(im))[:, width // 2:]
+        b = ab[:, width // 2:]
         passed += _looks_like_mask(b) or _looks_like_on_white(b)
     return checked > 0 and passed * 4 >= checked * 3
 
@@ -503,29 +515,17 @@ def detect_format(src: Path) -> str:
 # ----------------------------------------------------------------------------------- writing
 
 
-def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a temporary name in the same folder, so `path` is either absent or complete."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _save(sample: _Sample, key: str, pool: Path) -> str:
     """Write photo and mask into pool/images, pool/masks -> the photo's file name."""
     name = key + sample.suffix
+    # Not durable (hx_infer.io.images.atomic_write's fsync policy): running prepare again remakes it.
     if sample.original is not None:
-        _write_atomic(pool / "images" / name, lambda f: f.write(sample.original))
+        atomic_write(pool / "images" / name, sample.original)
     else:
-        _write_atomic(pool / "images" / name,
-                      lambda f: sample.photo.save(f, "PNG", compress_level=PHOTO_PNG_LEVEL))
+        photo = Image.fromarray(sample.photo)
+        atomic_write(pool / "images" / name, lambda f: photo.save(f, "PNG", compress_level=PHOTO_PNG_LEVEL))
     mask = Image.fromarray(sample.mask)
-    _write_atomic(pool / "masks" / f"{key}.png",
-                  lambda f: mask.save(f, "PNG", compress_level=MASK_PNG_LEVEL))
+    atomic_write(pool / "masks" / f"{key}.png", lambda f: mask.save(f, "PNG", compress_level=MASK_PNG_LEVEL))
     return name
 
 
@@ -725,7 +725,7 @@ def _run(pairs: list[_Pair], skipped: list[Skipped], records: list[dict], stagin
         os.replace(pool / "masks" / f"{key}.png", part / "masks" / f"{key}.png")
     sources_json = {"format": "hx-sources/1", "seed": seed, "val_fraction": val_fraction, "min_val": min_val,
                     "sources": records}
-    _write_atomic(staging / SOURCES_JSON, lambda f: f.write(json.dumps(sources_json, indent=2).encode()))
+    atomic_write(staging / SOURCES_JSON, json.dumps(sources_json, indent=2).encode())
     # Swap the finished splits in; an old split goes to staging, which the caller deletes.
     for part in ("train", "val"):
         if not overwrite and (dst / part).is_dir() and any((dst / part).iterdir()):

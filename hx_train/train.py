@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -26,13 +27,15 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable
+from typing import Callable
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from hx_infer.io.images import atomic_write, fsync_path
 
 from . import data as hxdata
 from .config import ARCHITECTURE_FIELDS, FIELD_NAMES, RUNTIME_FIELDS, TrainConfig, TrainError, option
@@ -123,18 +126,9 @@ def resume_config(out: Path, given: dict) -> TrainConfig:
 # Files written atomically
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write via a temporary name in the same folder and os.replace, so `path` is always whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+# Every file of a run costs hours to make again, so every write is durable (the fsync policy of
+# hx_infer.io.images.atomic_write).
+_atomic_write = functools.partial(atomic_write, durable=True)
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:
@@ -148,6 +142,7 @@ def _link_or_copy(source: Path, dest: Path) -> None:
         _atomic_write(dest, lambda f: f.write(source.read_bytes()))
         return
     os.replace(tmp, dest)
+    fsync_path(dest.parent)
 
 
 def _write_json(path: Path, value: dict) -> None:

@@ -409,3 +409,43 @@ def test_real_ccp_pairs(tmp_path):
             assert photo.read_bytes() == (CCP / "images" / photo.name).read_bytes()
             with Image.open(photo) as im:
                 assert im.size == (values.shape[1], values.shape[0])
+
+
+# ------------------------------------------------------------------------------ photo decoding
+
+
+def test_a_16_bit_photo_is_prepared_as_hx_infer_decodes_it(tmp_path):
+    """prepare had its own decoding: a 16-bit photo whose values were all <= 255 kept them as
+    they were (the high byte otherwise), while hx-infer and hx-train fit always keep the high
+    byte, so a dark 16-bit photo was trained on 256 times brighter than inference shows it.
+    prepare now decodes with hx-infer's reader."""
+    from hx_infer.io.images import read_photo
+
+    src = tmp_path / "src"
+    dark = noise(0)[..., 0].astype(np.uint16)  # 0..255 of 65535: nearly black
+    bright = dark * 257  # the same picture at full range
+    save(dark, src / "images" / "dark.png")
+    save(bright, src / "images" / "bright.png")
+    for stem in ("dark", "bright"):
+        save(person(), src / "masks" / f"{stem}.png")
+    prepare(src, tmp_path / "dst", val_fraction=0.0, workers=1)
+    for stem in ("dark", "bright"):
+        prepared = read(tmp_path / "dst" / "train" / "images" / f"{stem}.png")
+        np.testing.assert_array_equal(prepared, read_photo(src / "images" / f"{stem}.png"))
+    assert read(tmp_path / "dst" / "train" / "images" / "dark.png").max() == 0
+
+
+def test_a_photo_over_the_pixel_limit_is_skipped_not_left_for_fit_to_refuse(tmp_path, monkeypatch):
+    import hx_train.prepare as hxprepare
+
+    monkeypatch.setattr(hxprepare, "DEFAULT_MAX_PIXELS", W * H - 1)
+    src = make_folders(tmp_path / "src", 1)
+    with pytest.raises(PrepareError):
+        prepare(src, tmp_path / "dst", log=lambda line: None, workers=1)
+    logs: list[str] = []
+    make_folders(tmp_path / "src2", 1)
+    save(noise(9, W // 2, H // 2), tmp_path / "src2" / "images" / "small.jpg")
+    save(person(W // 2, H // 2, top=2, left=2), tmp_path / "src2" / "masks" / "small.png")
+    summary = prepare(tmp_path / "src2", tmp_path / "dst2", log=logs.append, workers=1)
+    assert [(Path(s.source).name, s.reason) for s in summary.skipped] == [
+        ("p00.jpg", f"unusable size {W}x{H} (over 0 megapixels)")]

@@ -180,7 +180,7 @@ def test_missing_mask_and_corrupt_photo_are_named(tmp_path):
     root = make_dataset(tmp_path / "d", n_train=3, n_val=1)
     (root / "train" / "masks" / "001.png").unlink()
     with pytest.raises(hxdata.DataError, match=r"001\.png: no mask"):
-        hxdata.find_pairs(root / "train")
+        hxdata.split_pairs(root / "train")
     (root / "val" / "images" / "000.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(hxdata.DataError, match=r"000\.png: cannot read image") as info:
         hxdata.load_split(root / "val", 64, workers=1)
@@ -188,7 +188,7 @@ def test_missing_mask_and_corrupt_photo_are_named(tmp_path):
     with pytest.raises(hxdata.DataError, match="no photos with masks"):
         (tmp_path / "empty" / "images").mkdir(parents=True)
         (tmp_path / "empty" / "masks").mkdir()
-        hxdata.find_pairs(tmp_path / "empty")
+        hxdata.split_pairs(tmp_path / "empty")
 
 
 # --- losses ------------------------------------------------------------------------------------

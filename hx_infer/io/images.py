@@ -15,7 +15,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -258,16 +258,23 @@ def _temp_name(final: str) -> str:
     return f".{stem}.{secrets.token_hex(6)}{TEMP_MARK}"
 
 
-def atomic_write(path: Path, data: bytes, replace: bool = True) -> None:
+def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], replace: bool = True,
+                 durable: bool = False) -> None:
     """Write `data` to `path` so that `path` is either absent, the old file, or complete.
 
+    data: the bytes, or a function that writes them to the open file (a checkpoint streamed by
+    torch.save, a PNG by Pillow), so a large file is never held in memory twice.
     The bytes go to `.<name>.<random>.hx-tmp` in the same folder (same file system, so the
     rename is atomic), then os.replace puts them in place. On any exception the temporary is
     removed and the exception re-raised. replace=False raises FileExistsError instead of
     replacing an existing `path` (atomically, via a hard link, where the file system has them).
 
-    No fsync: this protects against a killed process, not against power loss, and an fsync
-    per file costs milliseconds, a large share of the per-photo budget.
+    fsync policy, the one for all of hx: by default no fsync. That protects against a killed
+    process, not against power loss, and an fsync per file costs milliseconds, a large share of
+    the per-photo budget; everything hx-infer and hx-train prepare write is made again by running
+    the same command. durable=True, for what costs hours to make again (training checkpoints and
+    metrics, an exported model): the file is fsynced before the rename and its folder after, so
+    after a power loss `path` holds the old file or the new one, whole.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,7 +282,13 @@ def atomic_write(path: Path, data: bytes, replace: bool = True) -> None:
     f = open(temp, "xb")  # "x": never write into, or later delete, someone else's file
     try:
         with f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         if replace:
             os.replace(temp, path)
         else:
@@ -286,6 +299,17 @@ def atomic_write(path: Path, data: bytes, replace: bool = True) -> None:
         except FileNotFoundError:
             pass
         raise
+    if durable:
+        fsync_path(path.parent)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes the renames in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _link_no_clobber(temp: Path, path: Path) -> None:

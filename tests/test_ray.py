@@ -165,6 +165,7 @@ def ray_run(ray_head, tree, tiny_model_dir, tmp_path_factory):
 # The engine on the cluster
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_writes_the_local_engines_bytes(ray_run, local_run):
     (out, report, result), (local_out, local_report) = ray_run, local_run
@@ -178,6 +179,7 @@ def test_ray_writes_the_local_engines_bytes(ray_run, local_run):
     assert report["counts"] == local_report["counts"] == {"processed": len(GOOD), "skipped": 0, "failed": 1}
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_bad_photo_is_reported_and_the_run_finishes(ray_run, local_run, tree):
     (out, report, result), (_, local_report) = ray_run, local_run
@@ -187,6 +189,7 @@ def test_a_bad_photo_is_reported_and_the_run_finishes(ray_run, local_run, tree):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_second_run_skips_everything(ray_run, ray_head, tree, tiny_model_dir):
     out, _, _ = ray_run

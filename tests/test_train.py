@@ -255,6 +255,7 @@ def test_evaluate_scores_a_perfect_matte(tmp_path):
 # --- the loop ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fit_learns_and_writes_the_run(dataset, tmp_path):
     run = tmp_path / "run"
     result = fit(TrainConfig(**TINY, epochs=4, epochs_decay=0), dataset, run)
@@ -281,6 +282,7 @@ def test_fit_learns_and_writes_the_run(dataset, tmp_path):
     torch.load(run / LAST, weights_only=True)
 
 
+@pytest.mark.slow
 def test_rgb_target_tracks_psnr(dataset, tmp_path):
     run = tmp_path / "run"
     fit(TrainConfig(**{**TINY, "target": "rgb", "epochs": 1, "epochs_decay": 0, "samples": 1}), dataset, run)
@@ -317,6 +319,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert strip(read_metrics(a)) == strip(read_metrics(b))
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_reaches_the_same_weights(dataset, tmp_path):
     config = TrainConfig(**TINY, epochs=2, epochs_decay=2, seed=3)
     fit(config, dataset, tmp_path / "straight")

@@ -53,7 +53,7 @@ from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import Image, ImageOps
 
 from hx_infer.io.images import DecodeError, atomic_write, exif_orientation, open_image, read_photo
 from hx_infer.run.options import DEFAULT_MAX_PIXELS
@@ -245,13 +245,6 @@ _LISTERS = {"folders": _list_folders, "supervisely": _list_supervisely, "ab": _l
 # ----------------------------------------------------------------------------------- reading
 
 
-def _orientation(im: Image.Image) -> int:
-    try:
-        return int(im.getexif().get(ExifTags.Base.Orientation, 1))
-    except Exception:  # a broken EXIF block must not cost a readable photo; treat it as upright
-        return 1
-
-
 def _decode_photo(path: Path, data: bytes) -> np.ndarray:
     """A photo's pixels exactly as hx-infer and hx-train fit decode them (hx_infer.io.images:
     EXIF orientation, 16-bit keeps its high byte, strict about damaged files), so what is
@@ -266,21 +259,16 @@ def _size(photo: np.ndarray) -> tuple[int, int]:
     return photo.shape[1], photo.shape[0]
 
 
-def _decode(data: bytes, reason: str) -> tuple[Image.Image, str, bool]:
-    """Fully decode a label file's `data`, EXIF orientation applied, modes kept (a mask's palette
-    indices, alpha and 16-bit values mean something) -> (image, Pillow format, was it rotated).
-
-    Raises _Skip(reason) on anything that is not a complete image.
-    """
+def _decode_label(data: bytes) -> Image.Image:
+    """Fully decode a mask file, turned upright by EXIF as its photo is, its mode kept: a label's
+    palette indices, alpha and 16-bit values mean something (_person). _Skip("mask unreadable")
+    on anything that is not a complete image."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()  # decode every pixel now: a truncated file fails here, not in training
-            fmt = im.format or ""
-            rotated = _orientation(im) != 1
-            out = ImageOps.exif_transpose(im) if rotated else im.copy()
+            return im.copy() if exif_orientation(im) == 1 else ImageOps.exif_transpose(im)
     except _DECODE_ERRORS:
-        raise _Skip(reason) from None
-    return out, fmt, rotated
+        raise _Skip("mask unreadable") from None
 
 
 def _check_size(width: int, height: int) -> None:
@@ -344,7 +332,7 @@ def _load_folders(pair: _Pair) -> _Sample:
         data = pair.label.read_bytes()
     except OSError:
         raise _Skip("mask unreadable") from None
-    mask_im, _, _ = _decode(data, "mask unreadable")
+    mask_im = _decode_label(data)
     return _Sample(photo, original, suffix, _fit(_person(mask_im), _size(photo)))
 
 

@@ -28,7 +28,9 @@ the end, so an interrupted run leaves no half-filled split behind):
 
   DST/{train,val}/images/<key>.<jpg|jpeg|png>   JPEG/PNG photos that need no change are copied byte
                                                 for byte; anything else (EXIF-rotated, CMYK, WebP,
-                                                an AB half, ...) is written as RGB PNG
+                                                an AB half, ...) is written as RGB PNG. Photos are
+                                                decoded by hx-infer's reader (read_photo), so the
+                                                pixels are those fit and hx-infer see
   DST/{train,val}/masks/<key>.png               single channel, 0 = background, 255 = person
 
 <key> is the source stem, made unique where needed (`unique_keys`), behind the source's prefix
@@ -55,7 +57,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from hx_infer.io.images import DecodeError, atomic_write, exif_orientation, open_image, read_photo
+from hx_infer.io.images import (PHOTO_EXTENSIONS, DecodeError, atomic_write, exif_orientation, open_image,
+                               read_photo)
 from hx_infer.run.options import DEFAULT_MAX_PIXELS
 
 FORMATS = ("folders", "supervisely", "ab", "coco")
@@ -64,7 +67,7 @@ VAL_FRACTION = 0.1  # share of each source held out for validation
 # mean over 17 photos (10 % of 170) moves by several points with one photo.
 MIN_VAL = 30
 SOURCES_JSON = "sources.json"
-PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+PHOTO_SUFFIXES = PHOTO_EXTENSIONS  # what hx-infer reads as a photo
 MIN_SIDE = 16  # px; smaller photos cannot survive the crop/resize augmentation
 NEAR_WHITE = 250  # a person-on-white pixel with every channel >= this is background
 AB_SAMPLE = 8  # images `detect_format` decodes to recognise an AB folder

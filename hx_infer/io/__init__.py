@@ -1,4 +1,4 @@
-"""Reading and writing photo files (images.py); video lives in video.py."""
+"""Reading and writing photo files (images.py); photo/mask folders (pairs.py); video (video.py)."""
 from .images import (PHOTO_EXTENSIONS, TEMP_MARK, DecodeError, atomic_write, clean_temporaries,
                      encode_jpeg, encode_png, iter_photos, photo_size, read_photo)
 

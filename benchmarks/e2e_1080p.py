@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/e2e_1080p.py --model DIR --device cpu --n 8      # a dry run here
 
 Makes N 1920x1080 JPEGs (quality 90; the ccp photos cover-cropped to 1080p when
-/work/shared/data/ccp is there, else 16 synthetic scenes) in a temporary folder. Then, for each
+`../shared/data/ccp` (or $HX_DATA/ccp) is there, else 16 synthetic scenes) in a temporary folder. Then, for each
 output kind, times the stages of `hx-infer run`'s device path (hx_infer.gpu) one at a time over
 the same photos:
 
@@ -43,8 +43,9 @@ from hx_infer.gpu import _ENCODE, PipelineOnDevice  # noqa: E402
 from hx_infer.io.images import atomic_write, iter_photos  # noqa: E402
 from hx_infer.pipeline import Job, default_workers, make_config  # noqa: E402
 import record  # noqa: E402  (benchmarks/record.py)
+from shared_data import SHARED_DATA  # noqa: E402  (benchmarks/shared_data.py)
 
-CCP = Path("/work/shared/data/ccp/images")
+CCP = SHARED_DATA / "ccp" / "images"
 WIDTH, HEIGHT = 1920, 1080
 DISTINCT = 16
 KEEP = 64  # outputs kept from the device stage for the encode and write stages

@@ -24,10 +24,11 @@ from hx_infer.io.images import clean_temporaries
 from hx_infer.io.video import PYAV_MISSING, VIDEO_EXTENSIONS, is_video_name
 from hx_infer.temporal import FlickerMeter, SceneCuts, TemporalSmoother, thumbnail
 from hx_infer.video_pipeline import VideoOptions
+from shared_data import SHARED_DATA
 
 HAVE_AV = importlib.util.find_spec("av") is not None
 needs_av = pytest.mark.skipif(not HAVE_AV, reason="PyAV (the video extra) is not installed")
-VTEST = Path("/work/shared/data/video/vtest.avi")
+VTEST = SHARED_DATA / "video" / "vtest.avi"
 RATE = 10
 AUDIO_RATE = 16000
 

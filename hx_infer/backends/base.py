@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from ..extras import require
 from ..model import ModelDir
 
 BACKENDS = ("auto", "trt", "ort", "torch")
@@ -71,6 +72,8 @@ _IMPLEMENTATIONS = {
     "torch": (".torch", "TorchBackend"),
     "trt": (".trt", "TrtBackend"),
 }
+# Backends whose runtime is an extra: name -> (extra, modules). (trt says what it lacks itself.)
+_EXTRAS = {"torch": ("train", ("torch",))}
 
 
 def _no_nvidia_driver() -> bool:
@@ -144,6 +147,11 @@ def open_backend(name: str, model: ModelDir, device: str = "auto", **options) ->
     """
     device = resolve_device(device)
     name = resolve_backend(name, device)
+    if name in _EXTRAS:
+        extra, modules = _EXTRAS[name]
+        problem = require(f"--backend {name}", extra, *modules)
+        if problem:
+            raise BackendError(problem)
     module_name, class_name = _IMPLEMENTATIONS[name]
     cls = getattr(importlib.import_module(module_name, __package__), class_name)
     # Callers pass one set of options for every backend; each backend takes the ones it knows.

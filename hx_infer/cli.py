@@ -206,11 +206,13 @@ def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, 
               help="Pixels within which a boundary pixel counts as matched (boundary F).")
 @click.option("--crops", default="full,upper,head", show_default=True,
               help="Comma-separated crops to score: full (photo), upper (upper body), head (head and shoulders).")
+@click.option("--refine", type=click.Choice(["none", "guided"]), default="none", show_default=True,
+              help="Score the mattes `run --refine` writes (guided: sharpened along the photo's edges).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def eval_command(ctx: click.Context, model: str, data: Path, backend: str, device: str,
                  batch_size: int | None, json_path: Path | None, boundary_tolerance: float, crops: str,
-                 quiet: bool) -> None:
+                 refine: str, quiet: bool) -> None:
     """Score MODEL's mattes against the person masks in DATA: IoU, alpha MAE, boundary F.
 
     MODEL is 'default' or a model folder. DATA holds images/ and masks/ matched by stem (or is a
@@ -239,7 +241,7 @@ def eval_command(ctx: click.Context, model: str, data: Path, backend: str, devic
             plan_eval(extractor.model, data, crops, boundary_tolerance)  # bad DATA fails before the backend opens
             results = evaluate(extractor.model, data, extractor.backend, crops=crops,
                                tolerance=boundary_tolerance, batch_size=extractor.batch_size, log=log,
-                               progress=not quiet)
+                               progress=not quiet, refine=refine)
         if json_path is not None:
             write_report(json_path, results)
     click.echo(format_results(results))

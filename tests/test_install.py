@@ -8,6 +8,7 @@ dependencies) and needs the package index, so it is marked `slow`; CI runs it.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 import venv
@@ -30,18 +31,26 @@ def _run(*command: str | Path, cwd: Path, check: bool = True) -> subprocess.Comp
     return proc
 
 
+# Not part of the source a wheel is built from (and a stale build/ would leak old files into it).
+_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "runs", "out", ".tmp",
+                                     "__pycache__", ".pytest_cache", "results")
+
+
 @pytest.fixture(scope="module")
 def base_venv(tmp_path_factory) -> Path:
     """A clean venv holding the wheel built from this checkout and the base dependencies only."""
     root = tmp_path_factory.mktemp("install")
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=_NOT_SOURCE)
     # Without build isolation when setuptools is here (no download); with it otherwise.
-    isolation = [] if importlib.util.find_spec("setuptools") else ["--use-pep517"]
-    flags = ["--no-build-isolation"] if not isolation else isolation
-    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *flags, "-w", root / "dist", REPO, cwd=root)
+    flags = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *flags, "-w", root / "dist", source, cwd=root)
     wheel = next((root / "dist").glob("hx-*.whl"))
     venv.create(root / "venv", with_pip=True)  # no system site-packages: nothing from the dev venv leaks in
     python = root / "venv" / "bin" / "python"
-    _run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel, cwd=root)
+    _run(python, "-m", "pip", "install", "--disable-pip-version-check", wheel, cwd=root)
+    if not (root / "venv" / "bin" / "hx-infer").is_file():
+        pytest.fail(f"pip installed no hx-infer from {wheel.name}")
     return root / "venv"
 
 

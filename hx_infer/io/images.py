@@ -209,9 +209,14 @@ def read_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = N
         except Exception as e:
             raise DecodeError(_reason(e)) from None
         # After load(): Pillow's TIFF reader turns TIFFs upright itself and drops the tag then.
-        method = _UPRIGHT.get(exif_orientation(image))
-        upright = image.transpose(method) if method is not None else image
-        return _to_rgb(upright)
+        return upright_rgb(image)
+
+
+def upright_rgb(image: Image.Image) -> np.ndarray:
+    """A loaded Pillow image -> [H, W, 3] uint8 RGB, turned upright by its EXIF orientation, converted
+    from any mode as read_photo converts a file's (alpha dropped)."""
+    method = _UPRIGHT.get(exif_orientation(image))
+    return _to_rgb(image.transpose(method) if method is not None else image)
 
 
 @functools.cache

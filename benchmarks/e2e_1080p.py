@@ -113,7 +113,7 @@ def time_stages(extractor: Extractor, photos: Path, out: Path, kind: str, worker
         device_s = time.perf_counter() - start
         arrays = [outputs[kind] for outputs in kept]
         start = time.perf_counter()
-        encoded = list(pool.map(KINDS[kind].encode, arrays))
+        encoded = list(pool.map(lambda array: KINDS[kind].encode(array, config.options.png_compression), arrays))
         encode_s = time.perf_counter() - start
         targets = [out / "stages" / kind / f"{i:05d}.bin" for i in range(len(encoded))]
         start = time.perf_counter()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Literal, Union, overload
 
 import numpy as np
 
-from .io.images import DEFAULT_PNG_COMPRESSION
+from .io.png_choices import DEFAULT_PNG_COMPRESSION
 
 if TYPE_CHECKING:
     from PIL import Image

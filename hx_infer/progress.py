@@ -41,27 +41,30 @@ class Progress:
     """update(n) as work finishes; set_total(n) once it is known; close() at the end.
 
     enabled=False shows nothing. Otherwise a tqdm bar when `stream` is a terminal, and a
-    progress_line every `every_s` seconds (the first after `every_s`) when it is not.
+    progress_line every `every_s` seconds (the first after `every_s`) when it is not. label: the
+    bar's title and the lines' first word (a video's name); a labelled bar is cleared when closed.
     is_tty and clock exist for tests.
     """
 
     def __init__(self, enabled: bool = True, every_s: float = DEFAULT_LOG_EVERY_S, unit: str = "file",
-                 prefix: str = "hx-infer: ", stream: TextIO | None = None, is_tty: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 prefix: str = "hx-infer: ", label: str | None = None, stream: TextIO | None = None,
+                 is_tty: bool | None = None, clock: Callable[[], float] = time.monotonic):
         if every_s <= 0:
             raise ValueError(f"--log-every must be more than 0 seconds, got {every_s:g}")
         self.stream = stream if stream is not None else sys.stderr
         tty = is_tty if is_tty is not None else bool(getattr(self.stream, "isatty", lambda: False)())
         self.done = 0
         self.total: int | None = None
-        self._unit, self._prefix, self._every, self._clock = unit, prefix, every_s, clock
+        self._unit, self._every, self._clock = unit, every_s, clock
+        self._prefix = f"{prefix}{label}: " if label else prefix
         self._start = self._last = clock()
         self._bar = None
         self._lines = enabled and not tty
         if enabled and tty:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=None, unit=unit, file=self.stream, dynamic_ncols=True, smoothing=0.1)
+            self._bar = tqdm(total=None, unit=unit, file=self.stream, dynamic_ncols=True, smoothing=0.1,
+                             desc=label, leave=label is None)
 
     def set_total(self, total: int) -> None:
         self.total = total

@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .png_choices import DEFAULT_PNG_COMPRESSION, PNG_COMPRESSIONS
+
 PHOTO_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 TEMP_MARK = ".hx-tmp"
 
@@ -57,8 +59,7 @@ _SWAPS_AXES = {5, 6, 7, 8}
 #   small     OpenCV level 6 with libpng's adaptive filters               RGBA 114 ms   0.9x, grey 4.7 ms 0.84x
 # Every choice gives the same bytes for the same pixels (resume and the Ray engine compare them),
 # and every file is a plain 8-bit PNG any decoder reads.
-PNG_COMPRESSIONS = ("fast", "balanced", "small")
-DEFAULT_PNG_COMPRESSION = "fast"
+# (The choices' names live in png_choices.py, which the CLI imports without OpenCV.)
 # OpenCV before 4.10 has no IMWRITE_PNG_FILTER; there its plain default is the fast choice.
 _PNG_FILTER = getattr(cv2, "IMWRITE_PNG_FILTER", None)
 
@@ -367,6 +368,32 @@ def clean_temporaries(root: Path, min_age_s: float = 0.0) -> int:
                 continue
             removed += 1
     return removed
+
+
+# The first bytes of the files people pipe into a tool by mistake -> what to call them.
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG image"), (b"\x89PNG\r\n\x1a\n", "PNG image"), (b"GIF8", "GIF image"),
+               (b"BM", "BMP image"), (b"II*\x00", "TIFF image"), (b"MM\x00*", "TIFF image"),
+               (b"\x1aE\xdf\xa3", "Matroska/WebM video"))
+
+
+def sniff_media(head: bytes) -> str | None:
+    """What binary data starting with `head` is ("JPEG image", "PNG image", ..., "binary data"),
+    or None when it may be text (a list of paths). Looks at the first bytes only."""
+    for magic, what in _SIGNATURES:
+        if head.startswith(magic):
+            return what
+    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI "):
+        return "WebP image" if head[8:12] == b"WEBP" else "AVI video"
+    if head[4:8] == b"ftyp":
+        return "MP4/MOV/HEIF file"
+    if b"\x00" in head:
+        return "binary data"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not merely a character cut at the end of the peek
+            return "binary data"
+    return None
 
 
 def is_photo_name(name: str) -> bool:

@@ -113,7 +113,7 @@ class PhotoStages:
             restored = unletterbox(out, item.box)  # [H, W] matte or [H, W, 3] painted photo
             pixels = NumpyPixels(config.background)
             for kind, image in compose_outputs(restored, item.rgb, config, self.target, self.size, pixels):
-                atomic_write(photo_output_path(config.output_dir, kind, item.job.rel), KINDS[kind].encode(image))
+                atomic_write(photo_output_path(config.output_dir, kind, item.job.rel), KINDS[kind].encode(image, config.options.png_compression))
             return None
         except Exception as e:  # noqa: BLE001 - see Failed.because
             return Failed.because(item.job.src, e)

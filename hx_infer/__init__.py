@@ -1,5 +1,9 @@
 """hx_infer: cut people out of photos with a model folder made by `hx-train export`.
 
+    import hx_infer
+
+    cutout = hx_infer.remove(Image.open("me.jpg"))             # PIL in, PIL RGBA out (see hx_infer.api)
+
     from hx_infer import Extractor
 
     with Extractor("runs/quickstart/model") as ex:
@@ -12,19 +16,31 @@ tensorrt, av and ray only when their backend or engine is chosen.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from .version import __version__
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from .api import remove
     from .backends.base import Backend
     from .engines import Engine
     from .model import ModelDir
+    from .run.config import SeveralInputs
     from .run.options import RunOptions
+    from .transforms import Letterbox
 
-__all__ = ["Extractor", "__version__"]
+__all__ = ["Extractor", "remove", "__version__"]
+
+
+def __getattr__(name: str):
+    # hx_infer.remove loads hx_infer.api (and numpy) on first use; `import hx_infer` stays cheap.
+    if name == "remove":
+        from .api import remove
+
+        return remove
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_model(model: str | Path) -> "ModelDir":
@@ -86,31 +102,63 @@ class Extractor:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def alpha(self, rgb: "np.ndarray") -> "np.ndarray":
-        """rgb: [H, W, 3] uint8 RGB, already oriented -> matte [H, W] uint8, 255 = person."""
+    def alpha(self, rgb: "np.ndarray", refine: str = "none") -> "np.ndarray":
+        """rgb: [H, W, 3] uint8 RGB, already oriented -> matte [H, W] uint8, 255 = person.
+        refine: "none" or "guided", as `hx-infer run --refine`."""
+        return self.alphas([rgb], refine=refine)[0]
+
+    def alphas(self, photos: "Sequence[np.ndarray]", refine: str = "none") -> "list[np.ndarray]":
+        """Several photos ([H, W, 3] uint8 RGB, already oriented, any sizes) -> their mattes
+        ([H, W] uint8, 255 = person), in order, batch_size photos per inference call. Each matte
+        is the one `hx-infer run` writes for that photo's pixels (decoded at full size)."""
+        import numpy as np
+
+        from .transforms import letterbox
+
+        for i, rgb in enumerate(photos):
+            if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+                what = f"{list(rgb.shape)} {rgb.dtype}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+                raise ValueError(f"alphas(): photo {i}: expected an [H, W, 3] uint8 RGB array, got {what}")
+        items = []
+        for rgb in photos:
+            x, box = letterbox(rgb, self.model.size)  # [3, S, S] float32
+            items.append((x, box, rgb))
+        return self.mattes(items, refine)
+
+    def mattes(self, items: "Sequence[tuple[np.ndarray, Letterbox, np.ndarray | None]]",
+               refine: str = "none") -> "list[np.ndarray]":
+        """Letterboxed inputs -> mattes, as run's stages make them. items: (x [3, S, S] float32 from
+        transforms.letterbox, its Letterbox, the photo [H, W, 3] uint8 or None when refine is
+        "none"). For callers that decode themselves (hx_infer.api decodes bytes as run does)."""
         import numpy as np
 
         from .errors import ConfigError
-        from .transforms import letterbox, to_uint8, unletterbox
+        from .run.options import REFINES
+        from .transforms import refine_matte, to_uint8, unletterbox
 
         if self.model.target != "alpha":
             raise ConfigError(f"model {self.model.root} paints the person on white (target rgb); "
                               "it makes no matte")
-        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            what = f"{list(rgb.shape)} {rgb.dtype}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
-            raise ValueError(f"alpha(): expected an [H, W, 3] uint8 RGB array, got {what}")
-        x, box = letterbox(rgb, self.model.size)  # [3, S, S] float32
-        out = np.asarray(self.backend.infer(x[None]))[0]  # [1, S, S] float32 in [0, 1]
-        return to_uint8(unletterbox(out, box))
+        if refine not in REFINES:
+            raise ConfigError(f"--refine {refine!r}: choose from {', '.join(REFINES)}")
+        step = self.batch_size or 8
+        mattes = []
+        for start in range(0, len(items), step):
+            chunk = items[start:start + step]
+            out = np.asarray(self.backend.infer(np.stack([x for x, _, _ in chunk])))  # [N, 1, S, S] in [0, 1]
+            for (x, box, rgb), matte in zip(chunk, out):
+                mattes.append(to_uint8(refine_matte(unletterbox(matte, box), rgb, refine, self.model.size)))
+        return mattes
 
-    def run(self, inputs: str | Path | Iterable[str | Path], output_dir: str | Path,
+    def run(self, inputs: "str | Path | Iterable[str | Path] | SeveralInputs", output_dir: str | Path,
             options: "RunOptions | None" = None, *, log: Callable[[str], None] | None = None, **changes) -> dict:
-        """Process a photo, a folder tree, or an iterable of paths into output_dir (see
+        """Process a photo, a folder tree, several of those (hx_infer.run.config.SeveralInputs) or
+        an iterable of paths into output_dir (see
         hx_infer.run for the layout). Existing outputs are kept (resume) unless overwrite.
 
         options: a hx_infer.run.options.RunOptions; `changes` replace its fields by name
         (outputs=, background=, refine=, overwrite=, workers=, max_pixels=, glob=, report=,
-        progress=, video=), and a name that is not one of them is a TypeError.
+        progress=, log_every=, png_compression=, video=), and a name that is not one of them is a TypeError.
         Returns the report (also written to `report`, default OUTPUT/hx-report.json). Photos
         that cannot be read are counted in it, with their reason, and passed to `log`.
         Videos among the inputs are written as `video` says (RunOptions.video, a VideoOptions:

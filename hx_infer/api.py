@@ -96,12 +96,31 @@ def remove(image: ImageInput, *, output: Output = "rgba", background: str = "whi
     return Image.fromarray(result, {"rgba": "RGBA", "alpha": "L", "composite": "RGB"}[output])
 
 
-def _matte(extractor: "Extractor", image: ImageInput, output: str, refine: str) -> tuple[np.ndarray, np.ndarray]:
+def _matte(extractor: "Extractor", image: ImageInput, output: str, refine: str) -> tuple[np.ndarray | None, np.ndarray]:
     """-> (rgb [H, W, 3] uint8, or None when only the matte is needed; matte [H, W] uint8)."""
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return extractor.matte_bytes(bytes(image), keep_pixels=output != "alpha", refine=refine)
+        return decode_and_matte(extractor, bytes(image), keep_pixels=output != "alpha", refine=refine)
     rgb = as_rgb(image)
     return rgb, extractor.alphas([rgb], refine=refine)[0]
+
+
+def decode_and_matte(extractor: "Extractor", data: bytes, keep_pixels: bool, refine: str = "none",
+                     max_pixels: int = 100_000_000) -> tuple[np.ndarray | None, np.ndarray]:
+    """A photo file's bytes -> (its upright pixels or None, its matte), decoded as `hx-infer run`
+    decodes a file: reduced JPEG decode when only the matte is wanted and nothing refines it."""
+    from .io.images import read_photo
+    from .run.photos import matte_input
+    from .transforms import letterbox
+
+    name = Path("<bytes>")
+    size = extractor.model.size
+    if not keep_pixels and refine == "none":
+        x, box = matte_input(name, size, max_pixels, data=data)
+        rgb = None
+    else:
+        rgb = read_photo(name, max_pixels, data=data)
+        x, box = letterbox(rgb, size)
+    return rgb, extractor.mattes([(x, box, rgb)], refine)[0]
 
 
 def as_rgb(image: "Image.Image | np.ndarray") -> np.ndarray:

@@ -51,7 +51,7 @@ from .model import ModelDir
 from .run.config import parse_names
 from .run.options import DEFAULT_MAX_PIXELS, REFINES
 from .run.photos import matte_input
-from .transforms import Letterbox, guided_filter, guided_radius, letterbox, to_uint8, unletterbox
+from .transforms import Letterbox, letterbox, refine_matte, to_uint8, unletterbox
 
 CROPS = ("full", "upper", "head")
 CROP_FRACTIONS = {"upper": 0.55, "head": 0.30}  # of the person's height, from its top
@@ -303,10 +303,8 @@ def _score_batch(items: list[_Item], backend: Backend, tolerance: float) -> list
     records = []
     for item, item_out in zip(items, out):
         restored = unletterbox(item_out, item.geometry)  # [h, w] float32
-        if item.guide is not None:
-            h, w = item.guide.shape[:2]
-            restored = guided_filter(item.guide, restored, radius=guided_radius(h, w, size), model_size=size)
-        alpha = to_uint8(restored)  # [h, w] uint8, as hx-infer run writes it
+        refine = "guided" if item.guide is not None else "none"
+        alpha = to_uint8(refine_matte(restored, item.guide, refine, size))  # [h, w] uint8, as hx-infer run writes it
         records.append({"path": str(item.photo), "crop": item.crop, "box": list(item.box),
                         **score(alpha, item.mask, tolerance)})
     return records

@@ -35,8 +35,10 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from . import Extractor
+    from .compose import Background
 
 Output = Literal["rgba", "alpha", "composite"]
+OUTPUTS = ("rgba", "alpha", "composite")
 ImageInput = Union["Image.Image", np.ndarray, bytes, bytearray, memoryview]
 
 _EXTRACTORS: dict[tuple[str, str, str], "Extractor"] = {}
@@ -46,6 +48,7 @@ _LOCK = threading.Lock()
 def extractor_for(model: str | Path = "default", backend: str = "auto", device: str = "auto") -> "Extractor":
     """The process's one Extractor for (model, backend, device), opened on first use."""
     from . import Extractor
+    from .compose import Background
 
     key = (str(model), backend, device)
     with _LOCK:
@@ -79,18 +82,21 @@ def remove(image: ImageInput, *, output: Output = "rgba", background: str = "whi
     "balanced", "small") and jpeg_quality: only for bytes out. Raises ValueError (bad input or
     option), DecodeError (bytes that are not a photo), ModelError / BackendError / ConfigError.
     """
-    from .io.images import check_png_compression, encode_jpeg, encode_png
+    from .compose import parse_background
+    from .io.images import check_png_compression
 
-    if output not in ("rgba", "alpha", "composite"):
+    if output not in OUTPUTS:
         raise ValueError(f"output={output!r}: choose rgba, alpha or composite")
     check_png_compression(png_compression)
+    behind = parse_background(background)  # a bad one fails before any inference
     extractor = extractor_for(model, backend, device)
     rgb, alpha = _matte(extractor, image, output, refine)
-    result = _compose(rgb, alpha, output, background)
+    result = _compose(rgb, alpha, output, behind)
     if isinstance(image, np.ndarray):
         return result
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return encode_jpeg(result, jpeg_quality) if output == "composite" else encode_png(result, png_compression)
+        file_format = "jpeg" if output == "composite" else "png"
+        return encode(result, file_format, png_compression, jpeg_quality)
     from PIL import Image
 
     return Image.fromarray(result, {"rgba": "RGBA", "alpha": "L", "composite": "RGB"}[output])
@@ -146,11 +152,39 @@ def as_rgb(image: "Image.Image | np.ndarray") -> np.ndarray:
     return upright_rgb(image)
 
 
-def _compose(rgb: np.ndarray | None, alpha: np.ndarray, output: str, background: str) -> np.ndarray:
-    from .compose import composite, parse_background, rgba_cutout
+def cut(data: bytes, *, output: Output = "rgba", file_format: str = "png", background: str = "white",
+        model: str | Path = "default", backend: str = "auto", device: str = "auto", refine: str = "none",
+        png_compression: str = DEFAULT_PNG_COMPRESSION, jpeg_quality: int = 95,
+        max_pixels: int = 100_000_000) -> bytes:
+    """One photo file's bytes -> the bytes of its `output` as `file_format` ("png", or "jpeg" for
+    a composite): what `hx-infer cut` writes. Raises as remove() does."""
+    if output not in OUTPUTS:
+        raise ValueError(f"--output {output!r}: choose rgba, alpha or composite")
+    if file_format == "jpeg" and output != "composite":
+        raise ValueError(f"--output {output}: JPEG has no alpha channel; write a .png")
+    from .compose import parse_background
+    from .io.images import check_png_compression
+
+    check_png_compression(png_compression)
+    behind = parse_background(background)
+    extractor = extractor_for(model, backend, device)
+    rgb, alpha = decode_and_matte(extractor, data, keep_pixels=output != "alpha", refine=refine,
+                                  max_pixels=max_pixels)
+    return encode(_compose(rgb, alpha, output, behind), file_format, png_compression, jpeg_quality)
+
+
+def encode(image: np.ndarray, file_format: str, png_compression: str, jpeg_quality: int) -> bytes:
+    """[H, W], [H, W, 3] or [H, W, 4] uint8 -> "png" or "jpeg" ([H, W, 3] only) file bytes."""
+    from .io.images import encode_jpeg, encode_png
+
+    return encode_jpeg(image, jpeg_quality) if file_format == "jpeg" else encode_png(image, png_compression)
+
+
+def _compose(rgb: np.ndarray | None, alpha: np.ndarray, output: str, background: "Background") -> np.ndarray:
+    from .compose import composite, rgba_cutout
 
     if output == "alpha":
         return alpha
     if output == "rgba":
         return rgba_cutout(rgb, alpha)
-    return composite(rgb, alpha, parse_background(background))
+    return composite(rgb, alpha, background)

@@ -240,6 +240,92 @@ def _run_inputs(ctx: click.Context, sources: list[str]):
     return sources[0] if len(sources) == 1 else SeveralInputs(sources)
 
 
+# OUT's extension -> (file format, the output kind it implies when --output is not given)
+_CUT_FORMATS = {".png": ("png", "rgba"), ".jpg": ("jpeg", "composite"), ".jpeg": ("jpeg", "composite")}
+
+
+@main.command()
+@click.argument("src", metavar="IN")
+@click.argument("dst", metavar="OUT")
+@click.option("--output", type=click.Choice(["rgba", "alpha", "composite"]), default=None,
+              help="What to write.  [default: from OUT: .png rgba, .jpg/.jpeg composite; rgba for '-']")
+@click.option("--model", default="default", show_default=True,
+              help="'default' (the bundled model) or a model folder made by `hx-train export`.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="auto: trt > ort with CUDA > torch on CUDA > ort on CPU.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--background", default="white", show_default=True,
+              help="Composite background: white, black, '#RRGGBB' or an image file.")
+@click.option("--refine", type=click.Choice(["none", "guided"]), default="none", show_default=True,
+              help="guided: sharpen the upsampled matte along the photo's edges.")
+@click.option("--png-compression", type=click.Choice(PNG_COMPRESSIONS), default=DEFAULT_PNG_COMPRESSION,
+              show_default=True, help="As for run.")
+@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
+              help="A composite written as JPEG.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
+              help="Reject larger photos (checked from the header, before decoding).")
+@click.pass_context
+def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, backend: str, device: str,
+        background: str, refine: str, png_compression: str, jpeg_quality: int, max_pixels: int) -> None:
+    """Cut the person out of one photo: IN to OUT, either of them '-' (stdin, stdout).
+
+    `cat me.jpg | hx-infer cut - - > me.png` writes an RGBA PNG. OUT's extension says what to
+    write (.png: the rgba cutout, .jpg: the composite on --background) unless --output says
+    otherwise; OUT '-' is an RGBA PNG, or a JPEG for --output composite. The matte is the one
+    `hx-infer run` writes for that photo. OUT is written atomically (replacing a file there).
+    Exit 0 done, 1 when IN is not a readable photo, 2 on bad usage.
+    """
+    from .api import cut as cut_photo
+    from .backends.base import BackendError
+    from .errors import ConfigError
+    from .io.images import DecodeError, atomic_write
+    from .model import ModelError
+
+    if dst == "-":
+        file_format, kind = ("jpeg", "composite") if output == "composite" else ("png", output or "rgba")
+        if sys.stdout.isatty():
+            raise click.UsageError(f"OUT '-' would write {file_format.upper()} bytes to the terminal; "
+                                   "redirect stdout, or give a file name", ctx)
+    else:
+        suffix = Path(dst).suffix.lower()
+        if suffix not in _CUT_FORMATS:
+            raise click.UsageError(f"OUT {dst}: name a .png (rgba, alpha, composite) or .jpg (composite) "
+                                   "file, or '-' for stdout", ctx)
+        file_format, implied = _CUT_FORMATS[suffix]
+        kind = output or implied
+        if file_format == "jpeg" and kind != "composite":
+            raise click.UsageError(f"OUT {dst}: JPEG has no alpha channel; write a .png for --output {kind}", ctx)
+        if src != "-" and os.path.exists(dst) and os.path.samefile(src, dst):
+            raise click.UsageError(f"OUT {dst} is IN; hx never writes over a photo", ctx)
+    if src == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            data = Path(src).read_bytes()
+        except FileNotFoundError:
+            raise click.UsageError(f"IN {src}: no such file", ctx) from None
+        except IsADirectoryError:
+            raise click.UsageError(f"IN {src} is a folder; `hx-infer run` takes folders", ctx) from None
+    name = "stdin" if src == "-" else src
+    unreadable = None
+    with _exit_on_errors(ctx, ConfigError, ModelError, BackendError, ValueError):
+        try:
+            result = cut_photo(data, output=kind, file_format=file_format, background=background, model=model,
+                               backend=backend, device=device, refine=refine, png_compression=png_compression,
+                               jpeg_quality=jpeg_quality, max_pixels=max_pixels)
+        except DecodeError as e:  # the photo, not the usage: exit 1 as run's failed photos
+            unreadable = f"hx-infer: error: {name}: {e}"
+    if unreadable:
+        click.echo(unreadable, err=True)
+        ctx.exit(EXIT_FAILED)
+    with _exit_on_errors(ctx):
+        if dst == "-":
+            sys.stdout.buffer.write(result)
+            sys.stdout.buffer.flush()
+        else:
+            atomic_write(Path(dst), result)
+
+
 @main.command("eval")
 @click.argument("model", metavar="MODEL")
 @click.argument("data", metavar="DATA", type=click.Path(path_type=Path))

@@ -1,6 +1,6 @@
 """The wheel as a user installs it: built from this checkout, installed without extras into a clean
-venv (pip fetches onnxruntime, numpy, OpenCV, Pillow, fpng, click and tqdm), then run outside
-the tree with no torch, onnx or onnxscript anywhere on its path.
+venv (pip fetches onnxruntime, numpy, OpenCV, Pillow, fpng, click and tqdm), then `hx-infer run`
+and `hx_infer.remove` run outside the tree with no torch, onnx or onnxscript anywhere on its path.
 
 Slow (a minute or more: the wheel carries the bundled model, and pip may download the base
 dependencies) and needs the package index, so it is marked `slow`; CI runs it.
@@ -72,6 +72,25 @@ def test_installed_hx_infer_runs_outside_the_tree_without_torch(base_venv, tmp_p
         rgba = np.asarray(Image.open(tmp_path / "out" / "rgba" / f"p{i}.png"))
         alpha = np.asarray(Image.open(tmp_path / "out" / "alpha" / f"p{i}.png"))
         assert rgba.shape == (90 + 10 * i, 120, 4) and np.array_equal(rgba[..., 3], alpha)
+
+
+def test_installed_remove_takes_pil_arrays_and_bytes_without_torch(base_venv, tmp_path, make_disc_photo):
+    photo = tmp_path / "p.jpg"
+    Image.fromarray(make_disc_photo(50, 70)[0]).save(photo, quality=95)
+    code = """
+import io, sys
+import numpy as np
+from PIL import Image
+import hx_infer
+data = open(sys.argv[1], "rb").read()
+pil = hx_infer.remove(Image.open(io.BytesIO(data)))
+array = hx_infer.remove(np.asarray(pil.convert("RGB")), output="alpha")
+png = hx_infer.remove(data, output="alpha")
+assert "torch" not in sys.modules and "onnx" not in sys.modules and "onnxscript" not in sys.modules
+print(pil.mode, pil.size, array.shape, Image.open(io.BytesIO(png)).mode)
+"""
+    out = _run(base_venv / "bin" / "python", "-c", code, photo, cwd=tmp_path).stdout.split("\n")[0]
+    assert out == "RGBA (70, 50) (50, 70) L"
 
 
 def test_torch_backend_and_training_say_what_to_install(base_venv, tmp_path):

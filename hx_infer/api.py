@@ -34,7 +34,7 @@ from .io.png_choices import DEFAULT_PNG_COMPRESSION
 if TYPE_CHECKING:
     from PIL import Image
 
-    from . import Extractor
+    from .extractor import Extractor
     from .compose import Background
 
 Output = Literal["rgba", "alpha", "composite"]
@@ -47,7 +47,7 @@ _LOCK = threading.Lock()
 
 def extractor_for(model: str | Path = "default", backend: str = "auto", device: str = "auto") -> "Extractor":
     """The process's one Extractor for (model, backend, device), opened on first use."""
-    from . import Extractor
+    from .extractor import Extractor
     from .compose import Background
 
     key = (str(model), backend, device)

@@ -71,7 +71,7 @@ def _require_train(command: str, *modules: str) -> None:
     """One line and exit 2 when the train extra (torch, onnx, onnxscript) is not installed."""
     from hx_infer.extras import require
 
-    problem = require(f"hx-train {command}", "train", *modules)
+    problem = require(command, "train", *modules)  # shown as "hx-train: fit needs torch ..."
     if problem:
         raise CommandError(problem)
 

@@ -175,7 +175,7 @@ class _VideoRun:
             for kind in self.config.outputs:
                 path = video_output_path(self.config.output_dir, kind, self.job.rel, self.options)
                 writers[kind] = open_writer(path, video_encoding(kind, self.options), self.info,
-                                            self.reader.audio_stream)
+                                            self.reader.audio_stream, self.config.options.png_compression)
             frames = self._stream(writers)
             for kind, writer in writers.items():
                 writer.commit()

@@ -34,8 +34,8 @@ from .io.png_choices import DEFAULT_PNG_COMPRESSION
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .extractor import Extractor
     from .compose import Background
+    from .extractor import Extractor
 
 Output = Literal["rgba", "alpha", "composite"]
 OUTPUTS = ("rgba", "alpha", "composite")
@@ -48,7 +48,6 @@ _LOCK = threading.Lock()
 def extractor_for(model: str | Path = "default", backend: str = "auto", device: str = "auto") -> "Extractor":
     """The process's one Extractor for (model, backend, device), opened on first use."""
     from .extractor import Extractor
-    from .compose import Background
 
     key = (str(model), backend, device)
     with _LOCK:

@@ -1,4 +1,4 @@
-"""`hx-infer`: click commands that parse, validate and call hx_infer (run, eval, build, bench;
+"""`hx-infer`: click commands that parse, validate and call hx_infer (run, cut, eval, build, bench;
 info comes later). Kept light: `hx-infer --help` imports no runtime.
 
 Exit codes: 0 all photos done; 1 some photos failed (listed in the report); 2 bad usage (option,

@@ -282,7 +282,6 @@ def test_fit_learns_and_writes_the_run(dataset, tmp_path):
     torch.load(run / LAST, weights_only=True)
 
 
-@pytest.mark.slow
 def test_rgb_target_tracks_psnr(dataset, tmp_path):
     run = tmp_path / "run"
     fit(TrainConfig(**{**TINY, "target": "rgb", "epochs": 1, "epochs_decay": 0, "samples": 1}), dataset, run)

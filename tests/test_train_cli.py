@@ -40,7 +40,6 @@ def assert_one_line_error(result, *needles: str) -> None:
         assert needle in errors[0], errors[0]
 
 
-@pytest.mark.slow
 def test_fit_writes_a_checkpoint_and_resumes(dataset, tmp_path):
     run = tmp_path / "run"
     result = invoke("fit", dataset, "--out", run, *TINY, "--quiet")

@@ -37,13 +37,14 @@ __all__ = ["Extractor", "__version__"]
 
 
 def load_model(model: str | Path) -> "ModelDir":
-    """"default" (the bundled model), a bundled model's name, or a model folder -> ModelDir."""
+    """"default" (the bundled model), a bundled model's name, or a model folder -> ModelDir, its
+    files checked against the sha256 in its card (ModelError, one line, on a mismatch)."""
     from .model import CARD, ModelError, default_model_dir, load_model_dir
 
     if str(model) == "default" and not (default_model_dir() / CARD).is_file():
         raise ModelError("--model default: this installation has no bundled model yet; "
                          "pass --model DIR, a folder made by `hx-train export`")
-    return load_model_dir(model)
+    return load_model_dir(model, verify=True)
 
 
 class Extractor:

@@ -283,7 +283,7 @@ def build(ctx: click.Context, model_dir: str, out: Path | None, precision: str, 
         click.echo(f"hx-infer: {line}", err=True)
 
     with _exit_on_errors(ctx, ModelError, BackendError):
-        engine = build_for_model(load_model_dir(model_dir), precision=precision,
+        engine = build_for_model(load_model_dir(model_dir, verify=True), precision=precision,
                                  profile=Profile(min_batch, opt_batch, max_batch), out=out,
                                  timing_cache=timing_cache, workspace_gib=workspace, cache_dir=engine_cache,
                                  device=device, log=log)

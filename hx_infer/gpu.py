@@ -134,8 +134,8 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def rgba(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """rgb [H, W, 3] uint8 + alpha [H, W] uint8 -> [H, W, 4] uint8 (compose.rgba_cutout)."""
-    return torch.cat([rgb, alpha[:, :, None]], dim=2)
+    """rgb [H, W, 3] uint8 + alpha [H, W] uint8 -> [H, W, 4] uint8, RGB 0 where alpha is 0 (compose.rgba_cutout)."""
+    return torch.cat([rgb * (alpha != 0)[:, :, None], alpha[:, :, None]], dim=2)
 
 
 def composite(rgb: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:

@@ -37,8 +37,8 @@ import numpy as np
 
 from .backends.base import Backend
 from .compose import Background, composite, parse_background, rgba_cutout
-from .io.images import (PHOTO_EXTENSIONS, DecodeError, atomic_write, clean_temporaries, encode_jpeg, encode_png, iter_photos,
-                        photo_size, read_photo)
+from .io.images import (PHOTO_EXTENSIONS, DecodeError, atomic_write, clean_temporaries, decode_photo, encode_jpeg,
+                        encode_png, iter_photos, read_photo)
 from .io.video import VIDEO_EXTENSIONS, is_video_name
 from .model import ModelDir
 from .report import REPORT_NAME, Tally, build_report, write_report
@@ -160,8 +160,8 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
             parsed_background = parse_background_or_video(background)
         else:
             parsed_background = parse_background(background)
-    except ValueError as e:
-        raise ConfigError(f"--background: {e}") from None
+    except ValueError as e:  # the message names --background already
+        raise ConfigError(str(e)) from None
     if model.target == "rgb":
         # The generator paints the person on white: there is no matte to cut out with.
         if kinds != ("composite",):
@@ -358,9 +358,7 @@ def matte_input(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     `hx-infer eval` scores its `full` crop through this too, so its figures are those of the
     mattes `hx-infer run --outputs alpha` writes. Raises DecodeError / OSError.
     """
-    data = path.read_bytes()  # once, for the header and the pixels
-    width, height = photo_size(path, data=data)
-    rgb = read_photo(path, max_pixels, data=data, reduce_to=size)
+    rgb, (width, height) = decode_photo(path, max_pixels, reduce_to=size)  # one opening, header first
     return letterbox(rgb, size, src_size=(width, height))
 
 

@@ -11,8 +11,10 @@ import fnmatch
 import functools
 import io
 import os
+import re
 import secrets
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -62,13 +64,37 @@ class DecodeError(Exception):
     """A photo that cannot be read. str(e) is the reason only; the caller names the file."""
 
 
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder"))
+
+
+def regular_file_problem(path: Path) -> str | None:
+    """Why `path` is not a regular file one can read to its end ("not a regular file (a named
+    pipe)", "broken symlink", ...), or None. Asked of the file system only: a FIFO or a device
+    is never opened, since opening a FIFO blocks until a writer comes, and /dev/zero never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) and os.path.islink(path):
+            return "broken symlink"
+        return f"cannot read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    what = next((name for test, name in _NOT_REGULAR if test(mode)), "not a file")
+    return f"not a regular file ({what})"
+
+
 def open_image(source: Path | bytes) -> Image.Image:
-    """Open the header of a photo (no pixels decoded). Raises DecodeError."""
+    """Open the header of a photo (no pixels decoded; Pillow reads only as far as the header
+    goes). Raises DecodeError."""
     if isinstance(source, bytes):
         if not source:
             raise DecodeError("zero bytes")
         fp: object = io.BytesIO(source)
     else:
+        problem = regular_file_problem(source)
+        if problem is not None:
+            raise DecodeError(problem)
         fp = source
     try:
         return Image.open(fp, formats=_FORMATS)
@@ -105,7 +131,14 @@ def check_pixels(image: Image.Image, max_pixels: int) -> None:
     """DecodeError if the opened image's header declares more than max_pixels pixels."""
     w, h = image.size
     if w * h > max_pixels:
-        raise DecodeError(f"{w}x{h} = {w * h / 1e6:.0f} megapixels over --max-pixels {max_pixels}")
+        raise DecodeError(f"{w}x{h} = {_pixels(w * h)} over --max-pixels {max_pixels}")
+
+
+def _pixels(n: int) -> str:
+    """135 megapixels, 0.3 megapixels, 4 pixels: never a size that rounds to 0."""
+    if n >= 10_000_000:
+        return f"{n / 1e6:.0f} megapixels"
+    return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n} pixels"
 
 
 def exif_orientation(image: Image.Image) -> int:
@@ -123,15 +156,101 @@ def exif_orientation(image: Image.Image) -> int:
     return value if value in _UPRIGHT else 1
 
 
-def _draft(image: Image.Image, reduce_to: int) -> None:
-    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the longer side stays >= reduce_to."""
+def _draft_size(image: Image.Image, reduce_to: int) -> tuple[int, int] | None:
+    """The size to ask libjpeg for when the longer side may shrink to about reduce_to, or None."""
     w, h = image.size
     longer = max(w, h)
     if image.format not in ("JPEG", "MPO") or longer <= reduce_to:
-        return
+        return None
     # draft() picks the largest scale that keeps BOTH sides at least the requested size,
     # so ask for the photo's own aspect ratio, not a square.
-    image.draft("RGB", (max(1, w * reduce_to // longer), max(1, h * reduce_to // longer)))
+    return max(1, w * reduce_to // longer), max(1, h * reduce_to // longer)
+
+
+def _draft(image: Image.Image, reduce_to: int) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the longer side stays >= reduce_to."""
+    size = _draft_size(image, reduce_to)
+    if size is not None:
+        image.draft("RGB", size)
+
+
+# --- strict JPEG decoding ---------------------------------------------------------------------
+# libjpeg only *warns* about damaged entropy data ("Corrupt JPEG data: premature end of data
+# segment") and fills the rest of the photo with grey; Pillow ignores those warnings, so a photo
+# damaged in the middle decodes "fine" with a wrong bottom half. simplejpeg (libjpeg-turbo, the
+# same library Pillow's wheels carry) raises on them with strict=True, and gives the same pixels
+# as Pillow for the same file and scale, a little faster (benchmarks/jpeg_decode.py).
+_JPEG_COLOURS = {"RGB": "RGB", "L": "GRAY"}  # Pillow's mode -> simplejpeg's; CMYK stays with Pillow
+# What a valid JPEG of w x h pixels can hold beyond its pixels' worth of bytes (EXIF, ICC, XMP, an
+# MPO's later pictures); a larger file is read only this far: libjpeg needs the first picture only.
+_JPEG_SLACK = 32 << 20
+
+
+def _jpeg_scale(image: Image.Image, reduce_to: int | None) -> int:
+    """1, 2, 4 or 8: the scale Image.draft would pick (so both decoders give the same pixels)."""
+    size = _draft_size(image, reduce_to) if reduce_to is not None else None
+    if size is None:
+        return 1
+    ratio = min(image.size[0] // size[0], image.size[1] // size[1])
+    return next(s for s in (8, 4, 2, 1) if ratio >= s)
+
+
+# A few stray bytes before the end-of-image marker are padding some cameras and editors write,
+# after the last pixel was decoded; hundreds are what is left when damaged data ran out the
+# image's blocks early (a damaged bottom half that libjpeg reports only this way).
+_PADDING = re.compile(r"Corrupt JPEG data: (\d+) extraneous bytes before marker 0xd9")
+_MAX_PADDING = 64
+
+
+def _jpeg_problem(message: str) -> str | None:
+    """The reason for a libjpeg warning that means lost pixels, or None for a harmless one."""
+    if message.startswith("Premature end of JPEG file"):
+        return "truncated image"
+    padding = _PADDING.match(message)
+    if padding is not None and int(padding.group(1)) <= _MAX_PADDING:
+        return None
+    if message.startswith("Corrupt JPEG data"):
+        return f"corrupt JPEG data ({message.split(':', 1)[1].strip()})"
+    return None
+
+
+def _decode_jpeg_strict(image: Image.Image, data: bytes | None, reduce_to: int | None) -> np.ndarray | None:
+    """[h, w, 3] uint8 RGB of an opened JPEG, or None to let Pillow decode it (a mode or a
+    harmless warning that strict decoding refuses). DecodeError for lost pixels."""
+    import simplejpeg
+
+    colour = _JPEG_COLOURS.get(image.mode)
+    if colour is None:
+        return None
+    if data is None:
+        w, h = image.size
+        image.fp.seek(0)
+        data = image.fp.read(w * h * 4 + _JPEG_SLACK)  # bounded, whatever the file's size
+    scale = _jpeg_scale(image, reduce_to)
+    w, h = image.size
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace=colour, min_width=-(-w // scale),
+                                        min_height=-(-h // scale), strict=True)
+    except ValueError as e:
+        problem = _jpeg_problem(str(e))
+        if problem is not None:
+            raise DecodeError(problem) from None
+        return None
+    if colour == "GRAY":
+        return cv2.cvtColor(pixels[:, :, 0], cv2.COLOR_GRAY2RGB)
+    return pixels
+
+
+# EXIF orientation -> the same pixel permutation as _UPRIGHT's Pillow transpose, on arrays
+_UPRIGHT_ARRAY: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -157,23 +276,37 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 def read_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = None,
                reduce_to: int | None = None) -> np.ndarray:
-    """Decode a photo upright -> [H, W, 3] uint8 RGB (a read-only array; copy before writing in place).
+    """Decode a photo upright -> [H, W, 3] uint8 RGB (may be read-only; copy before writing in place).
 
     Orientation from EXIF is applied, so H, W are the size a viewer shows. Grey, palette,
     RGBA (alpha dropped), CMYK, 16-bit and LA photos are converted. The pixel count is checked
     against max_pixels from the header, before any pixel is decoded. A file cut short raises
-    DecodeError("truncated image"); it is never padded with grey.
+    DecodeError("truncated image"), a JPEG damaged midway DecodeError("corrupt JPEG data (...)");
+    neither is ever padded with grey. Only regular files are opened.
 
     data: the file's bytes when the caller has already read them (path is then only a name).
     reduce_to: the caller needs only an image whose longer side is about this many pixels;
     JPEGs are then decoded at 1/2, 1/4 or 1/8 scale (longer side stays >= reduce_to), other
     formats at full size. The caller resizes; the result's size is NOT the photo's size
-    (photo_size gives that).
+    (photo_size gives that, as does decode_photo).
     """
+    return decode_photo(path, max_pixels, data, reduce_to)[0]
+
+
+def decode_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = None,
+                 reduce_to: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """read_photo, plus the photo's upright (width, height) from the same opening of the file."""
     # From a path Pillow reads the header first and the rest as it decodes, so a 4 GB video
     # named .jpg costs one small read, not 4 GB of memory.
     with open_image(data if data is not None else Path(path)) as image:
         check_pixels(image, max_pixels)
+        size = _upright_size(image)
+        orientation = exif_orientation(image)
+        if image.format in ("JPEG", "MPO"):
+            pixels = _decode_jpeg_strict(image, data, reduce_to)
+            if pixels is not None:
+                turn = _UPRIGHT_ARRAY.get(orientation)
+                return (np.ascontiguousarray(turn(pixels)) if turn else pixels), size
         if reduce_to is not None:
             _draft(image, reduce_to)
         try:
@@ -189,7 +322,7 @@ def read_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = N
         # After load(): Pillow's TIFF reader turns TIFFs upright itself and drops the tag then.
         method = _UPRIGHT.get(exif_orientation(image))
         upright = image.transpose(method) if method is not None else image
-        return _to_rgb(upright)
+        return _to_rgb(upright), size
 
 
 @functools.cache
@@ -206,12 +339,16 @@ def _tiff_size_is_upright() -> bool:
 def photo_size(path: Path, data: bytes | None = None) -> tuple[int, int]:
     """Upright (width, height) of a photo, read from its header without decoding pixels."""
     with open_image(data if data is not None else Path(path)) as image:
-        w, h = image.size
-        if image.format == "TIFF" and _tiff_size_is_upright():
-            return w, h
-        if exif_orientation(image) in _SWAPS_AXES:
-            w, h = h, w
+        return _upright_size(image)
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    w, h = image.size
+    if image.format == "TIFF" and _tiff_size_is_upright():
         return w, h
+    if exif_orientation(image) in _SWAPS_AXES:
+        w, h = h, w
+    return w, h
 
 
 def _check_uint8(image: np.ndarray, shapes: str) -> None:
@@ -358,10 +495,11 @@ def iter_photos(root: Path, glob: str | None = None, include_hidden: bool = Fals
     include_hidden: names starting with "." are skipped by default (macOS "._x.jpg" forks).
     on_error: called with a folder that cannot be listed; by default its OSError is raised.
     extensions: the suffixes (lower case, with the dot) to list; hx-infer run adds videos.
-    A `root` that is a file is yielded as is.
+    A `root` that is a file is yielded as is. Entries named like a photo that are not regular
+    files (FIFOs, devices, broken symlinks) are yielded too: read_photo reports them, unopened.
     """
     root = Path(root)
-    if root.is_file():
+    if os.path.lexists(root) and not root.is_dir():  # a file, or a FIFO / broken link to report
         yield root
         return
     if not root.is_dir():
@@ -389,7 +527,9 @@ def _walk(folder: Path, prefix: str, glob: str | None, include_hidden: bool,
                 try:
                     if entry.is_dir():  # follows symlinks; d_type answers without a stat
                         kept.append((name, True))
-                    elif os.path.splitext(name)[1].lower() in extensions and entry.is_file():
+                    elif os.path.splitext(name)[1].lower() in extensions:
+                        # Regular or not: a FIFO, a device or a broken symlink named like a photo
+                        # is yielded too, so that reading it reports it instead of a silent skip.
                         kept.append((name, False))
                 except OSError:
                     continue  # vanished or unreadable entry; nothing to yield

@@ -291,13 +291,15 @@ def test_alpha_only_runs_decode_jpegs_reduced_with_little_change(tmp_path, tiny_
     rgb, mask = make_disc_photo(600, 800, seed=13)
     Image.fromarray(rgb).save(photos / "big.jpg", quality=92)
     reduce_args = []
-    real_read = pipeline.read_photo
 
-    def spy(path, *args, **kwargs):
-        reduce_args.append(kwargs.get("reduce_to"))
-        return real_read(path, *args, **kwargs)
+    def spy(real):
+        def decode(path, *args, **kwargs):
+            reduce_args.append(kwargs.get("reduce_to"))
+            return real(path, *args, **kwargs)
+        return decode
 
-    monkeypatch.setattr(pipeline, "read_photo", spy)
+    monkeypatch.setattr(pipeline, "read_photo", spy(pipeline.read_photo))
+    monkeypatch.setattr(pipeline, "decode_photo", spy(pipeline.decode_photo))
     with Extractor(tiny_model_dir, backend="ort", device="cpu") as ex:
         ex.run(photos, tmp_path / "reduced", outputs="alpha", workers=1)
         ex.run(photos, tmp_path / "reduced2", outputs="alpha", workers=1)

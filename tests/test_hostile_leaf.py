@@ -19,7 +19,8 @@ from PIL import Image, ImageOps
 
 from hx_infer import model as model_module
 from hx_infer.cli import main
-from hx_infer.io.images import DecodeError, decode_photo, iter_photos, read_photo
+from hx_infer.io.images import (DecodeError, atomic_write, clean_temporaries, decode_photo, iter_photos,
+                                read_photo, read_photo_and_view)
 from hx_infer.model import ModelError, load_model_dir, sha256_file
 from hx_infer_asserts import assert_one_line_error
 
@@ -341,3 +342,42 @@ def test_matroska_and_webm_cut_short_or_damaged_are_failed(tmp_path, tiny_model_
     for name in ("zeroed_mkv.mkv", "zeroed_webm.webm"):
         assert reasons[name].startswith(("corrupt video (", "corrupt or truncated video (")), reasons[name]
     assert sorted(p.name for p in (tmp_path / "out/alpha").iterdir()) == ["good_mkv.mp4", "good_webm.mp4"]
+
+
+# --- names, temporaries, and the same matte whatever is written ------------------------------
+
+
+def test_a_name_that_is_not_utf8_is_written(tmp_path):
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: legal on Linux, not UTF-8
+    atomic_write(tmp_path / name, b"x")
+    assert os.listdir(os.fsencode(tmp_path)) == [b"caf\xe9.png"]
+
+
+def test_cleanup_removes_only_names_hx_makes_and_never_inside_input(tmp_path):
+    out = tmp_path / "out"
+    photos = out / "photos"  # an INPUT that lies inside OUTPUT
+    (out / "alpha").mkdir(parents=True)
+    photos.mkdir()
+    ours = [out / "alpha" / ".a.png.0123456789ab.hx-tmp"]
+    theirs = [out / "alpha" / "draft.hx-tmp", out / "alpha" / ".x.hx-tmp",
+              photos / ".b.png.0123456789ab.hx-tmp"]  # the last one is hx-shaped, but the user's
+    for path in ours + theirs:
+        path.write_bytes(b"x")
+    assert clean_temporaries(out, keep_out=(photos,)) == 1
+    assert [p.exists() for p in ours + theirs] == [False, True, True, True]
+
+
+def test_the_model_sees_the_same_view_whatever_is_written(tmp_path, make_disc_photo):
+    from hx_infer.pipeline import matte_input
+    from hx_infer.transforms import letterbox
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned on its side: the case where the two paths differed most
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(make_disc_photo(300, 420)[0]).save(path, quality=90, exif=exif)
+    rgb, view, size = read_photo_and_view(path, 10**8, 64)
+    assert rgb.shape == (420, 300, 3) and size == (300, 420) and view.shape[0] < rgb.shape[0]
+    assert np.array_equal(rgb, read_photo(path))
+    x, box = letterbox(view, 64, src_size=size)
+    expected_x, expected_box = matte_input(path, 64)
+    assert np.array_equal(x, expected_x) and box == expected_box

@@ -325,6 +325,31 @@ def decode_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None =
         return _to_rgb(upright), size
 
 
+def read_photo_and_view(path: Path, max_pixels: int, reduce_to: int
+                        ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """A photo at full size, the same photo as read_photo(..., reduce_to=reduce_to) gives it, and
+    its upright (width, height): (rgb [H, W, 3], view [h, w, 3], size), both uint8 RGB.
+
+    For the runs that need the photo's pixels: the model is shown `view`, exactly what a
+    matte-only run shows it, so a photo's matte is the same whatever else is written. A JPEG's
+    bytes are read once (bounded, after its header) and decoded twice, the second time at the
+    reduced scale, which costs about a third of the full decode; other formats are decoded once.
+    """
+    with open_image(Path(path)) as image:
+        check_pixels(image, max_pixels)
+        reduces = image.format in ("JPEG", "MPO") and _jpeg_scale(image, reduce_to) > 1
+        if reduces:
+            w, h = image.size
+            image.fp.seek(0)
+            data = image.fp.read(w * h * 4 + _JPEG_SLACK)
+    if not reduces:
+        rgb, size = decode_photo(path, max_pixels)
+        return rgb, rgb, size
+    rgb, size = decode_photo(path, max_pixels, data=data)
+    view, _ = decode_photo(path, max_pixels, data=data, reduce_to=reduce_to)
+    return rgb, view, size
+
+
 @functools.cache
 def _tiff_size_is_upright() -> bool:
     """Whether this Pillow's TIFF reader reports (and loads) TIFFs already upright, as 13.0 does."""
@@ -389,10 +414,21 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
+# What _temp_name makes: "." + (part of) the final name + "." + 12 hex digits + ".hx-tmp". Only
+# such names are ever removed by clean_temporaries: a user's own "notes.hx-tmp" is not ours.
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}" + re.escape(TEMP_MARK), re.DOTALL)
+
+
 def _temp_name(final: str) -> str:
-    # NAME_MAX is 255 bytes on every common file system; keep room for the mark and token.
-    stem = final.encode()[:200].decode(errors="ignore")
+    # NAME_MAX is 255 bytes on every common file system; keep room for the mark and token. The
+    # name's bytes as the file system has them (a name that is not UTF-8 is legal on Linux).
+    stem = os.fsdecode(os.fsencode(final)[:200])
     return f".{stem}.{secrets.token_hex(6)}{TEMP_MARK}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is one hx made for a temporary (atomic_write, video writers)."""
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 def atomic_write(path: Path, data: bytes, replace: bool = True) -> None:
@@ -438,38 +474,39 @@ def _link_no_clobber(temp: Path, path: Path) -> None:
     temp.unlink()
 
 
-def clean_temporaries(root: Path, min_age_s: float = 0.0) -> int:
-    """Remove *.hx-tmp files and folders left below `root` by killed runs; return how many were removed.
+def clean_temporaries(root: Path, min_age_s: float = 0.0, keep_out: tuple[Path, ...] = ()) -> int:
+    """Remove the temporaries killed runs left below `root` (files and folders named as hx names
+    them: `.<name>.<12 hex>.hx-tmp`); return how many were removed.
 
     (Folders: a video's PNG frame sequence is written into one and renamed when complete.)
     min_age_s: keep temporaries younger than this, when another hx run may be writing into
-    the same folder right now. Symlinked folders are not followed; nothing else is touched.
+    the same folder right now. keep_out: folders never walked into (the run's INPUT, when it
+    lies inside OUTPUT: what is there is the user's). Symlinked folders are not followed;
+    nothing else is touched.
     """
     removed = 0
     cutoff = time.time() - min_age_s
+    fenced = {os.path.realpath(p) for p in keep_out}
     for folder, dirs, names in os.walk(root):
-        for name in [d for d in dirs if d.endswith(TEMP_MARK)]:
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(folder, d)) not in fenced]
+        for name in [d for d in dirs if is_temp_name(d)]:
             dirs.remove(name)  # removed whole, not walked into
-            temp = os.path.join(folder, name)
-            try:
-                if os.path.islink(temp) or (min_age_s > 0 and os.stat(temp).st_mtime > cutoff):
-                    continue
-                shutil.rmtree(temp)
-            except FileNotFoundError:
-                continue
-            removed += 1
+            if _remove_temporary(os.path.join(folder, name), min_age_s, cutoff, shutil.rmtree):
+                removed += 1
         for name in names:
-            if not name.endswith(TEMP_MARK):
-                continue
-            temp = os.path.join(folder, name)
-            try:
-                if os.path.islink(temp) or (min_age_s > 0 and os.stat(temp).st_mtime > cutoff):
-                    continue
-                os.unlink(temp)
-            except FileNotFoundError:  # its writer finished or cleaned it meanwhile
-                continue
-            removed += 1
+            if is_temp_name(name) and _remove_temporary(os.path.join(folder, name), min_age_s, cutoff, os.unlink):
+                removed += 1
     return removed
+
+
+def _remove_temporary(temp: str, min_age_s: float, cutoff: float, remove: Callable[[str], None]) -> bool:
+    try:
+        if os.path.islink(temp) or (min_age_s > 0 and os.stat(temp).st_mtime > cutoff):
+            return False
+        remove(temp)
+    except FileNotFoundError:  # its writer finished or cleaned it meanwhile
+        return False
+    return True
 
 
 def is_photo_name(name: str) -> bool:

@@ -120,12 +120,12 @@ def test_a_card_that_contradicts_its_graph_is_one_line(model_copy, photo_dir, tm
 def test_rgba_cutouts_hold_nothing_of_the_removed_background(photo_dir, tmp_path, tiny_model_dir, monkeypatch):
     from hx_infer.backends.ort import OrtBackend
 
-    def left_half_background(self, batch):  # [N, 1, S, S]: alpha 0 on the left, 1 on the right
+    def left_half_background(self, batch):  # [n, 1, S, S]: alpha 0 on the left, 1 on the right
         out = np.ones((len(batch), 1) + batch.shape[2:], np.float32)
         out[..., : batch.shape[3] // 2] = 0
         return out
 
-    monkeypatch.setattr(OrtBackend, "_infer", left_half_background)
+    monkeypatch.setattr(OrtBackend, "_run", left_half_background)
     result = hx("run", photo_dir, tmp_path / "out", "--model", tiny_model_dir, "--backend", "ort", "--quiet",
                 "--outputs", "rgba")
     assert result.exit_code == 0, result.output
@@ -288,7 +288,7 @@ def test_a_huge_non_image_costs_no_memory(tmp_path):
     """matte_input (the --outputs alpha decode) used to read the whole file before its header."""
     import tracemalloc
 
-    from hx_infer.pipeline import matte_input
+    from hx_infer.run.photos import matte_input
 
     huge = tmp_path / "huge.jpg"
     with open(huge, "wb") as f:
@@ -368,7 +368,7 @@ def test_cleanup_removes_only_names_hx_makes_and_never_inside_input(tmp_path):
 
 
 def test_the_model_sees_the_same_view_whatever_is_written(tmp_path, make_disc_photo):
-    from hx_infer.pipeline import matte_input
+    from hx_infer.run.photos import matte_input
     from hx_infer.transforms import letterbox
 
     exif = Image.Exif()

@@ -95,8 +95,8 @@ def test_a_huge_batch_size_keeps_what_is_in_flight_small(tmp_path, tiny_model_di
     # One photo in flight is its [3, 64, 64] float32 input (48 KiB) plus its pixels (56 KiB).
     monkeypatch.setattr(local, "IN_FLIGHT_BYTES", 400_000, raising=False)
     batches = []
-    real_infer = OrtBackend._infer
-    monkeypatch.setattr(OrtBackend, "_infer", lambda self, x: batches.append(len(x)) or real_infer(self, x))
+    real_infer = OrtBackend.infer
+    monkeypatch.setattr(OrtBackend, "infer", lambda self, x: batches.append(len(x)) or real_infer(self, x))
     result = hx(*run_args(tmp_path / "in", tmp_path / "out", tiny_model_dir, "--outputs", "alpha,rgba",
                           "--batch-size", "1000000000", "--workers", "1000000000"))
     assert result.exit_code == 0, result.output

@@ -64,6 +64,18 @@ class DecodeError(Exception):
     """A photo that cannot be read. str(e) is the reason only; the caller names the file."""
 
 
+class WriteError(OSError):
+    """An output that could not be written (read-only, disk full, a name too long, a file where
+    its folder goes). str(e) is one line, "cannot write PATH: reason"; filename is PATH."""
+
+    def __init__(self, path: Path, cause: OSError):
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        self.message = f"cannot write {path}: {cause.strerror or cause}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 _NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
                 (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder"))
 
@@ -325,6 +337,17 @@ def decode_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None =
         return _to_rgb(upright), size
 
 
+def read_photo_bytes(path: Path, max_pixels: int = 100_000_000) -> bytes:
+    """A photo file's bytes, for decoders that take bytes (nvJPEG): only a regular file, only
+    after its header was read and its pixel count checked (DecodeError otherwise), and never more
+    than a photo of that size can hold (a 16-bit RGBA PNG stored uncompressed: 8 bytes a pixel)."""
+    with open_image(Path(path)) as image:
+        check_pixels(image, max_pixels)
+        w, h = image.size
+        image.fp.seek(0)
+        return image.fp.read(w * h * 8 + _JPEG_SLACK)
+
+
 def read_photo_and_view(path: Path, max_pixels: int, reduce_to: int
                         ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """A photo at full size, the same photo as read_photo(..., reduce_to=reduce_to) gives it, and
@@ -443,9 +466,12 @@ def atomic_write(path: Path, data: bytes, replace: bool = True) -> None:
     per file costs milliseconds, a large share of the per-photo budget.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / _temp_name(path.name)
-    f = open(temp, "xb")  # "x": never write into, or later delete, someone else's file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.parent / _temp_name(path.name)
+        f = open(temp, "xb")  # "x": never write into, or later delete, someone else's file
+    except OSError as e:
+        raise WriteError(path, e) from None
     try:
         with f:
             f.write(data)
@@ -453,11 +479,13 @@ def atomic_write(path: Path, data: bytes, replace: bool = True) -> None:
             os.replace(temp, path)
         else:
             _link_no_clobber(temp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             temp.unlink()
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and not isinstance(e, FileExistsError):
+            raise WriteError(path, e) from None
         raise
 
 

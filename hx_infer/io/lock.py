@@ -31,7 +31,8 @@ class OutputLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "OutputLock":
-        self.acquire()
+        if self._fd is None:  # (claim_output hands over a lock it already holds)
+            self.acquire()
         return self
 
     def __exit__(self, *exc) -> None:

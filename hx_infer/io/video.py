@@ -337,7 +337,7 @@ class ContainerWriter(VideoWriter):
             # The muxer is named, so the temporary needs no video suffix of its own.
             self._out = av.open(str(self.temp), "w", format=encoding.muxer, options=options)
         except OSError as e:
-            raise VideoError(f"cannot write {self.temp} ({_av_reason(e)})") from None
+            raise VideoError(f"cannot write {self.final}: {_av_reason(e)}") from None
         try:
             self._stream = self._add_video_stream(info)
             self._audio = self._add_audio_stream(audio_template)
@@ -414,7 +414,7 @@ class ContainerWriter(VideoWriter):
         try:
             self._out.mux(packets)
         except self._av.FFmpegError as e:
-            raise VideoError(f"cannot write {self.final.name} ({_av_reason(e)})") from None
+            raise VideoError(f"cannot write {self.final}: {_av_reason(e)}") from None
 
     def commit(self) -> None:
         self._mux(self._stream.encode(None))  # flush the encoder's delayed frames

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..io.images import PHOTO_EXTENSIONS
 from ..io.video import VIDEO_EXTENSIONS
 from ..model import ModelDir
-from ..report import REPORT_NAME
+from ..report import REPORT_NAME, is_report
 from .backgrounds import parse_background_or_video
 from .kinds import KINDS, PAINTED
 from .options import REFINES, RunOptions
@@ -104,8 +104,7 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
         _check_apart(source, output_dir, kinds)
 
     report_path = Path(options.report) if options.report is not None else output_dir / REPORT_NAME
-    if report_path.is_dir() or report_path.suffix.lower() in PHOTO_EXTENSIONS | VIDEO_EXTENSIONS:
-        raise ConfigError(f"--report {report_path}: give the path of a .json file")
+    _check_report_path(report_path, source if source_kind == "folder" else None)
     if options.refine not in REFINES:
         raise ConfigError(f"--refine {options.refine!r}: choose from {', '.join(REFINES)}")
     if options.workers is not None and options.workers < 1:
@@ -129,6 +128,20 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
     return RunConfig(source=source, source_kind=source_kind, output_dir=output_dir, options=options,
                      outputs=kinds, background=background, workers=options.workers or default_workers(),
                      report_path=report_path)
+
+
+def _check_report_path(report_path: Path, input_folder: Path | None) -> None:
+    """The report replaces only an earlier report: never the user's notes, a model file or a
+    photo, and never a file among the photos (a rerun would find it there)."""
+    if report_path.is_dir() or report_path.suffix.lower() in PHOTO_EXTENSIONS | VIDEO_EXTENSIONS:
+        raise ConfigError(f"--report {report_path}: give the path of a .json file")
+    if input_folder is not None:
+        root = input_folder.resolve()
+        if root in report_path.resolve().parents:
+            raise ConfigError(f"--report {report_path}: inside INPUT {input_folder}; write it elsewhere")
+    if (report_path.exists() or report_path.is_symlink()) and not is_report(report_path):
+        raise ConfigError(f"--report {report_path}: exists and is not an hx-infer report; not replaced "
+                          f"(remove it, or choose another path)")
 
 
 def _check_apart(source: Path, output_dir: Path, kinds: tuple[str, ...]) -> None:

@@ -98,9 +98,15 @@ class PhotoStages:
             if self.reduced_decode:
                 x, box = matte_input(job.src, self.size, max_pixels)
                 return Decoded(job, x, box, None)
-            rgb = read_photo(job.src, max_pixels)
+            if self.keep_pixels:
+                # The model sees what a matte-only run shows it, so a photo's matte is the same
+                # whatever else is written (and `hx-infer eval` scores that very path).
+                rgb, view, size = read_photo_and_view(job.src, max_pixels, self.size)
+                x, box = letterbox(view, self.size, src_size=size)
+                return Decoded(job, x, box, rgb)
+            rgb = read_photo(job.src, max_pixels)  # a painting model (target rgb): full size in and out
             x, box = letterbox(rgb, self.size)
-            return Decoded(job, x, box, rgb if self.keep_pixels else None)
+            return Decoded(job, x, box, None)
         except Exception as e:  # noqa: BLE001 - see Failed.because
             return Failed.because(job.src, e)
 

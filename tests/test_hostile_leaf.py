@@ -14,28 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image, ImageOps
 
 from hx_infer import model as model_module
-from hx_infer.cli import main
 from hx_infer.io.images import (DecodeError, atomic_write, clean_temporaries, decode_photo, iter_photos,
                                 read_photo, read_photo_and_view)
 from hx_infer.model import ModelError, load_model_dir, sha256_file
-from hx_infer_asserts import assert_one_line_error
+from hx_infer_asserts import assert_one_line_error, hx
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def hx(*args, stdin: str | None = None):
-    return CliRunner().invoke(main, [str(a) for a in args], input=stdin)
-
-
-@pytest.fixture(autouse=True)
-def own_hash_cache(tmp_path, monkeypatch):
-    """Each test gets an empty sha256 cache, in its own folder and in this process."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(model_module, "_hashes_seen", {}, raising=False)
+pytestmark = pytest.mark.usefixtures("own_hash_cache")
 
 
 @pytest.fixture

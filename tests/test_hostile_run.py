@@ -17,25 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from hx_infer import model as model_module
-from hx_infer.cli import main
-from hx_infer_asserts import assert_one_line_error
+from hx_infer_asserts import assert_one_line_error, hx
 
 REPO = Path(__file__).resolve().parents[1]
 READ_ONLY = Path("/sys/kernel/mm")  # a folder even root cannot write into (sysfs)
 
 
-def hx(*args, stdin: str | None = None):
-    return CliRunner().invoke(main, [str(a) for a in args], input=stdin)
-
-
-@pytest.fixture(autouse=True)
-def own_hash_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(model_module, "_hashes_seen", {}, raising=False)
+pytestmark = pytest.mark.usefixtures("own_hash_cache")
 
 
 def photo(path: Path, make_disc_photo, height: int = 48, width: int = 64, seed: int = 0, **save) -> Path:

@@ -113,7 +113,9 @@ class Extractor:
         (outputs=, background=, refine=, overwrite=, workers=, max_pixels=, glob=, report=,
         progress=, video=), and a name that is not one of them is a TypeError.
         Returns the report (also written to `report`, default OUTPUT/hx-report.json). Photos
-        that cannot be read are counted in it, with their reason, and passed to `log`.
+        that cannot be read are counted in it, with their reason, and passed to `log`. A report
+        that cannot be written raises hx_infer.report.ReportError, which carries it (`.report`).
+        OUTPUT is locked for the run and records what made it (see hx_infer.run.claim).
         Videos among the inputs are written as `video` says (RunOptions.video, a VideoOptions:
         temporal smoothing, lossless, rgba codec); each counts as one file.
         """

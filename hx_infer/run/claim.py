@@ -62,7 +62,8 @@ def claim_output(config: RunConfig, model: ModelDir) -> OutputLock:
             write_manifest(out, wanted, replace_unreadable=config.options.overwrite)
         except ManifestError as e:
             raise ConfigError(str(e)) from None
-        keep_out = (Path(config.source),) if config.source_kind in ("folder", "file") else ()
+        keep_out = {"folder": (config.source,), "file": (config.source,),
+                    "several": getattr(config.source, "paths", ())}.get(config.source_kind, ())
         clean_temporaries(out, keep_out=keep_out)  # left by a run that was killed mid-write
     except BaseException:
         lock.release()

@@ -122,15 +122,22 @@ def glob_matches(rel: Path, glob: str) -> bool:
 
 
 def iter_jobs(config: RunConfig, on_error: OnListError | None = None) -> Iterator[Job]:
-    """The photos of the run, lazily, in sorted order. on_error(folder, OSError) hears of folders
-    that cannot be listed (their photos are then missing from the run)."""
-    if config.source_kind == "folder":
-        return _folder_jobs(config.source, config.options.glob, on_error)
-    if config.source_kind == "file":
-        src = config.source
-        job = Job(src, Path(src.name))
-        return iter([job] if config.options.glob is None or glob_matches(job.rel, config.options.glob) else [])
+    """The photos of the run, lazily, in sorted order (several INPUTs: one after the other, in the
+    order given). on_error(folder, OSError) hears of folders that cannot be listed (their photos
+    are then missing from the run)."""
+    if config.source_kind == "several":
+        return (job for root in config.source.paths for job in _root_jobs(root, config.options.glob, on_error))
+    if config.source_kind in ("folder", "file"):
+        return _root_jobs(config.source, config.options.glob, on_error)
     return _list_jobs(config.source, config.options.glob)
+
+
+def _root_jobs(root: Path, glob: str | None, on_error: OnListError | None) -> Iterator[Job]:
+    """One INPUT: a folder's tree, or a file by its name."""
+    if root.is_dir():
+        return _folder_jobs(root, glob, on_error)
+    job = Job(root, Path(root.name))
+    return iter([job] if glob is None or glob_matches(job.rel, glob) else [])
 
 
 class FolderCollisions:
@@ -180,8 +187,10 @@ def plan_jobs(config: RunConfig) -> Iterator[Job | Skipped | Failed]:
     jobs = iter_jobs(config, on_error=lambda folder, e: unlistable.append(
         Failed(folder, f"cannot list folder ({e.strerror or e})")))
     # Videos have guards of their own: a.jpg and a.mp4 write different files (a.png, a.mp4).
+    # Several INPUTs can meet anywhere below OUTPUT, as a list's paths can.
+    by_key = config.source_kind in ("list", "several")
     guards = {video: (FolderCollisions() if config.source_kind == "folder" else None,
-                      ListCollisions() if config.source_kind == "list" else None) for video in (False, True)}
+                      ListCollisions() if by_key else None) for video in (False, True)}
     outputs_folders = _OutputFolders(config)
     for job in jobs:
         yield from unlistable

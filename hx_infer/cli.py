@@ -112,7 +112,8 @@ def main() -> None:
 @click.option("--outputs", default="rgba", show_default=True,
               help="Comma-separated kinds to write: alpha (matte), rgba (cutout), composite.")
 @click.option("--background", default="white", show_default=True,
-              help="Composite background: white, black, '#RRGGBB', an image file, or a video file "
+              help="Composite background: a CSS colour name (white, black, teal...), '#RRGGBB', an image "
+                   "file, or a video file "
                    "(looped behind videos; photos get its first frame).")
 @click.option("--refine", type=click.Choice(["none", "guided"]), default="none", show_default=True,
               help="guided: sharpen the upsampled matte along the photo's edges.")
@@ -278,7 +279,7 @@ _CUT_FORMATS = {".png": ("png", "rgba"), ".jpg": ("jpeg", "composite"), ".jpeg":
               help="auto: trt > ort with CUDA > torch on CUDA > ort on CPU.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--background", default="white", show_default=True,
-              help="Composite background: white, black, '#RRGGBB' or an image file.")
+              help="Composite background: a CSS colour name (white, black, teal...), '#RRGGBB' or an image file.")
 @click.option("--refine", type=click.Choice(["none", "guided"]), default="none", show_default=True,
               help="guided: sharpen the upsampled matte along the photo's edges.")
 @click.option("--png-compression", type=click.Choice(PNG_COMPRESSIONS), default=DEFAULT_PNG_COMPRESSION,

@@ -1,0 +1,83 @@
+"""Open the model, listen, serve with uvicorn until SIGTERM / SIGINT, drain, return.
+
+uvicorn does the HTTP and the graceful stop: on SIGTERM it stops accepting, closes idle
+connections, lets requests in flight finish (at most --drain-timeout), then runs the app's
+shutdown. The model is loaded and warmed up before the socket opens, so a client never meets a
+server that is still loading.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from typing import Callable
+
+import numpy as np
+import uvicorn
+
+from .app import create_app
+from .options import ServeError, ServeOptions
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind here, not in uvicorn, so a taken port is one line (ServeError) and port 0 is known."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ServeError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+    return sock
+
+
+class _Server(uvicorn.Server):
+    log: Callable[[str], None] = print
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if not self.should_exit:
+            service = self.config.app.state.service
+            self.log(f"hx-infer: {signal.Signals(sig).name}: finishing {service.in_server} request(s) "
+                     "in flight, then stopping")
+        super().handle_exit(sig, frame)
+
+
+def run_server(options: ServeOptions, log: Callable[[str], None] = print) -> None:
+    from .. import load_model
+    from ..backends.base import open_backend
+
+    options.check()
+    model = load_model(options.model)
+    backend = open_backend(options.backend, model, options.device, batch_size=options.max_batch)
+    try:
+        backend.infer(np.zeros((1, 3, model.size, model.size), np.float32))  # warm-up: lazy init, first-call costs
+        workers = options.workers or len(os.sched_getaffinity(0))
+        app = create_app(model, backend, options, workers)
+        sock = _listen(options.host, options.port)
+        config = uvicorn.Config(app, log_level="warning", access_log=options.access_log, lifespan="on",
+                                timeout_graceful_shutdown=options.drain_timeout_s)
+        server = _Server(config)
+        server.log = log
+        # uvicorn re-raises the signal it stopped on once it has drained; a handler of ours (not the
+        # default, which would kill the process) makes that a no-op, so a drained stop exits 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+        host, port = sock.getsockname()[:2]
+        where = f"[{host}]" if ":" in host else host
+        asyncio.run(_serve(server, sock, lambda: log(
+            f"hx-infer: serving {model.root} ({backend.describe()}; batches of up to {options.max_batch}, "
+            f"waiting up to {options.max_wait_ms:g} ms; {workers} pixel threads) on http://{where}:{port}")))
+        log("hx-infer: stopped")
+    finally:
+        backend.close()
+
+
+async def _serve(server: uvicorn.Server, sock: socket.socket, announce: Callable[[], None]) -> None:
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.02)
+    if server.started:
+        announce()
+    await task

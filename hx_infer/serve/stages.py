@@ -1,0 +1,81 @@
+"""A request's pixel work, run in the server's thread pool: bytes -> model input, model output -> bytes.
+
+The same steps, in the same order, with the same functions as `hx-infer run` on the CPU (decode,
+letterbox, un-letterbox, refine, compose, encode), so a request's answer is byte for byte the
+file `hx-infer run` writes for that photo with the same options. The backends give a photo the
+same output whatever else is in its batch, so how requests happen to be batched changes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..compose import Background, composite, rgba_cutout
+from ..io.images import DecodeError, encode_jpeg, encode_png, open_image, photo_size, read_photo
+from ..transforms import Letterbox, guided_filter, guided_radius, letterbox, to_uint8, unletterbox
+from .params import RemoveParams, RequestError
+
+_NAME = Path("request")  # read_photo and photo_size take a name beside the bytes
+
+
+@dataclass
+class Decoded:
+    x: np.ndarray  # [3, S, S] float32 in [-1, 1], letterboxed
+    box: Letterbox  # maps the model output back to the photo's upright size
+    rgb: np.ndarray | None  # [H, W, 3] uint8, kept when the output or the refinement needs pixels
+
+
+def decode(body: bytes, params: RemoveParams, size: int, target: str, max_pixels: int) -> Decoded:
+    """The image file in `body` -> what the model gets. Raises RequestError: 413 when its header
+    declares more than max_pixels (before any pixel is decoded), 415 when it is no image hx
+    reads, 400 when it is cut short or corrupt."""
+    try:
+        with open_image(body) as image:
+            width, height = image.size
+    except DecodeError as e:
+        raise RequestError(*_decode_status(str(e)), f"image: {e}") from None
+    if width * height > max_pixels:
+        raise RequestError(413, "too_many_pixels", f"image: {width}x{height} = {width * height / 1e6:.1f} "
+                                                    f"megapixels, over the server's --max-pixels {max_pixels}")
+    keep = target == "alpha" and (params.refine != "none" or params.output != "alpha")
+    try:
+        if target == "alpha" and not keep:
+            # A matte alone, as `hx-infer run --outputs alpha` makes it: a reduced JPEG decode and
+            # the geometry of the full photo.
+            rgb = read_photo(_NAME, max_pixels, data=body, reduce_to=size)
+            x, box = letterbox(rgb, size, src_size=photo_size(_NAME, data=body))
+            return Decoded(x, box, None)
+        rgb = read_photo(_NAME, max_pixels, data=body)
+    except DecodeError as e:
+        raise RequestError(*_decode_status(str(e)), f"image: {e}") from None
+    x, box = letterbox(rgb, size)
+    return Decoded(x, box, rgb if keep else None)
+
+
+def _decode_status(reason: str) -> tuple[int, str]:
+    return (415, "not_image") if reason == "not an image" else (400, "bad_image")
+
+
+# (output, format) -> (rgb [H, W, 3] uint8, alpha [H, W] uint8, Background) -> file bytes;
+# `hx-infer run` writes alpha and rgba as PNG and composite as JPEG with these same calls.
+_ENCODERS: dict[tuple[str, str], Callable[[np.ndarray | None, np.ndarray, Background], bytes]] = {
+    ("alpha", "png"): lambda rgb, alpha, background: encode_png(alpha),
+    ("rgba", "png"): lambda rgb, alpha, background: encode_png(rgba_cutout(rgb, alpha)),
+    ("composite", "jpeg"): lambda rgb, alpha, background: encode_jpeg(composite(rgb, alpha, background)),
+    ("composite", "png"): lambda rgb, alpha, background: encode_png(composite(rgb, alpha, background)),
+}
+
+
+def encode(item: Decoded, out: np.ndarray, params: RemoveParams, size: int, target: str) -> bytes:
+    """out: [C, S, S] float32 in [0, 1], the model's output for this photo -> the answer's bytes."""
+    restored = unletterbox(out, item.box)  # [H, W] matte, or [H, W, 3] photo painted on white
+    if target == "rgb":
+        painted = to_uint8(restored)
+        return encode_jpeg(painted) if params.format == "jpeg" else encode_png(painted)
+    if params.refine == "guided":
+        height, width = item.rgb.shape[:2]
+        restored = guided_filter(item.rgb, restored, radius=guided_radius(height, width, size), model_size=size)
+    return _ENCODERS[params.output, params.format](item.rgb, to_uint8(restored), params.background)

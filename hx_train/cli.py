@@ -16,7 +16,7 @@ from click.core import ParameterSource
 from .config import AMP_MODES, DEVICES, GAN_LOSSES, SEG_LOSSES, TARGETS, TrainConfig, TrainError
 
 DEFAULTS = TrainConfig()
-PREPARE_FORMATS = ("auto", "folders", "supervisely", "ab")  # hx_train.prepare's source layouts
+PREPARE_FORMATS = ("auto", "folders", "supervisely", "ab", "coco")  # hx_train.prepare's source layouts
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 
@@ -71,21 +71,33 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("src", type=click.Path(path_type=Path))
-@click.argument("dst", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path), metavar="SRC [SRC ...] DST")
 @click.option("--format", "fmt", type=click.Choice(PREPARE_FORMATS), default="auto", show_default=True,
-              help="layout of SRC; auto recognises each of the others")
+              help="layout of every SRC; auto recognises each of the others, per SRC")
 @click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1,
-              show_default=True, help="share of the pairs held out for validation")
+              show_default=True, help="share of each source's pairs held out for validation")
+@click.option("--min-val", type=click.IntRange(0), default=30, show_default=True,
+              help="at least this many val pairs per source, where it has three times as many")
+@click.option("--category", default="person", show_default=True,
+              help="coco: the category whose annotations are person")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the train/val split")
 @click.option("--overwrite", is_flag=True, help="replace an existing DST")
-def prepare(src: Path, dst: Path, fmt: str, val_fraction: float, seed: int, overwrite: bool) -> None:
-    """Turn photos + person masks in SRC into DST/{train,val}/{images,masks}."""
+def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int, category: str, seed: int,
+            overwrite: bool) -> None:
+    """Turn photos + person masks in each SRC into DST/{train,val}/{images,masks}.
+
+    Several SRCs make one set: names get each source's name as a prefix, the split is drawn per
+    source, and DST/sources.json records each source.
+    """
     from .prepare import PrepareError
     from .prepare import prepare as run_prepare
 
+    if len(paths) < 2:
+        raise CommandError("prepare needs SRC and DST (hx-train prepare SRC [SRC ...] DST)")
+    *sources, dst = paths
     try:
-        summary = run_prepare(src, dst, fmt, val_fraction, seed, _log, overwrite=overwrite)
+        summary = run_prepare(sources, dst, fmt, val_fraction, seed, _log, overwrite=overwrite,
+                              min_val=min_val, category=category)
     except PrepareError as e:
         raise CommandError(str(e)) from None
     except OSError as e:
@@ -100,7 +112,8 @@ def prepare(src: Path, dst: Path, fmt: str, val_fraction: float, seed: int, over
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="run folder: checkpoints, metrics.jsonl, samples/")
 @click.option("--preset", default=DEFAULTS.preset, show_default=True,
-              help="networks from hx_train.models.PRESETS: base (the paper's) or lite (fast CPU inference)")
+              help="networks from hx_train.models.PRESETS: base (the paper's), lite (fast CPU inference) "
+                   "or slim (256 px at lite-128's CPU cost)")
 @click.option("--size", type=int, default=DEFAULTS.size, show_default=True,
               help="input side in pixels, a power of two from 64 to 512")
 @click.option("--target", type=click.Choice(TARGETS), default=DEFAULTS.target, show_default=True,
@@ -124,6 +137,9 @@ def prepare(src: Path, dst: Path, fmt: str, val_fraction: float, seed: int, over
 @click.option("--device", type=click.Choice(DEVICES), default=DEFAULTS.device, show_default=True)
 @click.option("--compile/--no-compile", default=DEFAULTS.compile, show_default=True,
               help="torch.compile the networks")
+@click.option("--backgrounds", type=click.Path(path_type=Path), default=None,
+              help="folder of person-free photos: people from the training pairs are pasted onto them, "
+                   "and some are shown with no person at all")
 @click.option("--workers", type=int, default=DEFAULTS.workers, show_default=True,
               help="image decoding threads (0: one per core, at most 8)")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
@@ -139,6 +155,9 @@ def fit(ctx: click.Context, data: Path, out: Path, resume: bool, quiet: bool, **
     given = {name: value for name, value in options.items()
              if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
     try:
+        for values in (options, given):  # a path in the config is a string: checkpoints hold no Path
+            if values.get("backgrounds") is not None:
+                values["backgrounds"] = str(values["backgrounds"])
         config = resume_config(out, given) if resume else TrainConfig(**options)
         result = run_fit(config, data, out, resume=resume, log=(lambda _: None) if quiet else _log,
                          progress=False if quiet else None, command=shlex.join(["hx-train", *sys.argv[1:]]))

@@ -57,6 +57,16 @@ class TrainConfig:
     p_paste: float = 0.25  # share of views with another training person pasted in (groups, overlaps)
     p_plate: float = 0.1  # share whose own person is first painted out (a person-free background)
     paste_min: float = 0.4  # a pasted view is scaled by paste_min..1: people nearer and farther
+    # Compositing onto person-free photos (--backgrounds): the data sets show people on streets;
+    # users' photos are rooms, landscapes, crowds and tiny distant people.
+    backgrounds: str | None = None  # folder of photos with nobody in them; None: no compositing
+    p_composite: float = 0.3  # share of views that are a background with 1..composite_people pasted on
+    p_empty: float = 0.1  # share of views that are a background with nobody: walls, posters, road stay 0
+    composite_people: int = 4  # people per composite, 1..this: groups as well as single people
+    composite_min_height: float = 0.05  # smallest pasted person, share of the frame's height: far away
+    composite_max_height: float = 1.0  # largest; heights are drawn log-uniform, so small people are common
+    source_balance: float = 0.5  # draw a photo of a source of n photos with weight n^-this: 0 = each
+    #                              photo alike (ccp's 813 drown coco's 87), 1 = each source alike
     rotate_deg: float = 10.0  # photos are rarely more tilted than this
     p_flip: float = 0.5  # people are left-right symmetric enough
     brightness: float = 0.25  # multiply by 1 +/- this
@@ -99,9 +109,15 @@ class TrainConfig:
             raise TrainError("--seg-loss needs --target alpha (it compares a matte with the mask)")
         if not 0 < self.crop_min <= 1:
             raise TrainError(f"crop_min must be in (0, 1], got {self.crop_min}")
-        for name in ("p_paste", "p_plate"):
+        for name in ("p_paste", "p_plate", "p_composite", "p_empty", "source_balance"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TrainError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.p_composite + self.p_empty > 1:
+            raise TrainError("p_composite + p_empty must not exceed 1")
+        if self.composite_people < 1:
+            raise TrainError(f"composite_people must be at least 1, got {self.composite_people}")
+        if not 0 < self.composite_min_height <= self.composite_max_height:
+            raise TrainError("composite heights must satisfy 0 < composite_min_height <= composite_max_height")
         if self.p_upper_body + self.p_head > 1:
             raise TrainError("p_upper_body + p_head must not exceed 1")
         return self

@@ -24,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from hx_infer.evaluate import crop_box
 from hx_infer.io.images import PHOTO_EXTENSIONS, DecodeError
 from hx_infer.io.images import read_photo as decode_photo
 from hx_infer.transforms import fit as letterbox_geometry
 
 from .config import TrainConfig, TrainError
+from .prepare import source_of
 
 IMAGE_SUFFIXES = PHOTO_EXTENSIONS  # what hx-infer reads as a photo
 MAX_CANVAS = 1024
@@ -150,6 +152,7 @@ class Split:
     #                      UPPER_BODY, HEAD; the person rows are NaN where the mask is empty
     plates: torch.Tensor | None = None  # [N, 3, side, side] uint8: the photos with the person
     #                                     painted out (load_split(plates=True)), else None
+    sources: list[str] | None = None  # each pair's source name (DATA/sources.json), None: one source
 
     def __len__(self) -> int:
         return len(self.names)
@@ -177,8 +180,20 @@ def paint_out(photo: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return plate
 
 
-def load_split(split_dir: Path, side: int, *, fractions: tuple[float, float] = (0.55, 0.30),
-               workers: int = 0, pin: bool = False, plates: bool = False,
+def find_backgrounds(folder: Path) -> list[Path]:
+    """The person-free photos directly in `folder`, sorted by name."""
+    if not Path(folder).is_dir():
+        raise DataError(f"--backgrounds {folder}: no such folder")
+    photos = sorted(p for p in Path(folder).iterdir()
+                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    if not photos:
+        raise DataError(f"--backgrounds {folder}: no photos in it")
+    return photos
+
+
+def load_split(split_dir: Path | None, side: int, *, fractions: tuple[float, float] = (0.55, 0.30),
+               workers: int = 0, pin: bool = False, plates: bool = False, crop: str = "full",
+               photos_only: list[Path] | None = None, sources: list[dict] | None = None,
                log: Callable[[str], None] = lambda _: None) -> Split:
     """Decode every pair in `split_dir` and letterbox it onto a `side` x `side` square.
 
@@ -186,22 +201,34 @@ def load_split(split_dir: Path, side: int, *, fractions: tuple[float, float] = (
     workers: decoding threads (0 = one per core, at most 8). pin: page-locked memory, so batches
     can be copied to a GPU asynchronously. plates: also keep each photo with its person painted
     out (paint_out), the person-free backgrounds Augmenter pastes people onto.
+    crop: "full", or hx-infer eval's "upper" / "head" crop of each photo, cut by its rule
+    (hx_infer.evaluate.crop_box) before letterboxing; photos with an empty mask are left out then.
+    photos_only: person-free photos with all-zero masks instead of split_dir's pairs (backgrounds).
+    sources: DATA/sources.json's sources, to name each pair's source (Split.sources).
     """
-    pairs = find_pairs(split_dir)
+    pairs = ([(p, None) for p in photos_only] if photos_only is not None else find_pairs(split_dir))
+    if crop != "full":
+        pairs = [(p, m) for p, m in pairs if m is not None and read_mask(m).max(initial=0) > 127]
     n = len(pairs)
     photos = torch.empty((n, 3, side, side), dtype=torch.uint8, pin_memory=pin)
     masks = torch.empty((n, 1, side, side), dtype=torch.uint8, pin_memory=pin)
     boxes = torch.empty((n, 4, 4), dtype=torch.float32)
     plate_squares = torch.empty((n, 3, side, side), dtype=torch.uint8, pin_memory=pin) if plates else None
     held = photos.nbytes + masks.nbytes + (plate_squares.nbytes if plate_squares is not None else 0)
-    log(f"decoding {n} pairs from {split_dir} ({held / 2**20:.0f} MiB)")
+    where = split_dir if photos_only is None else (photos_only[0].parent if photos_only else "backgrounds")
+    log(f"decoding {n} {'pairs' if photos_only is None else 'person-free photos'} from {where} "
+        f"({held / 2**20:.0f} MiB)")
 
     def load(i: int) -> None:
         photo_path, mask_path = pairs[i]
-        photo, mask = read_photo(photo_path), read_mask(mask_path)
+        photo = read_photo(photo_path)
+        mask = read_mask(mask_path) if mask_path is not None else np.zeros(photo.shape[:2], np.uint8)
         if photo.shape[:2] != mask.shape:
             raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
                             f"photo {photo_path.name} is {photo.shape[1]}x{photo.shape[0]}")
+        if crop != "full":
+            x0, y0, x1, y1 = crop_box(mask, crop)
+            photo, mask = photo[y0:y1, x0:x1], mask[y0:y1, x0:x1]
         square, box = letterbox(photo, side)
         mask_square, _ = letterbox(mask, side)
         photos[i] = torch.from_numpy(square).permute(2, 0, 1)
@@ -218,7 +245,11 @@ def load_split(split_dir: Path, side: int, *, fractions: tuple[float, float] = (
             pass
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return Split([str(p) for p, _ in pairs], photos, masks, boxes, plate_squares)
+    names = [str(p) for p, _ in pairs]
+    source_names = None
+    if sources is not None and len(sources) > 1:
+        source_names = [source_of(Path(name).name, sources) for name in names]
+    return Split(names, photos, masks, boxes, plate_squares, source_names)
 
 
 def gather(source: torch.Tensor, index: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -231,16 +262,34 @@ def gather(source: torch.Tensor, index: torch.Tensor, device: torch.device) -> t
     return source.index_select(0, index).to(device)
 
 
+def source_weights(split: Split, balance: float) -> torch.Tensor | None:
+    """Per-pair drawing weights [N] float64: a source of n pairs gets n^-balance per pair, so
+    balance 0 draws every pair alike and 1 every source alike. None for one source (or balance 0):
+    then an epoch is a plain permutation."""
+    if split.sources is None or balance == 0 or len(set(split.sources)) < 2:
+        return None
+    counts: dict[str, int] = {}
+    for name in split.sources:
+        counts[name] = counts.get(name, 0) + 1
+    return torch.tensor([counts[name] ** -balance for name in split.sources], dtype=torch.float64)
+
+
 def batches(split: Split, batch_size: int, generator: torch.Generator,
-            device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+            device: torch.device, weights: torch.Tensor | None = None,
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """One epoch of shuffled batches: (photos [B, 3, C, C] uint8, masks [B, 1, C, C] uint8) on
     `device`, boxes [B, 4, 4] on the CPU, plates [B, 3, C, C] uint8 on `device` (None when the
     split has none). The last partial batch is dropped (steady batch-norm statistics, one
     compiled shape) unless the split is smaller than one batch.
 
+    weights (source_weights): an epoch draws len(split) pairs with replacement by these weights
+    instead of a permutation, so small sources are seen more often.
     The GPU runs asynchronously, so gathering the next batch on the CPU overlaps the current step.
     """
-    order = torch.randperm(len(split), generator=generator)
+    if weights is None:
+        order = torch.randperm(len(split), generator=generator)
+    else:
+        order = torch.multinomial(weights, len(split), replacement=True, generator=generator)
     size = min(batch_size, len(split))
     for start in range(0, len(split) - size + 1, size):
         index = order[start:start + size]
@@ -299,6 +348,39 @@ def validation_batches(split: Split, batch_size: int, device: torch.device,
 N_DRAWS = 20  # uniform numbers drawn per image per batch: 0-10 views, 11-14 colour, 15-19 paste
 
 
+def person_heights(mask: torch.Tensor) -> torch.Tensor:
+    """[B, 1, S, S] masks in [0, 1] -> [B] height of the person (top to bottom row with mask > 0.5)
+    as a share of S; 0 where there is none."""
+    rows = (mask > 0.5).any(3)[:, 0]  # [B, S]
+    S = rows.shape[1]
+    index = torch.arange(S, device=mask.device)
+    top = torch.where(rows, index, S).amin(1)
+    bottom = torch.where(rows, index, -1).amax(1)
+    return ((bottom - top + 1).clamp_min(0)).float() / S
+
+
+def paste_person(photo: torch.Tensor, mask: torch.Tensor, donor: torch.Tensor, donor_mask: torch.Tensor,
+                 valid: torch.Tensor, active: torch.Tensor, scale: torch.Tensor,
+                 shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste donor views (donor [B, 3, S, S] in [-1, 1], donor_mask [B, 1, S, S] in [0, 1]) over
+    photo / mask where `active` ([B] bool): scaled by `scale` [B] about the centre and moved to
+    `shift` [B, 2] ([-1, 1] coordinates). The donor mask is the alpha of the photos' composite
+    (photo * (1 - alpha) + person * alpha); the masks unite. Only inside `valid` ([B, 1, S, S] bool)."""
+    B, device = photo.shape[0], photo.device
+    zero = torch.zeros_like(scale)
+    # output -> source: x_src = (x_out - shift) / scale
+    theta = torch.stack([torch.stack([1 / scale, zero, -shift[:, 0] / scale], 1),
+                         torch.stack([zero, 1 / scale, -shift[:, 1] / scale], 1)], 1)
+    grid = F.affine_grid(theta.to(device, torch.float32), [B, 4, *photo.shape[2:]], align_corners=False)
+    # Premultiplied: resampling the person's colour times its mask keeps the donor's own
+    # surroundings out of the soft edge, which then blends person and new background only.
+    warped = F.grid_sample(torch.cat([donor * donor_mask, donor_mask], 1), grid, mode="bilinear",
+                           padding_mode="zeros", align_corners=False)
+    keep = (valid * active.to(device, torch.float32)[:, None, None, None]).float()
+    alpha = warped[:, 3:4] * keep
+    return photo * (1 - alpha) + warped[:, :3] * keep, mask + alpha * (1 - mask)
+
+
 class Augmenter:
     """Random views of letterboxed photos, the same geometry for photo and mask.
 
@@ -312,10 +394,12 @@ class Augmenter:
     All random numbers come from the CPU generator passed in, so a run replays exactly.
     """
 
-    def __init__(self, config: TrainConfig, canvas: int):
+    def __init__(self, config: TrainConfig, canvas: int, backgrounds: Split | None = None):
+        """backgrounds: person-free photos on the canvas (load_split(photos_only=...)), for composites."""
         self.config = config
         self.canvas = canvas
         self.size = config.size
+        self.backgrounds = backgrounds
 
     def __call__(self, photos: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
                  generator: torch.Generator, plates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,22 +412,11 @@ class Augmenter:
         theta, half_extent = self.views(boxes.double(), draws)
         colour = self.colour_transforms(draws)
 
-        S = self.size
         channels = [photos.float() / 255.0, masks.float() / 255.0,
                     box_mask(boxes[:, PHOTO], self.canvas, device).float()]  # [B, 5, C, C]
         if on_plate.any():
             channels.append(plates.float() / 255.0)  # [B, 8, C, C]: the same view of the plate
-        source = torch.cat(channels, 1)
-        grid = F.affine_grid(theta.to(device, torch.float32), [photos.shape[0], source.shape[1], S, S],
-                             align_corners=False)
-        warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-        # Inside R in the output square, and inside the photo after rotation.
-        centres = (torch.arange(S, device=device, dtype=torch.float32) + 0.5) * (2.0 / S) - 1.0
-        half = half_extent.to(device, torch.float32)
-        inside_x = centres.abs() <= half[:, 0, None]
-        inside_y = centres.abs() <= half[:, 1, None]
-        valid = (inside_y[:, None, :, None] & inside_x[:, None, None, :]) & (warped[:, 4:5] > 0.5)
+        warped, valid = self.warp(torch.cat(channels, 1), theta, half_extent, validity=4)
 
         colour = tuple(t.to(device, torch.float32) for t in colour)
         person = (self.jitter(warped[:, :3], valid, *colour) * 2.0 - 1.0) * valid
@@ -356,7 +429,24 @@ class Augmenter:
         pasted = on_plate | (draws[:, 16] < self.config.p_paste)
         if pasted.any():
             photo, mask = self.paste(photo, mask, person, person_mask, valid, pasted, draws)
+        if self.backgrounds is not None:  # drawn last: runs without backgrounds replay unchanged
+            photo, mask = self.composite(photo, mask, person, person_mask, colour, generator)
         return photo, mask
+
+    def warp(self, source: torch.Tensor, theta: torch.Tensor, half_extent: torch.Tensor,
+             validity: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resample source [B, K, C, C] through theta to [B, K, S, S]; valid [B, 1, S, S] bool: inside
+        the view's rectangle R and, by channel `validity` (the photo's box), inside the photo."""
+        S, device = self.size, source.device
+        grid = F.affine_grid(theta.to(device, torch.float32), [source.shape[0], source.shape[1], S, S],
+                             align_corners=False)
+        warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        centres = (torch.arange(S, device=device, dtype=torch.float32) + 0.5) * (2.0 / S) - 1.0
+        half = half_extent.to(device, torch.float32)
+        inside_x = centres.abs() <= half[:, 0, None]
+        inside_y = centres.abs() <= half[:, 1, None]
+        valid = (inside_y[:, None, :, None] & inside_x[:, None, None, :]) & (warped[:, validity:validity + 1] > 0.5)
+        return warped, valid
 
     def paste(self, photo: torch.Tensor, mask: torch.Tensor, person: torch.Tensor, person_mask: torch.Tensor,
               valid: torch.Tensor, pasted: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -364,18 +454,49 @@ class Augmenter:
         (person, person_mask: the views before any plate swap), scaled by paste_min..1 and
         centred anywhere in the middle of the square; alpha-composite the photos with the pasted
         mask as alpha, and take the union of the masks."""
-        B, device = photo.shape[0], photo.device
         scale = self.config.paste_min + (1 - self.config.paste_min) * u[:, 17]
         shift = (2 * u[:, 18:20] - 1) * 0.6  # the pasted view's centre, in [-1, 1] coordinates
-        zero = torch.zeros_like(scale)
-        # output -> source: x_src = (x_out - shift) / scale
-        theta = torch.stack([torch.stack([1 / scale, zero, -shift[:, 0] / scale], 1),
-                             torch.stack([zero, 1 / scale, -shift[:, 1] / scale], 1)], 1)
-        donor = torch.cat([person, person_mask], 1).roll(1, 0)
-        grid = F.affine_grid(theta.to(device, torch.float32), [B, 4, *photo.shape[2:]], align_corners=False)
-        warped = F.grid_sample(donor, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        alpha = warped[:, 3:4] * valid * pasted.to(device, torch.float32)[:, None, None, None]
-        return photo * (1 - alpha) + warped[:, :3] * alpha, mask + alpha * (1 - mask)
+        return paste_person(photo, mask, person.roll(1, 0), person_mask.roll(1, 0), valid, pasted, scale, shift)
+
+    def composite(self, photo: torch.Tensor, mask: torch.Tensor, person: torch.Tensor, person_mask: torch.Tensor,
+                  colour: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replace p_composite of the views by a view of a background photo with 1..composite_people
+        of the batch's people pasted on (mask: their union), and p_empty by a background view alone
+        (mask all zero). A pasted person's height is drawn log-uniform in composite_min_height..
+        composite_max_height of the frame, its view's centre anywhere in the square, so people
+        are cut by the frame too. Same shapes in and out as __call__."""
+        cfg, bg = self.config, self.backgrounds
+        B, device, K = photo.shape[0], photo.device, cfg.composite_people
+        u = torch.rand((B, 14 + 3 * K), generator=generator, dtype=torch.float64)
+        empty = u[:, 0] < cfg.p_empty
+        scene = u[:, 0] < cfg.p_empty + cfg.p_composite
+        if not scene.any():
+            return photo, mask
+        index = (u[:, 1] * len(bg)).long().clamp_max(len(bg) - 1)
+        boxes = bg.boxes[index].double()  # person rows NaN: views() takes whole-photo crops
+        view_u = torch.zeros((B, N_DRAWS), dtype=torch.float64)
+        view_u[:, :11] = u[:, 3:14]
+        theta, half_extent = self.views(boxes, view_u)
+        source = torch.cat([gather(bg.photos, index, device).float() / 255.0,
+                            box_mask(boxes[:, PHOTO], self.canvas, device).float()], 1)
+        warped, valid = self.warp(source, theta, half_extent, validity=3)
+        scene_photo = (self.jitter(warped[:, :3], valid, *colour) * 2.0 - 1.0) * valid
+        scene_mask = torch.zeros_like(mask)
+
+        heights = person_heights(person_mask).cpu().double()  # [B] share of S; .cpu(): a sync on CUDA
+        n_people = 1 + (u[:, 2] * K).long().clamp_max(K - 1)
+        low, high = math.log(cfg.composite_min_height), math.log(cfg.composite_max_height)
+        for j in range(K):
+            donor_height = heights.roll(j + 1, 0)
+            column = 14 + 3 * j
+            wanted = torch.exp(low + (high - low) * u[:, column])
+            scale = (wanted / donor_height.clamp_min(1e-3)).clamp(0.02, 4.0)
+            shift = 2 * u[:, column + 1:column + 3] - 1
+            active = (j < n_people) & (donor_height > 0) & ~empty
+            scene_photo, scene_mask = paste_person(scene_photo, scene_mask, person.roll(j + 1, 0),
+                                                   person_mask.roll(j + 1, 0), valid, active, scale, shift)
+        swap = scene.to(device)[:, None, None, None]
+        return torch.where(swap, scene_photo, photo), torch.where(swap, scene_mask, mask)
 
     def views(self, boxes: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """boxes [B, 4, 4], u [B, N_DRAWS] uniform -> theta [B, 2, 3] for affine_grid (output square

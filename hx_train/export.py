@@ -88,6 +88,7 @@ def export(ckpt: Path, out: Path, log: Log = lambda s: None, *, overwrite: bool 
         "training": {"config": config, "epoch": state.get("epoch"), "sessions": state.get("sessions", [])},
         "data": state.get("data", {}),
         "val_metrics": state.get("val_metrics", {}),
+        "val_sources": state.get("val_sources", {}),
     }
     return export_generator(generator, out, preset=config["preset"], size=int(config["size"]),
                             target=config["target"], card_extra=extra, log=log, overwrite=overwrite)

@@ -20,11 +20,22 @@ class Preset:
     ndf: int
     n_layers: int  # PatchGAN depth; 3 gives the paper's 70x70 receptive field
     why: str
+    max_mult: int = 8  # the generator's widths double per level up to ngf * max_mult (the paper: 8)
+
+    def widths(self, num_downs: int) -> list[int]:
+        """Filters of each U-Net level, outermost (full resolution / 2) to the 1x1 bottleneck."""
+        return [self.ngf * min(2 ** level, self.max_mult) for level in range(num_downs)]
 
 
 PRESETS: dict[str, Preset] = {
     "base": Preset(ngf=64, ndf=64, n_layers=3, why="the paper's unet_256 + 70x70 PatchGAN"),
     "lite": Preset(ngf=16, ndf=32, n_layers=3, why="1/16 of base's convolution cost, for CPU inference"),
+    # Most of a U-Net's cost is its outer levels (large images); the inner ones are cheap. slim
+    # halves lite's outer widths and keeps lite's 128 filters deep down: a third of lite's cost
+    # at 256^2, so 256^2 costs on a CPU what lite costs at 128^2. D is halved too: at 256^2 a
+    # 32-filter PatchGAN would cost six times this G.
+    "slim": Preset(ngf=8, ndf=16, n_layers=3, max_mult=16,
+                   why="256^2 input at lite-128's CPU cost: 8 filters at full resolution, 128 deep down"),
 }
 
 MIN_SIZE, MAX_SIZE = 64, 512
@@ -83,18 +94,22 @@ class UnetGenerator(nn.Module):
     image: [B, 3, S, S] float in [-1, 1] -> [B, out_channels, S, S] in [-1, 1] (tanh).
     """
 
-    def __init__(self, size: int, ngf: int, out_channels: int = 1):
+    def __init__(self, size: int, widths: list[int] | int, out_channels: int = 1):
+        """widths: filters per level, outermost first (Preset.widths), or ngf for the paper's."""
         super().__init__()
         num_downs = check_size(size)
-        # Innermost to outermost: the deepest levels stay at 8*ngf; the three nearest the
-        # bottleneck (after the innermost) carry dropout, the paper's noise source.
-        block = UnetBlock(ngf * 8, ngf * 8)
-        for i in range(num_downs - 5):
-            block = UnetBlock(ngf * 8, ngf * 8, block, dropout=i < 3)
-        block = UnetBlock(ngf * 4, ngf * 8, block)
-        block = UnetBlock(ngf * 2, ngf * 4, block)
-        block = UnetBlock(ngf, ngf * 2, block)
-        self.model = UnetBlock(ngf, ngf, block, in_channels=3, out_channels=out_channels, outermost=True)
+        if isinstance(widths, int):
+            widths = Preset(widths, 0, 0, "").widths(num_downs)
+        if len(widths) != num_downs:
+            raise ValueError(f"{len(widths)} widths for {num_downs} levels")
+        # Innermost to outermost. As in pix2pix, the three levels nearest the bottleneck (after
+        # the innermost, and not among the four outer ones) carry dropout, the paper's noise source.
+        block = UnetBlock(widths[-2], widths[-1])
+        for level in range(num_downs - 2, 0, -1):
+            block = UnetBlock(widths[level - 1], widths[level], block,
+                              dropout=level >= max(4, num_downs - 4))
+        self.model = UnetBlock(widths[0], widths[0], block, in_channels=3, out_channels=out_channels,
+                               outermost=True)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)
@@ -141,7 +156,8 @@ def out_channels_for(target: str) -> int:
 
 
 def build_generator(preset: str, size: int, target: str = "alpha") -> UnetGenerator:
-    return init_weights(UnetGenerator(size, get_preset(preset).ngf, out_channels_for(target)))
+    widths = get_preset(preset).widths(check_size(size))
+    return init_weights(UnetGenerator(size, widths, out_channels_for(target)))
 
 
 def build_discriminator(preset: str, target: str = "alpha") -> PatchDiscriminator:

@@ -13,6 +13,15 @@ Source layouts (SRC is only ever read):
   ab           pix2pix "AB" images: photo A (left half) and target B (right half) side by side, in
                SRC and/or its sub-folders one level down (pix2pix's train/ val/ test/). See
                `ab_target_mask` for how B becomes a mask.
+  coco         A COCO instances JSON (SRC is the .json file, or a folder holding exactly one .json
+               beside images/) and its image folder: `file_name`s are looked up under images/ beside
+               the JSON, then beside the JSON itself. Every annotation of the chosen category
+               (`--category`, default "person") counts: polygons, RLE (uncompressed and compressed)
+               and crowd regions alike (hx_train.coco).
+
+Several sources go into one prepared set: each source's keys get its name as a prefix
+("ccp_0001", "pennfudan_FudanPed00001"), the train/val split is drawn per source, and
+DST/sources.json records each source's path, format and counts.
 
 Output (DST/train and DST/val are built in a staging folder inside DST and renamed into place at
 the end, so an interrupted run leaves no half-filled split behind):
@@ -22,7 +31,8 @@ the end, so an interrupted run leaves no half-filled split behind):
                                                 an AB half, ...) is written as RGB PNG
   DST/{train,val}/masks/<key>.png               single channel, 0 = background, 255 = person
 
-<key> is the source stem, made unique where needed (`unique_keys`).
+<key> is the source stem, made unique where needed (`unique_keys`), behind the source's prefix
+when there are several sources.
 """
 from __future__ import annotations
 
@@ -45,7 +55,12 @@ import cv2
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-FORMATS = ("folders", "supervisely", "ab")
+FORMATS = ("folders", "supervisely", "ab", "coco")
+VAL_FRACTION = 0.1  # share of each source held out for validation
+# ... but at least this many val photos per source where the source has three times as many: a
+# mean over 17 photos (10 % of 170) moves by several points with one photo.
+MIN_VAL = 30
+SOURCES_JSON = "sources.json"
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 MIN_SIDE = 16  # px; smaller photos cannot survive the crop/resize augmentation
 NEAR_WHITE = 250  # a person-on-white pixel with every channel >= this is background
@@ -71,10 +86,11 @@ class Skipped:
 
 @dataclass
 class PrepareSummary:
-    fmt: str
+    fmt: str  # the format of the only source, or "+"-joined formats of several
     train: int
     val: int
     skipped: list[Skipped] = field(default_factory=list)
+    sources: list[dict] = field(default_factory=list)  # what DST/sources.json holds, per source
 
 
 class _Skip(Exception):
@@ -85,7 +101,9 @@ class _Skip(Exception):
 class _Pair:
     key: str  # output stem, unique within the run
     photo: Path
-    label: Path | None  # mask file (folders), annotation JSON (supervisely), None (ab)
+    label: object  # mask file (folders), annotation JSON (supervisely), None (ab), coco.Objects (coco)
+    fmt: str = ""  # the loader (_LOADERS) of this pair's source
+    source: int = 0  # index of the pair's source in the run
 
 
 @dataclass
@@ -206,7 +224,19 @@ def _list_ab(src: Path) -> tuple[list[_Pair], list[Skipped]]:
     return [_Pair(key, path, None) for key, (_, path) in zip(keys, files)], []
 
 
-_LISTERS = {"folders": _list_folders, "supervisely": _list_supervisely, "ab": _list_ab}
+def _list_coco(src: Path, category: str = "person") -> tuple[list[_Pair], list[Skipped]]:
+    from . import coco
+
+    try:
+        images, missing = coco.list_images(src, category)
+    except coco.CocoError as e:
+        raise PrepareError(str(e)) from None
+    keys = unique_keys([("", photo.stem) for photo, _ in images])
+    return ([_Pair(key, photo, objects) for key, (photo, objects) in zip(keys, images)],
+            [Skipped(str(path), reason) for path, reason in missing])
+
+
+_LISTERS = {"folders": _list_folders, "supervisely": _list_supervisely, "ab": _list_ab, "coco": _list_coco}
 
 
 # ----------------------------------------------------------------------------------- reading
@@ -407,7 +437,18 @@ def _load_ab(pair: _Pair) -> _Sample:
     return _Sample(photo, None, ".png", _fit(ab_target_mask(ab[:, half:]), photo.size))
 
 
-_LOADERS = {"folders": _load_folders, "supervisely": _load_supervisely, "ab": _load_ab}
+def _load_coco(pair: _Pair) -> _Sample:
+    from . import coco
+
+    photo, original, suffix = _read_photo(pair.photo)
+    try:
+        person = coco.objects_mask(pair.label, photo.size)
+    except coco.CocoError as e:
+        raise _Skip(f"mask unreadable ({e})") from None
+    return _Sample(photo, original, suffix, _fit(person, photo.size))
+
+
+_LOADERS = {"folders": _load_folders, "supervisely": _load_supervisely, "ab": _load_ab, "coco": _load_coco}
 
 
 # ----------------------------------------------------------------------------------- detection
@@ -441,10 +482,14 @@ def detect_format(src: Path) -> str:
     images (in SRC or one level down) whose right half looks like a mask or a person on white -> ab.
     """
     src = Path(src)
+    if src.is_file() and src.suffix.lower() == ".json":
+        return "coco"
     if not src.is_dir():
         raise PrepareError(f"{src}: not a folder")
     if (src / "images").is_dir() and (src / "masks").is_dir():
         return "folders"
+    if (src / "images").is_dir() and len(list(src.glob("*.json"))) == 1:
+        return "coco"
     if (src / "images").is_dir():
         raise PrepareError(f"{src}: has images/ but no masks/ beside it")
     if _supervisely_datasets(src):
@@ -510,14 +555,15 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window
 # ----------------------------------------------------------------------------------- split
 
 
-def choose_val(keys: list[str], val_fraction: float, seed: int) -> set[str]:
-    """The keys that go to val: the round(n * val_fraction) with the smallest hash of (seed, key).
+def choose_val(keys: list[str], val_fraction: float, seed: int, min_val: int = 0) -> set[str]:
+    """The keys that go to val: the max(round(n * val_fraction), min(min_val, n // 3)) with the
+    smallest hash of (seed, key).
 
     Independent of listing order, and adding one pair moves at most one other between splits.
     At least one val pair when n >= 2 and val_fraction > 0; always at least one train pair.
     """
     n = len(keys)
-    n_val = round(n * val_fraction)
+    n_val = max(round(n * val_fraction), min(min_val, n // 3) if val_fraction > 0 else 0)
     if val_fraction > 0 and n >= 2:
         n_val = max(n_val, 1)
     n_val = min(n_val, max(n - 1, 0))
@@ -535,52 +581,87 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
-    if not src.is_dir():
-        raise PrepareError(f"{src}: SRC is not a folder")
-    real_src, real_dst = src.resolve(), dst.resolve()
-    if _is_within(real_dst, real_src):
-        raise PrepareError(f"{dst}: DST is inside SRC {src}; SRC is never written to")
+def _check_paths(sources: list[Path], dst: Path, overwrite: bool) -> None:
+    for src in sources:
+        if not (src.is_dir() or (src.is_file() and src.suffix.lower() == ".json")):
+            raise PrepareError(f"{src}: SRC is not a folder (nor a COCO .json file)")
+        real_src, real_dst = src.resolve(), dst.resolve()
+        if _is_within(real_dst, real_src.parent if src.is_file() else real_src):
+            raise PrepareError(f"{dst}: DST is inside SRC {src}; SRC is never written to")
+        for part in ("train", "val"):
+            out = dst / part
+            if _is_within(real_src, out.resolve()):
+                raise PrepareError(f"{out}: SRC {src} is inside it; it cannot be replaced")
     if dst.exists() and not dst.is_dir():
         raise PrepareError(f"{dst}: DST exists and is not a folder")
     for part in ("train", "val"):
         out = dst / part
-        if _is_within(real_src, out.resolve()):
-            raise PrepareError(f"{out}: SRC {src} is inside it; it cannot be replaced")
         if out.exists() and not out.is_dir():
             raise PrepareError(f"{out}: exists and is not a folder")
         if out.is_dir() and any(out.iterdir()) and not overwrite:
             raise PrepareError(f"{out}: exists and is not empty (--overwrite replaces it)")
 
 
-def prepare(src: Path, dst: Path, fmt: str = "auto", val_fraction: float = 0.1, seed: int = 0,
-            log: Callable[[str], None] = lambda s: None, *, overwrite: bool = False,
-            workers: int = 0) -> PrepareSummary:
-    """Read the pairs in SRC (layout `fmt`, or detected), write DST/{train,val}/{images,masks}.
+def source_names(sources: list[Path]) -> list[str]:
+    """A short unique name per source: its folder's name (a COCO JSON's folder), made unique."""
+    names = [(src.parent if src.is_file() else src).resolve().name or "source" for src in sources]
+    return unique_keys([("", name) for name in names])
 
-    val_fraction in [0, 1): share of usable pairs for val, chosen by `seed` (`choose_val`).
+
+def _list_source(src: Path, fmt: str, category: str) -> tuple[list[_Pair], list[Skipped]]:
+    if fmt == "coco":
+        return _list_coco(src, category)
+    return _LISTERS[fmt](src)
+
+
+def prepare(src: Path | list[Path], dst: Path, fmt: str = "auto", val_fraction: float = VAL_FRACTION,
+            seed: int = 0, log: Callable[[str], None] = lambda s: None, *, overwrite: bool = False,
+            workers: int = 0, min_val: int = MIN_VAL, category: str = "person") -> PrepareSummary:
+    """Read the pairs in SRC (one path or several; layout `fmt`, or detected per source), write
+    DST/{train,val}/{images,masks} and DST/sources.json.
+
+    val_fraction in [0, 1): share of each source's usable pairs for val, chosen by `seed`;
+    min_val: at least this many per source where it has three times as many (`choose_val`).
+    With several sources every key gets its source's name as a prefix.
     overwrite: replace non-empty DST/train and DST/val (both are removed first, so no stale file
     from an earlier run can leak across the split); without it they are never touched.
     workers: decoding threads, 0 = one per CPU (at most 8). Pillow and OpenCV release the GIL.
+    category: the COCO category whose annotations are person.
     log: receives the detected format, progress, one line per skipped pair, and the counts.
     Raises PrepareError when nothing can be prepared; bad pairs are skipped and reported instead.
     """
-    src, dst = Path(src), Path(dst)
+    sources = [Path(s) for s in ([src] if isinstance(src, (str, Path)) else src)]
+    dst = Path(dst)
+    if not sources:
+        raise PrepareError("no SRC given")
     if fmt != "auto" and fmt not in FORMATS:
         raise PrepareError(f"--format: unknown {fmt!r}; choose from auto, {', '.join(FORMATS)}")
     if not 0 <= val_fraction < 1:
         raise PrepareError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
-    _check_paths(src, dst, overwrite)
-    if fmt == "auto":
-        fmt = detect_format(src)
-        log(f"format: {fmt}")
-    pairs, skipped = _LISTERS[fmt](src)
-    if not pairs:
-        raise PrepareError(f"{src}: no {fmt} pairs found "
-                           f"({len(skipped)} photos without a usable mask)")
-    log(f"{len(pairs)} pairs in {src}")
-    for s in skipped:
-        log(f"skipped {s.source}: {s.reason}")
+    if min_val < 0:
+        raise PrepareError(f"--min-val: must be at least 0, got {min_val}")
+    _check_paths(sources, dst, overwrite)
+    names = source_names(sources)
+    several = len(sources) > 1
+    pairs: list[_Pair] = []
+    records: list[dict] = []
+    skipped: list[Skipped] = []
+    for index, (source, name) in enumerate(zip(sources, names)):
+        source_fmt = detect_format(source) if fmt == "auto" else fmt
+        if fmt == "auto":
+            log(f"format: {source_fmt}" + (f" ({source})" if several else ""))
+        found, missed = _list_source(source, source_fmt, category)
+        if not found:
+            raise PrepareError(f"{source}: no {source_fmt} pairs found "
+                               f"({len(missed)} photos without a usable mask)")
+        prefix = f"{name}_" if several else ""
+        pairs += [_Pair(prefix + p.key, p.photo, p.label, source_fmt, index) for p in found]
+        records.append({"name": name, "prefix": prefix, "path": str(source.resolve()), "format": source_fmt,
+                        "pairs": len(found), "train": 0, "val": 0, "skipped": len(missed)})
+        log(f"{len(found)} pairs in {source}")
+        for s in missed:
+            log(f"skipped {s.source}: {s.reason}")
+        skipped += missed
 
     try:
         dst.mkdir(parents=True, exist_ok=True)
@@ -588,35 +669,37 @@ def prepare(src: Path, dst: Path, fmt: str = "auto", val_fraction: float = 0.1, 
     except OSError as e:
         raise PrepareError(f"{dst}: cannot write ({e.strerror or e})") from None
     try:
-        summary = _run(pairs, skipped, fmt, staging, dst, val_fraction, seed, log,
+        summary = _run(pairs, skipped, records, staging, dst, val_fraction, min_val, seed, log,
                        workers or min(8, os.cpu_count() or 1), overwrite)
     except OSError as e:
         raise PrepareError(f"{e.filename or dst}: cannot write ({e.strerror or e})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if summary is None:
-        raise PrepareError(f"{src}: none of the {len(pairs)} pairs is usable (see the skipped list)")
+        raise PrepareError(f"{sources[0] if not several else 'SRC'}: none of the {len(pairs)} pairs is "
+                           f"usable (see the skipped list)")
     return summary
 
 
-def _run(pairs: list[_Pair], skipped: list[Skipped], fmt: str, staging: Path, dst: Path,
-         val_fraction: float, seed: int, log: Callable[[str], None], workers: int,
+def _run(pairs: list[_Pair], skipped: list[Skipped], records: list[dict], staging: Path, dst: Path,
+         val_fraction: float, min_val: int, seed: int, log: Callable[[str], None], workers: int,
          overwrite: bool) -> PrepareSummary | None:
-    """Decode and write every pair into staging/pool, split, and swap the splits into DST.
-    -> None when no pair was usable (DST untouched)."""
+    """Decode and write every pair into staging/pool, split each source, and swap the splits and
+    sources.json into DST. -> None when no pair was usable (DST untouched)."""
     pool = staging / "pool"
     for sub in ("images", "masks"):
         (pool / sub).mkdir(parents=True)
-    load = _LOADERS[fmt]
     written: dict[str, str] = {}  # key -> photo file name
+    source_of = {pair.key: pair.source for pair in pairs}
     step = max(len(pairs) // 10, 1000)
     with ThreadPoolExecutor(workers) as executor:
-        results = _bounded_map(executor, lambda p: (p.key, _process(p, load, pool)), pairs,
+        results = _bounded_map(executor, lambda p: (p.key, _process(p, _LOADERS[p.fmt], pool)), pairs,
                                window=4 * workers)
         # Results come back in input (sorted) order, so the log reads the same on every run.
         for done, (key, result) in enumerate(results, 1):
             if isinstance(result, Skipped):
                 skipped.append(result)
+                records[source_of[key]]["skipped"] += 1
                 log(f"skipped {result.source}: {result.reason}")
             else:
                 written[key] = result
@@ -625,7 +708,14 @@ def _run(pairs: list[_Pair], skipped: list[Skipped], fmt: str, staging: Path, ds
     if not written:
         return None
 
-    val = choose_val(sorted(written), val_fraction, seed)
+    val: set[str] = set()
+    for index, record in enumerate(records):
+        # Drawn on the keys without their prefix: a source splits as it would prepared alone.
+        cut = len(record["prefix"])
+        keys = sorted(k for k in written if source_of[k] == index)
+        chosen = choose_val([k[cut:] for k in keys], val_fraction, seed, min_val)
+        record.update(train=len(keys) - len(chosen), val=len(chosen))
+        val |= {record["prefix"] + k for k in chosen}
     for part in ("train", "val"):
         for sub in ("images", "masks"):
             (staging / part / sub).mkdir(parents=True)
@@ -633,6 +723,9 @@ def _run(pairs: list[_Pair], skipped: list[Skipped], fmt: str, staging: Path, ds
         part = staging / ("val" if key in val else "train")
         os.replace(pool / "images" / name, part / "images" / name)
         os.replace(pool / "masks" / f"{key}.png", part / "masks" / f"{key}.png")
+    sources_json = {"format": "hx-sources/1", "seed": seed, "val_fraction": val_fraction, "min_val": min_val,
+                    "sources": records}
+    _write_atomic(staging / SOURCES_JSON, lambda f: f.write(json.dumps(sources_json, indent=2).encode()))
     # Swap the finished splits in; an old split goes to staging, which the caller deletes.
     for part in ("train", "val"):
         if not overwrite and (dst / part).is_dir() and any((dst / part).iterdir()):
@@ -641,7 +734,29 @@ def _run(pairs: list[_Pair], skipped: list[Skipped], fmt: str, staging: Path, ds
         if (dst / part).exists():
             os.replace(dst / part, staging / f"old-{part}")
         os.replace(staging / part, dst / part)
+    os.replace(staging / SOURCES_JSON, dst / SOURCES_JSON)
 
-    summary = PrepareSummary(fmt, train=len(written) - len(val), val=len(val), skipped=skipped)
+    fmt = "+".join(dict.fromkeys(r["format"] for r in records))
+    summary = PrepareSummary(fmt, train=len(written) - len(val), val=len(val), skipped=skipped, sources=records)
+    if len(records) > 1:
+        for r in records:
+            log(f"{r['name']}: train {r['train']}, val {r['val']}, skipped {r['skipped']}")
     log(f"train {summary.train}, val {summary.val}, skipped {len(skipped)} -> {dst}")
     return summary
+
+
+def read_sources(data: Path) -> list[dict]:
+    """DATA/sources.json's sources (name, prefix, ...); one unnamed source when there is none
+    (a set prepared before sources.json existed, or made by hand)."""
+    try:
+        return json.loads((Path(data) / SOURCES_JSON).read_text())["sources"]
+    except FileNotFoundError:
+        return [{"name": Path(data).name or "data", "prefix": ""}]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PrepareError(f"{Path(data) / SOURCES_JSON}: unreadable ({e})") from None
+
+
+def source_of(name: str, sources: list[dict]) -> str:
+    """The source whose prefix a file name starts with (the longest prefix wins)."""
+    best = max((s for s in sources if name.startswith(s["prefix"])), key=lambda s: len(s["prefix"]), default=None)
+    return best["name"] if best is not None else "data"

@@ -38,6 +38,7 @@ from . import data as hxdata
 from .config import ARCHITECTURE_FIELDS, FIELD_NAMES, RUNTIME_FIELDS, TrainConfig, TrainError, option
 from .losses import discriminator_loss, generator_loss
 from .models import build_discriminator, build_generator, check_size, get_preset
+from .prepare import MIN_VAL, VAL_FRACTION, PrepareError, choose_val, read_sources
 
 __all__ = ["fit", "TrainError", "resume_config", "read_checkpoint"]
 
@@ -252,15 +253,16 @@ def train_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: 
 
 
 @torch.no_grad()
-def evaluate(G: nn.Module, val: hxdata.Split, config: TrainConfig, device: torch.device,
-             autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, float]:
-    """Mean per-photo metrics over the val split, inside the photo area (pad excluded).
+def per_photo(G: nn.Module, val: hxdata.Split, config: TrainConfig, device: torch.device,
+              autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, torch.Tensor]:
+    """Each val photo's metrics [N] float64 (CPU), inside the photo area (pad excluded).
 
-    alpha: iou (matte > 0.5 vs mask > 0.5; 1.0 when both are empty) and mae of the matte in [0, 1].
+    alpha: iou (matte > 0.5 vs mask > 0.5; 1.0 when both are empty), mae of the matte in [0, 1],
+    and fp, the share of the photo area called person (the measure on person-free photos).
     rgb: psnr in dB of the painted person, colours in [0, 1].
     """
     G.eval()
-    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device, dtype=torch.float64))
+    parts: dict[str, list[torch.Tensor]] = defaultdict(list)
     for photo, mask, valid in hxdata.validation_batches(val, config.batch_size, device):
         with autocast():
             output = G(_layout(photo, device))
@@ -270,15 +272,56 @@ def evaluate(G: nn.Module, val: hxdata.Split, config: TrainConfig, device: torch
             predicted, truth = (output > 0.5) & valid, (mask > 0.5) & valid
             inter = (predicted & truth).sum((1, 2, 3)).double()
             union = (predicted | truth).sum((1, 2, 3)).double()
-            sums["iou"] += torch.where(union > 0, inter / union.clamp_min(1), 1.0).sum()
-            sums["mae"] += (((output - mask).abs() * valid).sum((1, 2, 3)) / area).sum()
+            parts["iou"].append(torch.where(union > 0, inter / union.clamp_min(1), 1.0))
+            parts["mae"].append(((output - mask).abs() * valid).sum((1, 2, 3)).double() / area)
+            parts["fp"].append((predicted & ~truth).sum((1, 2, 3)).double() / area)
         else:
             wanted = (hxdata.make_target(photo, mask, "rgb") + 1.0) / 2.0
             mse = ((output - wanted) ** 2 * valid).sum((1, 2, 3)) / (3 * area)
-            sums["psnr"] += (-10.0 * torch.log10(mse.clamp_min(1e-10))).sum()
+            parts["psnr"].append((-10.0 * torch.log10(mse.clamp_min(1e-10))).double())
     G.train()
-    # .item(): one sync per metric per epoch
-    return {name: round(total.item() / len(val), 6) for name, total in sums.items()}
+    return {name: torch.cat(values).cpu() for name, values in parts.items()}  # .cpu(): one sync per split
+
+
+def evaluate(G: nn.Module, val: hxdata.Split, config: TrainConfig, device: torch.device,
+             autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, float]:
+    """Mean per-photo metrics over the val split (per_photo): iou and mae, or psnr.
+
+    With several sources (Split.sources) iou and mae are the mean over sources of each source's
+    mean, so one large source does not hide a small one."""
+    values = per_photo(G, val, config, device, autocast)
+    values.pop("fp", None)
+    groups = _groups(val)
+    return {name: round(float(np.mean([v[index].mean().item() for index in groups.values()])), 6)
+            for name, v in values.items()}
+
+
+def _groups(split: hxdata.Split) -> dict[str, torch.Tensor]:
+    """Source name -> the indices of its photos in the split (one group "all" without sources)."""
+    if split.sources is None:
+        return {"all": torch.arange(len(split))}
+    names = sorted(set(split.sources))
+    return {name: torch.tensor([i for i, s in enumerate(split.sources) if s == name]) for name in names}
+
+
+def evaluate_detail(G: nn.Module, crops: dict[str, hxdata.Split], backgrounds: hxdata.Split | None,
+                    config: TrainConfig, device: torch.device,
+                    autocast: Callable[[], contextlib.AbstractContextManager]) -> dict:
+    """Per source and crop (hx-infer eval's full / upper / head): n, mean iou and mae; and on the
+    held-out person-free photos, n and the mean share of each photo called person (fp)."""
+    detail: dict = {}
+    for crop, split in crops.items():
+        if len(split) == 0:
+            continue
+        values = per_photo(G, split, config, device, autocast)
+        for source, index in _groups(split).items():
+            detail.setdefault(source, {})[crop] = {"n": len(index), "iou": round(values["iou"][index].mean().item(), 6),
+                                                  "mae": round(values["mae"][index].mean().item(), 6)}
+    if backgrounds is not None and len(backgrounds):
+        fp = per_photo(G, backgrounds, config, device, autocast)["fp"]
+        detail["backgrounds"] = {"n": len(fp), "fp": round(fp.mean().item(), 6),
+                                 "fp_p90": round(fp.quantile(0.9).item(), 6)}
+    return detail
 
 
 def best_key(target: str) -> str:
@@ -376,7 +419,7 @@ class _Training:
         return factor
 
     def state_dict(self, epoch: int, best_metric: float, val_metrics: dict, data: dict,
-                   sessions: list[dict]) -> dict:
+                   sessions: list[dict], val_sources: dict | None = None) -> dict:
         return {
             "format": CKPT_FORMAT,
             "config": dataclasses.asdict(self.config),
@@ -389,6 +432,7 @@ class _Training:
             "rng": _rng_state(self.generators),
             "best_metric": best_metric,
             "val_metrics": val_metrics,
+            "val_sources": val_sources or {},
             "data": data,
             "sessions": sessions,
         }
@@ -459,11 +503,35 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
 
     # Data first: a bad data set fails before anything is created.
     pin = device.type == "cuda"  # page-locked, for asynchronous copies to the GPU
-    train = hxdata.load_split(data / "train", hxdata.canvas_side(config.size), workers=config.workers,
+    try:
+        sources = read_sources(data)
+    except PrepareError as e:
+        raise TrainError(str(e)) from None
+    canvas = hxdata.canvas_side(config.size)
+    train = hxdata.load_split(data / "train", canvas, workers=config.workers,
                               fractions=(config.upper_body_fraction, config.head_fraction), pin=pin,
-                              plates=config.p_plate > 0, log=log)
-    val = hxdata.load_split(data / "val", config.size, workers=config.workers, pin=pin, log=log)
-    data_info = {"train": len(train), "val": len(val), "source": str(data)}
+                              plates=config.p_plate > 0, sources=sources, log=log)
+    val = hxdata.load_split(data / "val", config.size, workers=config.workers, pin=pin, sources=sources, log=log)
+    crops = {"full": val}
+    if config.target == "alpha":  # hx-infer eval's person crops, for the per-source record
+        for crop in ("upper", "head"):
+            crops[crop] = hxdata.load_split(data / "val", config.size, workers=config.workers, crop=crop,
+                                            sources=sources)
+    background_train = background_val = None
+    if config.backgrounds is not None:
+        photos = hxdata.find_backgrounds(Path(config.backgrounds))
+        held_out = choose_val([p.name for p in photos], VAL_FRACTION, config.seed, MIN_VAL)
+        background_train = hxdata.load_split(None, canvas, workers=config.workers, pin=pin, log=log,
+                                             photos_only=[p for p in photos if p.name not in held_out])
+        if held_out and config.target == "alpha":
+            background_val = hxdata.load_split(None, config.size, workers=config.workers, pin=pin,
+                                               photos_only=[p for p in photos if p.name in held_out])
+    weights = hxdata.source_weights(train, config.source_balance)
+    data_info = {"train": len(train), "val": len(val), "source": str(data),
+                 "sources": [s for s in sources if s.get("prefix") is not None]}
+    if background_train is not None:
+        data_info["backgrounds"] = {"path": config.backgrounds, "train": len(background_train),
+                                    "val": len(background_val) if background_val is not None else 0}
     try:
         (out / SAMPLES).mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -494,7 +562,7 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
     # torch.compile wraps the modules; checkpoints save the originals, so keys never get `_orig_mod.`.
     G_step = torch.compile(run.G) if config.compile else run.G
     D_step = torch.compile(run.D) if config.compile else run.D
-    augment = hxdata.Augmenter(config, train.side)
+    augment = hxdata.Augmenter(config, train.side, background_train)
     steps = hxdata.steps_per_epoch(len(train), config.batch_size)
     batch = min(config.batch_size, len(train))
     log(f"training {config.preset} {config.size}px -> {config.target} on {len(train)} photos "
@@ -508,7 +576,7 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.total_epochs}", unit="step", leave=False,
                    dynamic_ncols=True, disable=None if progress is None else not progress)
         for i, (photos, masks, boxes, plates) in enumerate(hxdata.batches(train, config.batch_size,
-                                                                          run.generators["order"], device)):
+                                                                          run.generators["order"], device, weights)):
             photo, mask = augment(photos, masks, boxes, run.generators["augment"], plates)
             target = hxdata.make_target(photo, mask, config.target)
             terms = train_step(G_step, D_step, run.opt_g, run.opt_d, run.scaler, autocast,
@@ -530,6 +598,8 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         train_seconds = time.perf_counter() - started
 
         metrics = evaluate(run.G, val, config, device, autocast)
+        detail = evaluate_detail(run.G, crops, background_val, config, device, autocast) \
+            if config.target == "alpha" else {}
         grid = sample_grid(run.G, val, config, device, autocast)
         if grid is not None:
             _write_png(out / SAMPLES / f"epoch_{epoch + 1:03d}.png", grid)
@@ -539,21 +609,25 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         epoch_seconds = time.perf_counter() - started  # training + validation
         session["epochs"][1] = epoch + 1
         session["seconds"] = round(session["seconds"] + epoch_seconds, 1)
-        record = {"epoch": epoch + 1, "loss": losses, "val": metrics, "lr": lr,
+        record = {"epoch": epoch + 1, "loss": losses, "val": metrics, "val_sources": detail, "lr": lr,
                   "seconds": round(epoch_seconds, 3),
                   "img_per_s": round(steps * batch / train_seconds, 2)}
         # Metrics line, then best.pt, then last.pt: a crash in between repeats this epoch on resume.
         with open(out / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
-        checkpoint = run.state_dict(epoch + 1, best_metric, metrics, data_info, sessions)
+        checkpoint = run.state_dict(epoch + 1, best_metric, metrics, data_info, sessions, detail)
         if improved:
             _atomic_write(out / BEST, lambda f: torch.save(checkpoint, f))
             _link_or_copy(out / BEST, out / LAST)
         else:
             _atomic_write(out / LAST, lambda f: torch.save(checkpoint, f))
         last_record = record
+        by_source = {f"{name} {crop}": v["iou"] for name, crops_ in detail.items() if name != "backgrounds"
+                     for crop, v in crops_.items() if crop == "full" and len(detail) > 1}
+        if "backgrounds" in detail:
+            by_source["backgrounds fp"] = detail["backgrounds"]["fp"]
         log(f"epoch {epoch + 1}/{config.total_epochs}: "
-            + " ".join(f"{k} {v:.4g}" for k, v in {**losses, **metrics}.items())
+            + " ".join(f"{k} {v:.4g}" for k, v in {**losses, **metrics, **by_source}.items())
             + f" | {record['img_per_s']:.1f} img/s, {record['seconds']:.1f} s" + (" | best" if improved else ""))
 
     return {**(last_record or {}), "best_metric": best_metric}

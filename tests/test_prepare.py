@@ -153,7 +153,7 @@ def test_no_pairs_and_bad_options_raise(tmp_path):
         prepare(tmp_path / "missing", tmp_path / "dst")
     src = make_folders(tmp_path / "src", 2)
     with pytest.raises(PrepareError, match="--format"):
-        prepare(src, tmp_path / "dst", fmt="coco")
+        prepare(src, tmp_path / "dst", fmt="voc")
     with pytest.raises(PrepareError, match="--val-fraction"):
         prepare(src, tmp_path / "dst", val_fraction=1.0)
     # Every pair present but unusable: an error, after the skips are reported.
@@ -174,9 +174,9 @@ def test_split_is_deterministic_and_independent_of_creation_order(tmp_path):
         save(noise(i), backward / "images" / f"p{i:02d}.jpg")
         save(person(left=4 + i % 8), backward / "masks" / f"p{i:02d}.png")
 
-    prepare(forward, tmp_path / "d1", val_fraction=0.25, seed=3)
-    prepare(backward, tmp_path / "d2", val_fraction=0.25, seed=3)
-    prepare(forward, tmp_path / "d3", val_fraction=0.25, seed=4)
+    prepare(forward, tmp_path / "d1", val_fraction=0.25, seed=3, min_val=0)
+    prepare(backward, tmp_path / "d2", val_fraction=0.25, seed=3, min_val=0)
+    prepare(forward, tmp_path / "d3", val_fraction=0.25, seed=4, min_val=0)
     first, second, other_seed = (outputs(tmp_path / d) for d in ("d1", "d2", "d3"))
     assert first == second
     assert len(first["val"]) == 5 and len(first["train"]) == 15
@@ -399,7 +399,7 @@ def test_real_ccp_pairs(tmp_path):
         mask = CCP / "masks" / f"{photo.stem}.png"
         (src / "masks" / mask.name).symlink_to(mask)
 
-    summary = prepare(src, tmp_path / "dst")
+    summary = prepare(src, tmp_path / "dst", min_val=0)
     assert (summary.fmt, summary.train, summary.val, summary.skipped) == ("folders", 18, 2, [])
     for part in ("train", "val"):
         for mask in (tmp_path / "dst" / part / "masks").iterdir():

@@ -58,7 +58,8 @@ def test_fit_writes_a_checkpoint_and_resumes(dataset, tmp_path):
 def test_prepare_then_fit(tmp_path):
     """The real prepare's output is what fit reads."""
     src = make_dataset(tmp_path / "photos", n_train=10, n_val=0) / "train"  # SRC/{images,masks}
-    result = invoke("prepare", src, tmp_path / "data", "--format", "folders", "--val-fraction", "0.2")
+    result = invoke("prepare", src, tmp_path / "data", "--format", "folders", "--val-fraction", "0.2",
+                    "--min-val", "0")
     assert result.exit_code == 0, result.output
     result = invoke("fit", tmp_path / "data", "--out", tmp_path / "run", *TINY, "-q")
     assert result.exit_code == 0, result.output
@@ -123,8 +124,8 @@ def test_prepare_and_export_forward_and_report_errors(monkeypatch, tmp_path):
     class PrepareError(Exception):
         pass
 
-    def prepare(src, dst, fmt, val_fraction, seed, log, overwrite=False):
-        calls["prepare"] = (src, dst, fmt, val_fraction, seed, overwrite)
+    def prepare(src, dst, fmt, val_fraction, seed, log, overwrite=False, min_val=30, category="person"):
+        calls["prepare"] = (src, dst, fmt, val_fraction, seed, overwrite, min_val, category)
         if fmt == "ab":
             raise PrepareError(f"{src}: not an A|B folder")
         return types.SimpleNamespace(train=9, val=1, skipped=["x.jpg"])
@@ -145,7 +146,7 @@ def test_prepare_and_export_forward_and_report_errors(monkeypatch, tmp_path):
 
     result = invoke("prepare", tmp_path / "src", tmp_path / "dst", "--val-fraction", "0.2", "--overwrite")
     assert result.exit_code == 0, result.output
-    assert calls["prepare"] == (tmp_path / "src", tmp_path / "dst", "auto", 0.2, 0, True)
+    assert calls["prepare"] == ([tmp_path / "src"], tmp_path / "dst", "auto", 0.2, 0, True, 30, "person")
     assert "9 train, 1 val pairs, 1 skipped" in result.output
     assert_one_line_error(invoke("prepare", tmp_path / "src", tmp_path / "dst", "--format", "ab"), "A|B")
     assert_one_line_error(invoke("prepare", "a", "b", "--val-fraction", "1.5"), "--val-fraction")

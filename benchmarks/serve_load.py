@@ -6,11 +6,13 @@
 1. 64 photos of 640 px on the longer side (COCO photos from /work/shared/data/coco, else ccp,
    resized; synthetic when neither is there), JPEG quality 90.
 2. `hx-infer run` over them (--outputs OUTPUT, repeated to --run-photos files): the pipeline's own
-   files/s from its report (the model is loaded before its clock starts, as the server's is).
+   files/s from its report (the model is loaded before its clock starts, as the server's is), and
+   its CPU per photo (that run's less a one-photo run's: start-up and model load drop out).
 3. `hx-infer serve --max-batch 1` and `--max-batch 16` (on 127.0.0.1, a free port); at concurrency
    1, 4, 16 and 64, closed-loop clients (a thread and a keep-alive connection each) post the
    photos for --seconds (at most --max-requests per level, after a short warm-up): requests/s,
-   p50 and p99 latency, the mean batch size from /metrics.
+   p50 and p99 latency, the mean batch size from /metrics, and the CPU each request cost the
+   server (/proc) and the clients: on a shared machine CPU per photo is steadier than photos/s.
 4. Overload: --queue 16 with 32 clients, each retrying a 503 after 20 ms, for --overload-seconds;
    meanwhile /healthz is asked every 100 ms and the server's RSS read from /proc every 0.5 s.
    Expected: only 200s and 503s, /healthz always answered, RSS flat.
@@ -25,6 +27,7 @@ import http.client
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -70,20 +73,41 @@ def make_photos(n: int = 64) -> tuple[list[bytes], str]:
                     else f"synthetic {LONGER}x480")
 
 
-def run_cli(photos: list[bytes], args, tmp: Path) -> dict:
-    folder = tmp / "photos"
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_once(photos: list[bytes], n: int, args, tmp: Path) -> tuple[dict, float]:
+    """`hx-infer run` over n photos -> (its report, the CPU seconds the process took)."""
+    folder, out = tmp / f"photos{n}", tmp / f"out{n}"
     folder.mkdir()
-    for i in range(args.run_photos):
+    for i in range(n):
         (folder / f"{i:04d}.jpg").write_bytes(photos[i % len(photos)])
-    command = [sys.executable, "-m", "hx_infer.cli", "run", str(folder), str(tmp / "out"), "--model", args.model,
+    command = [sys.executable, "-m", "hx_infer.cli", "run", str(folder), str(out), "--model", args.model,
                "--outputs", args.output, "--quiet", "--overwrite"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    cpu = _children_cpu_s()
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    cpu = _children_cpu_s() - cpu
     if proc.returncode != 0:
         sys.exit(f"hx-infer run failed ({proc.returncode}): {proc.stderr.strip()}")
-    report = json.loads((tmp / "out" / "hx-report.json").read_text())
+    return json.loads((out / "hx-report.json").read_text()), cpu
+
+
+def run_cli(photos: list[bytes], args, tmp: Path) -> dict:
+    """photos/s of `hx-infer run`, and its CPU per photo: a run of N less a run of 1 (start-up, model load)."""
+    report, cpu = _run_once(photos, args.run_photos, args, tmp)
+    _, cpu_one = _run_once(photos, 1, args, tmp)
     return {"photos": args.run_photos, "files_per_s": report["files_per_s"], "wall_s": report["wall_s"],
+            "cpu_ms_per_photo": round((cpu - cpu_one) / (args.run_photos - 1) * 1000, 1),
             "batch_size": report["batch_size"], "workers": report["workers"], "backend": report["backend"]}
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Clients:
@@ -161,16 +185,20 @@ def load_levels(photos, args, max_batch: int) -> list[dict]:
         query = f"?output={args.output}"
         Clients(served.port, photos, query, 4, seconds=2, limit=16)  # warm-up: threads, allocator, caches
         for concurrency in args.concurrency:
-            before = batch_stats(served)
+            before, server_cpu, client_cpu = batch_stats(served), cpu_s(served.proc.pid), time.process_time()
             clients = Clients(served.port, photos, query, concurrency, args.seconds, args.max_requests)
+            server_cpu, client_cpu = cpu_s(served.proc.pid) - server_cpu, time.process_time() - client_cpu
             after = batch_stats(served)
-            calls = after[1] - before[1]
+            calls, answered = after[1] - before[1], max(1, len(clients.latencies))
             row = {"max_batch": max_batch, "concurrency": concurrency, **clients.figures(),
-                   "mean_batch": round((after[0] - before[0]) / calls, 2) if calls else None}
+                   "mean_batch": round((after[0] - before[0]) / calls, 2) if calls else None,
+                   "server_cpu_ms_per_request": round(server_cpu / answered * 1000, 1),
+                   "client_cpu_ms_per_request": round(client_cpu / answered * 1000, 1)}
             rows.append(row)
             print(f"max-batch {max_batch:2d}  concurrency {concurrency:2d}: {row['requests_per_s']:6.1f} req/s  "
                   f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  mean batch {row['mean_batch']}  "
-                  f"statuses {row['statuses']}", flush=True)
+                  f"CPU ms/request server {row['server_cpu_ms_per_request']} client "
+                  f"{row['client_cpu_ms_per_request']}  statuses {row['statuses']}", flush=True)
     finally:
         served.stop()
     return rows
@@ -241,8 +269,9 @@ def main() -> None:
     photos, source = make_photos()
     with tempfile.TemporaryDirectory(prefix="hx-serve-bench-") as tmp:
         cli = run_cli(photos, args, Path(tmp))
-    print(f"hx-infer run --outputs {args.output}: {cli['files_per_s']:.1f} photos/s "
-          f"({cli['photos']} photos, batch {cli['batch_size']}, {cli['workers']} workers)", flush=True)
+    print(f"hx-infer run --outputs {args.output}: {cli['files_per_s']:.1f} photos/s, "
+          f"{cli['cpu_ms_per_photo']} CPU ms/photo ({cli['photos']} photos, batch {cli['batch_size']}, "
+          f"{cli['workers']} workers)", flush=True)
     rows = [row for max_batch in args.max_batches for row in load_levels(photos, args, max_batch)]
     at16 = next((r for r in rows if r["max_batch"] == 16 and r["concurrency"] == 16), None)
     if at16:

@@ -270,10 +270,10 @@ def overload(photos, args) -> dict:
     result = {"queue": queue, "clients": 2 * queue, "seconds": args.overload_seconds, **clients.figures(),
               "healthz": {**health, "max_ms": round(health["max_ms"], 1)},
               "rss_mb": {"first_third_max": round(max(rss[:third]), 1), "last_third_max": round(max(rss[-third:]), 1),
-                         "max": round(max(rss), 1), "samples": len(rss)}}
+                         "max": round(max(rss), 1), "samples": len(rss), "series": [round(m, 1) for m in rss]}}
     print(f"overload (queue {queue}, {2 * queue} clients, {args.overload_seconds:g} s): statuses {result['statuses']}, "
           f"transport errors {len(clients.errors)}, /healthz {health['answered']} answered / {health['failed']} "
-          f"failed (max {health['max_ms']:.0f} ms), RSS MB {result['rss_mb']}", flush=True)
+          f"failed (max {health['max_ms']:.0f} ms), RSS MB {dict(list(result['rss_mb'].items())[:4])}", flush=True)
     return result
 
 

@@ -217,53 +217,69 @@ def test_health_metrics_and_json_404_405(server):
         assert name in text.decode()
 
 
-def _hold_a_slot(served: Served):
-    """A request that has sent its headers and part of its body: admitted, holding its slot."""
+def _hold_a_slot(served: Served, photo: bytes):
+    """A request that has sent its headers and half its body: admitted, holding its slot, and
+    "on its way" to the batcher, so the photos already there wait --max-wait-ms for it."""
     sock = served.raw()
-    sock.sendall(b"POST /api/remove HTTP/1.1\r\nHost: hx\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100)
+    sock.sendall(b"POST /api/remove HTTP/1.1\r\nHost: hx\r\nContent-Length: %d\r\n\r\n" % len(photo)
+                 + photo[: len(photo) // 2])
     return sock
 
 
 def test_full_queue_answers_503_and_a_client_that_leaves_frees_its_slot(tiny_model_dir, photos):
-    served = Served(tiny_model_dir, "--queue", "1", "--max-wait-ms", "3000", "--workers", "1")
+    served = Served(tiny_model_dir, "--queue", "2", "--max-wait-ms", "3000", "--workers", "1")
     try:
         photo = photos["wide"].read_bytes()
-        sock = _hold_a_slot(served)
-        served.wait_health("in_server", 1)
+        held, leaving = _hold_a_slot(served, photo), _hold_a_slot(served, photo)
+        served.wait_health("in_server", 2)
         status, headers, body = served.post("/api/remove", photo)
         assert status == 503 and headers["retry-after"] == "1" and json.loads(body)["kind"] == "queue_full"
-        sock.close()  # gone while sending its body
-        served.wait_health("in_server", 0)
+        leaving.close()  # gone while sending its body
+        served.wait_health("in_server", 1)
 
-        # Gone while its photo waits for a batch (3 s): the slot is free at once, not after the wait.
+        # Gone while its photo waits (3 s, for the held request): its slot is free at once.
         sock = served.raw()
         sock.sendall(b"POST /api/remove HTTP/1.1\r\nHost: hx\r\nContent-Length: %d\r\n\r\n" % len(photo) + photo)
         served.wait_health("waiting", 1)
         left = time.monotonic()
         sock.close()
-        served.wait_health("in_server", 0)
+        served.wait_health("in_server", 1)
         assert time.monotonic() - left < 2.5
+        held.close()
+        served.wait_health("in_server", 0)
+        started = time.monotonic()
         assert served.post("/api/remove", photo)[0] == 200
+        assert time.monotonic() - started < 2.5  # alone, nobody on the way: no 3 s wait
         _, _, text = served.request("GET", "/metrics")
-        assert _metric(text.decode(), 'hx_request_errors_total{kind="disconnected"}') == 2
+        assert _metric(text.decode(), 'hx_request_errors_total{kind="disconnected"}') == 3
         assert _metric(text.decode(), 'hx_request_errors_total{kind="queue_full"}') == 1
     finally:
         served.stop()
 
 
 def test_sigterm_drains_requests_in_flight_and_exits_0(tiny_model_dir, photos, run_files):
+    """At SIGTERM one request is sending its body and another's photo waits for a batch: both are
+    answered, then the server exits 0."""
     served = Served(tiny_model_dir, "--max-wait-ms", "1500", "--max-batch", "8")
+    photo = photos["wide"].read_bytes()
+    uploading = _hold_a_slot(served, photo)
+    served.wait_health("in_server", 1)
     answers = []
-    client = threading.Thread(target=lambda: answers.append(served.post("/api/remove", photos["wide"].read_bytes())))
+    client = threading.Thread(target=lambda: answers.append(served.post("/api/remove", photo)))
     client.start()
-    served.wait_health("waiting", 1)  # decoded, waiting for its batch when the signal comes
+    served.wait_health("waiting", 1)
     served.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    uploading.sendall(photo[len(photo) // 2:])
+    status, _, body = read_response(uploading)
+    uploading.close()
+    assert status == 200 and body == run_files["", "wide"]
     assert served.proc.wait(timeout=60) == 0, "".join(served.log)
     client.join(timeout=30)
     status, _, body = answers[0]
     assert status == 200 and body == run_files["", "wide"]
     log = "".join(served.log)
-    assert "SIGTERM: finishing 1 request(s) in flight" in log and "hx-infer: stopped" in log
+    assert "SIGTERM: finishing 2 request(s) in flight" in log and "hx-infer: stopped" in log
     assert "Traceback" not in log
 
 
@@ -336,6 +352,26 @@ def test_batcher_gathers_up_to_max_batch_and_waits_at_most_max_wait():
     assert [float(o[0, 0, 0]) for o in outs] == list(range(7))
     assert sizes == [3, 3, 1, 1]
     assert float(lone[0, 0, 0]) == 1 and 0.25 < waited < 2
+
+
+def test_batcher_sends_a_lone_photo_at_once_when_no_other_is_coming():
+    coming = [1]
+
+    async def scenario():
+        batcher = DynamicBatcher(lambda x: x[:, :1], max_batch=4, max_wait_s=1.0, coming=lambda: coming[0])
+        batcher.start()
+        started = time.monotonic()
+        await batcher.infer(np.zeros((3, 2, 2), np.float32))  # one photo said to be on its way: waits
+        waited_for_company = time.monotonic() - started
+        coming[0] = 0
+        started = time.monotonic()
+        await batcher.infer(np.zeros((3, 2, 2), np.float32))  # nobody on the way: no wait
+        alone = time.monotonic() - started
+        await batcher.close()
+        return waited_for_company, alone
+
+    waited_for_company, alone = asyncio.run(scenario())
+    assert waited_for_company > 0.9 and alone < 0.5
 
 
 def test_batcher_leaves_out_cancelled_requests():

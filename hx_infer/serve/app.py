@@ -43,10 +43,11 @@ class RemoveService:
     def __init__(self, model: ModelDir, backend: Backend, options: ServeOptions, workers: int):
         self.model, self.backend, self.options = model, backend, options
         self.in_server = 0  # admitted requests; only the event loop's thread changes it
+        self.decoded = 0  # of those, the ones whose photo is decoded (at the batcher, or encoding)
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="hx-pixels")
         self.metrics = Metrics(in_server=lambda: self.in_server, waiting=lambda: self.batcher.waiting)
         self.batcher = DynamicBatcher(backend.infer, options.max_batch, options.max_wait_ms / 1000,
-                                      on_batch=self.metrics.batch_size.observe)
+                                      on_batch=self.metrics.batch_size.observe, coming=self.coming)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette):
@@ -116,9 +117,17 @@ class RemoveService:
             return decode(image, params, size, target, self.options.max_pixels), params
 
         decoded, params = await loop.run_in_executor(self.pool, prepare)
-        out = await self.batcher.infer(decoded.x)
-        data = await loop.run_in_executor(self.pool, encode, decoded, out, params, size, target)
+        self.decoded += 1
+        try:
+            out = await self.batcher.infer(decoded.x)
+            data = await loop.run_in_executor(self.pool, encode, decoded, out, params, size, target)
+        finally:
+            self.decoded -= 1
         return data, params.media_type
+
+    def coming(self) -> int:
+        """Admitted requests whose photo has yet to reach the batcher (its body or decode under way)."""
+        return self.in_server - self.decoded
 
     async def healthz(self, request: Request) -> Response:
         facts = {"status": "ok", "model": str(self.model.root), "sha256": self.model.sha256,

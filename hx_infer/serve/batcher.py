@@ -1,8 +1,10 @@
 """Dynamic batching: photos of concurrent requests gathered into one backend call.
 
 A batch starts with the oldest waiting photo and takes whatever else is waiting, then waits for
-more until that first photo has waited max_wait_s, or until it holds max_batch photos. While the
-backend runs a batch, the next one gathers, so under load batches fill without waiting at all.
+more until that first photo has waited max_wait_s, or until it holds max_batch photos, or until
+no other photo is on its way (its request's body or decode under way): a lone request does not wait for company that is
+not coming. While the backend runs a batch, the next one gathers, so under load batches fill
+without waiting at all.
 The backend runs on one thread of its own: one call at a time, each using all the cores it is
 given, and the event loop never blocks on it.
 """
@@ -28,8 +30,10 @@ class DynamicBatcher:
     event loop: `start()` in it, `await infer(x)` per photo, `await close()` at the end."""
 
     def __init__(self, infer_batch: Callable[[np.ndarray], np.ndarray], max_batch: int, max_wait_s: float,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None, coming: Callable[[], int] | None = None):
+        """coming: how many photos are on their way to infer() (None: always wait max_wait_s)."""
         self._infer_batch = infer_batch
+        self._coming = coming
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch  # hears each batch's size (metrics)
@@ -79,7 +83,7 @@ class DynamicBatcher:
             except asyncio.QueueEmpty:
                 pass
             left = deadline - loop.time()
-            if left <= 0:
+            if left <= 0 or (self._coming is not None and self._coming() == 0):
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), left))

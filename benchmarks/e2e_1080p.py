@@ -5,13 +5,13 @@
 
 Makes N 1920x1080 JPEGs (quality 90; the ccp photos cover-cropped to 1080p when
 /work/shared/data/ccp is there, else 16 synthetic scenes) in a temporary folder. Then, for each
-output kind, times the stages of `hx-infer run`'s device path (hx_infer.gpu) one at a time over
+output kind, times the stages of `hx-infer run`'s device path (hx_infer.run.device) one at a time over
 the same photos:
 
     host     the decode threads' share: read, header, CPU decode of what the GPU will not decode
-             (PipelineOnDevice.decode, --workers threads)
+             (DeviceStages.decode, --workers threads)
     device   letterbox, model, un-letterbox, matte / cutout / composite, back into host memory
-             (DeviceStages, one batch in flight; JPEG decoding happens here with nvJPEG on CUDA)
+             (DeviceStages.submit, one batch in flight; JPEG decoding happens here with nvJPEG on CUDA)
     encode   PNG / JPEG encoding (--workers threads)
     write    atomic writes of those files (--workers threads)
 
@@ -39,9 +39,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hx_infer import Extractor  # noqa: E402
-from hx_infer.gpu import _ENCODE, PipelineOnDevice  # noqa: E402
+from hx_infer.run.device import DeviceStages  # noqa: E402
 from hx_infer.io.images import atomic_write, iter_photos  # noqa: E402
-from hx_infer.pipeline import Job, default_workers, make_config  # noqa: E402
+from hx_infer.run.config import default_workers, make_config  # noqa: E402
+from hx_infer.run.kinds import KINDS  # noqa: E402
+from hx_infer.run.options import RunOptions  # noqa: E402
+from hx_infer.run.plan import Job  # noqa: E402
 import record  # noqa: E402  (benchmarks/record.py)
 
 CCP = Path("/work/shared/data/ccp/images")
@@ -86,9 +89,9 @@ def rate(n: int, seconds: float) -> float:
 
 def time_stages(extractor: Extractor, photos: Path, out: Path, kind: str, workers: int) -> dict:
     """Each stage of the device path alone over every photo (encode and write over KEEP of them)."""
-    config = make_config(photos, out / "stages", extractor.model, outputs=kind, overwrite=True, workers=workers,
-                         progress=False)
-    on_device = PipelineOnDevice(config, extractor.backend, extractor.model)
+    config = make_config(photos, out / "stages", extractor.model,
+                         RunOptions(outputs=kind, overwrite=True, workers=workers, progress=False))
+    on_device = DeviceStages(config, extractor.backend, extractor.model)
     jobs = [Job(path, path.relative_to(photos)) for path in iter_photos(photos)]
     batch_size = extractor.batch_size
     with ThreadPoolExecutor(workers) as pool:
@@ -109,7 +112,7 @@ def time_stages(extractor: Extractor, photos: Path, out: Path, kind: str, worker
         device_s = time.perf_counter() - start
         arrays = [outputs[kind] for outputs in kept]
         start = time.perf_counter()
-        encoded = list(pool.map(_ENCODE[kind], arrays))
+        encoded = list(pool.map(KINDS[kind].encode, arrays))
         encode_s = time.perf_counter() - start
         targets = [out / "stages" / kind / f"{i:05d}.bin" for i in range(len(encoded))]
         start = time.perf_counter()

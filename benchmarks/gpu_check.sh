@@ -78,7 +78,7 @@ export PY
 export -f versions  # timeout runs programs, not shell functions
 step env 15 bash -c versions
 step pytest 70 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors
-step models 40 "$PY" -c "from hx_infer.bench import write_random_model as w; $MODELS"
+step models 40 "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); from random_model import write_random_model as w; $MODELS"
 step bench-base 70 "$PY" -m hx_infer.cli bench --model "$BASE" "${BENCH[@]}" \
     --json "$OUT/bench-base.json" --plot "$OUT/bench-base.png"
 step bench-lite 35 "$PY" -m hx_infer.cli bench --model "$LITE" "${BENCH[@]}" \

@@ -18,12 +18,13 @@ import datetime
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .backends.base import BackendError, open_backend, resolve_backend, resolve_device
+from .backends.base import BackendError, BackendSpec, Device, open_backend, resolve_backend, resolve_device
 from .model import ModelDir
 
 FORMAT = "hx-bench/1"
@@ -34,8 +35,8 @@ PERCENTILES = (50, 90, 99)
 Log = Callable[[str], None]
 
 
-def default_batches(device: str) -> tuple[int, ...]:
-    return BATCHES_CUDA if device.startswith("cuda") else BATCHES_CPU
+def default_batches(device: Device | str) -> tuple[int, ...]:
+    return BATCHES_CUDA if Device.parse(device).cuda else BATCHES_CPU
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -96,18 +97,17 @@ def bench_model(model: ModelDir, *, backends: Sequence[str] = ("auto",), precisi
     device = resolve_device(device)
     batches = tuple(batches or default_batches(device))
     names = list(dict.fromkeys(resolve_backend(name, device) for name in backends))
-    options = {"cuda_graphs": cuda_graphs, "threads": threads, "engine_cache": engine_cache}
     gflops = model.card.get("gflops_per_image")
-    cuda = device.startswith("cuda")
+    cuda = device.cuda
     rows = []
     for name in names:
         for precision in precisions:
-            shared = open_backend(name, model, device, precision=precision, batch_size=max(batches),
-                                  **options) if name == "trt" else None
+            spec = BackendSpec(name, device, precision=precision, engine_cache=engine_cache, threads=threads,
+                               cuda_graphs=cuda_graphs)
+            shared = open_backend(model, replace(spec, batch_size=max(batches))) if name == "trt" else None
             try:
                 for batch in batches:
-                    backend = shared or open_backend(name, model, device, precision=precision, batch_size=batch,
-                                                     **options)
+                    backend = shared or open_backend(model, replace(spec, batch_size=batch))
                     try:
                         rows.append(_time_one(backend, model, name, batch, gflops, cuda, iterations, warmup, log))
                     finally:
@@ -121,7 +121,7 @@ def bench_model(model: ModelDir, *, backends: Sequence[str] = ("auto",), precisi
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {"path": str(model.root), "preset": model.preset, "size": model.size, "target": model.target,
                   "gflops_per_image": gflops},
-        "device": device,
+        "device": str(device),
         "hardware": _hardware(device),
         "settings": {"iterations": iterations, "warmup": warmup, "cuda_graphs": cuda_graphs,
                      "timer": "CUDA events" if cuda else "perf_counter"},
@@ -139,7 +139,7 @@ def _time_one(backend, model: ModelDir, name: str, batch: int, gflops, cuda: boo
     if cuda:
         import torch
 
-        images = torch.from_numpy(images).to(backend.device)
+        images = torch.from_numpy(images).to(str(backend.device))
     try:
         latencies, total_s = time_calls(lambda: backend.infer(images), iterations, warmup, cuda)
     except Exception as e:  # noqa: BLE001 - one configuration failing (out of memory, say) ends only its row
@@ -156,14 +156,14 @@ def _time_one(backend, model: ModelDir, name: str, batch: int, gflops, cuda: boo
     return row
 
 
-def _hardware(device: str) -> dict:
+def _hardware(device: Device) -> dict:
     facts = {"machine": platform.machine(), "python": platform.python_version()}
     try:
         import torch
 
         facts["torch"] = torch.__version__
-        if device.startswith("cuda"):
-            index = torch.device(device).index or 0
+        if device.cuda:
+            index = device.index or 0
             facts["gpu"] = torch.cuda.get_device_name(index)
             facts["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(index)))
             facts["cuda"] = torch.version.cuda
@@ -253,62 +253,3 @@ def plot_throughput(result: dict, path: Path, width: int = 960, height: int = 60
             cv2.circle(canvas, tuple(int(c) for c in point), 4, colour, -1, cv2.LINE_AA)
         cv2.putText(canvas, label, (left + 12, top + 22 + 20 * i), font, 0.5, colour, 1, cv2.LINE_AA)
     atomic_write(Path(path), encode_png(canvas))
-
-
-# ---------------------------------------------------------------------------------------------
-# A random-weight model folder for benchmarks (the network's speed does not depend on its weights)
-
-
-def write_random_model(out: Path, preset: str, size: int, target: str = "alpha", seed: int = 0,
-                       log: Log = lambda line: None) -> ModelDir:
-    """Export a freshly initialised generator to `out` (replacing it) with hx-train export.
-
-    Where torch's ONNX exporter cannot run (no onnxscript, as on the GPU check machine) the
-    folder gets what the torch backend needs and an fp32 ONNX from torch's TorchScript exporter,
-    with a card that says so; it has no fp16 graph.
-    """
-    import torch
-
-    from hx_train.export import ExportError, export_generator
-    from hx_train.models import build_generator, init_weights
-
-    torch.manual_seed(seed)
-    generator = init_weights(build_generator(preset, size, target)).eval()
-    try:
-        return export_generator(generator, out, preset=preset, size=size, target=target, overwrite=True,
-                                card_extra={"data": {"source": f"random weights (seed {seed}), for benchmarks"}},
-                                log=log)
-    except ExportError as e:
-        if "onnxscript" not in str(e):
-            raise
-        log(f"{e}; writing a torch-only folder with a TorchScript-exported fp32 ONNX instead")
-    return _torchscript_model(generator, Path(out), preset, size, target, seed)
-
-
-def _torchscript_model(generator, out: Path, preset: str, size: int, target: str, seed: int) -> ModelDir:
-    import shutil
-    import warnings
-
-    import torch
-
-    from hx_train.export import INPUT_NAME, OPSET, ZeroOneOutput
-    from hx_train.models import conv_gflops, count_parameters
-
-    from .model import CARD, FORMAT, ONNX_FP32, WEIGHTS, load_model_dir, sha256_file
-
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    torch.save(generator.state_dict(), out / WEIGHTS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(ZeroOneOutput(generator).eval(), (torch.zeros(2, 3, size, size),), str(out / ONNX_FP32),
-                          dynamo=False, input_names=[INPUT_NAME], output_names=[target],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}}, opset_version=OPSET)
-    card = {"format": FORMAT, "name": out.name, "preset": preset, "size": size, "target": target,
-            "input_name": INPUT_NAME, "output_name": target, "opset": OPSET,
-            "parameters": count_parameters(generator), "gflops_per_image": round(conv_gflops(generator, size), 4),
-            "sha256": {name: sha256_file(out / name) for name in (ONNX_FP32, WEIGHTS)},
-            "data": {"source": f"random weights (seed {seed}), for benchmarks; TorchScript ONNX export, "
-                               "no fp16 graph, no parity check"}}
-    (out / CARD).write_text(json.dumps(card, indent=2) + "\n")
-    return load_model_dir(out)

@@ -158,17 +158,20 @@ def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, 
     from tqdm import tqdm
 
     from . import Extractor
-    from .engines import make_engine
     from .backends.base import BackendError
+    from .engines import make_engine
+    from .errors import ConfigError
     from .model import ModelError
-    from .pipeline import ConfigError
     from .report import REPORT_NAME, summary_line
+    from .run.options import RunOptions, VideoOptions
     from .temporal import DEFAULT_STRENGTH
-    from .video_pipeline import VideoOptions
 
     inputs = (line for line in sys.stdin) if input == "-" else input
     strength = temporal_strength if temporal_strength is not None else DEFAULT_STRENGTH if temporal else 0.0
-    video = VideoOptions(temporal=strength, lossless=lossless, rgba="png" if frames == "png" else video_codec)
+    options = RunOptions(
+        outputs=outputs, background=background, refine=refine, overwrite=not resume, workers=workers,
+        max_pixels=max_pixels, glob=glob, report=report, progress=not quiet,
+        video=VideoOptions(temporal=strength, lossless=lossless, rgba="png" if frames == "png" else video_codec))
 
     def log(line: str) -> None:
         tqdm.write(f"hx-infer: {line}", file=sys.stderr)  # above the bar, not through it
@@ -183,10 +186,7 @@ def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, 
     with _exit_on_errors(ctx, ConfigError, ModelError, BackendError):
         with Extractor(model, backend=backend, device=device, batch_size=batch_size,
                        engine=make_engine(engine, **given), engine_cache=engine_cache) as extractor:
-            result = extractor.run(
-                inputs, output, outputs=outputs, background=background, refine=refine,
-                overwrite=not resume, workers=workers, max_pixels=max_pixels, glob=glob,
-                report=report, progress=not quiet, log=log, video=video)
+            result = extractor.run(inputs, output, options, log=log)
     report_path = report if report is not None else output / REPORT_NAME
     click.echo(summary_line(result, report_path), err=True)
     ctx.exit(EXIT_FAILED if result["counts"]["failed"] else EXIT_OK)
@@ -225,8 +225,8 @@ def eval_command(ctx: click.Context, model: str, data: Path, backend: str, devic
     from .backends.base import BackendError
     from .evaluate import EvalError, evaluate, format_results, plan_eval
     from .io.images import PHOTO_EXTENSIONS
+    from .errors import ConfigError
     from .model import ModelError
-    from .pipeline import ConfigError
     from .report import write_report
 
     def log(line: str) -> None:
@@ -277,7 +277,7 @@ def build(ctx: click.Context, model_dir: str, out: Path | None, precision: str, 
     """
     from .backends.base import BackendError
     from .model import ModelError, load_model_dir
-    from .trt_build import Profile, build_for_model
+    from .backends.trt_build import Profile, build_for_model
 
     def log(line: str) -> None:
         click.echo(f"hx-infer: {line}", err=True)

@@ -19,7 +19,7 @@ training crops. A photo whose mask is empty has no person box: it is scored on `
 and reported as skipped for the other crops. The same crop is cut from photo and mask.
 
 The model sees a crop exactly as `hx-infer run` shows it a photo: letterbox -> backend ->
-unletterbox -> to_uint8. The `full` crop goes through pipeline.matte_input, the decode of
+unletterbox -> to_uint8. The `full` crop goes through run.photos.matte_input, the decode of
 `hx-infer run --outputs alpha`, so its per-image scores are those of the mattes that run writes;
 the other crops are cut from the full-resolution decode.
 
@@ -46,7 +46,9 @@ import numpy as np
 from .backends.base import Backend
 from .io.images import DecodeError, is_photo_name, photo_size, read_photo
 from .model import ModelDir
-from .pipeline import DEFAULT_MAX_PIXELS, matte_input, parse_names
+from .run.config import parse_names
+from .run.options import DEFAULT_MAX_PIXELS
+from .run.photos import matte_input
 from .transforms import Letterbox, letterbox, to_uint8, unletterbox
 
 CROPS = ("full", "upper", "head")
@@ -374,7 +376,7 @@ def evaluate(model: ModelDir, data: Path, backend: Backend, crops: str | Iterabl
         "model": {"path": str(model.root), "sha256": model.sha256, "preset": model.preset,
                   "size": model.size, "target": model.target},
         "backend": backend.name,
-        "device": backend.device,
+        "device": str(backend.device),
         "batch_size": batch_size,
         "data": str(plan.folder),
         "pairs": len(plan.pairs),

@@ -16,7 +16,7 @@ REPORT_NAME = "hx-report.json"
 
 @dataclass
 class Tally:
-    """Counts of one run, updated by the pipeline's main thread only (no lock needed)."""
+    """Counts of one run, updated by the engine's own thread only (no lock needed)."""
 
     processed: int = 0
     skipped: int = 0

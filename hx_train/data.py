@@ -414,8 +414,6 @@ class Augmenter:
 
         channels = [photos.float() / 255.0, masks.float() / 255.0,
                     box_mask(boxes[:, PHOTO], self.canvas, device).float()]  # [B, 5, C, C]
-        if on_plate.any():
-            channels.append(plates.float() / 255.0)  # [B, 8, C, C]: the same view of the plate
         warped, valid = self.warp(torch.cat(channels, 1), theta, half_extent, validity=4)
 
         colour = tuple(t.to(device, torch.float32) for t in colour)
@@ -423,9 +421,15 @@ class Augmenter:
         person_mask = warped[:, 3:4] * valid
         photo, mask = person, person_mask
         if on_plate.any():
-            plate = (self.jitter(warped[:, 5:8], valid, *colour) * 2.0 - 1.0) * valid
-            swap = on_plate.to(device)[:, None, None, None]
-            photo, mask = torch.where(swap, plate, photo), torch.where(swap, 0.0, mask)
+            # The same view of the clean plate, for those rows only (resampling canvases is most
+            # of a CPU step).
+            rows = torch.nonzero(on_plate).squeeze(1).to(device)
+            plate, _ = self.warp(plates[rows].float() / 255.0, theta[rows.cpu()], half_extent[rows.cpu()],
+                                 validity=None)
+            row_colour = tuple(t[rows] if t.shape[0] == photos.shape[0] else t for t in colour)
+            photo, mask = photo.clone(), mask.clone()
+            photo[rows] = (self.jitter(plate, valid[rows], *row_colour) * 2.0 - 1.0) * valid[rows]
+            mask[rows] = 0.0
         pasted = on_plate | (draws[:, 16] < self.config.p_paste)
         if pasted.any():
             photo, mask = self.paste(photo, mask, person, person_mask, valid, pasted, draws)
@@ -434,13 +438,16 @@ class Augmenter:
         return photo, mask
 
     def warp(self, source: torch.Tensor, theta: torch.Tensor, half_extent: torch.Tensor,
-             validity: int) -> tuple[torch.Tensor, torch.Tensor]:
+             validity: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Resample source [B, K, C, C] through theta to [B, K, S, S]; valid [B, 1, S, S] bool: inside
-        the view's rectangle R and, by channel `validity` (the photo's box), inside the photo."""
+        the view's rectangle R and, by channel `validity` (the photo's box), inside the photo
+        (None: not computed)."""
         S, device = self.size, source.device
         grid = F.affine_grid(theta.to(device, torch.float32), [source.shape[0], source.shape[1], S, S],
                              align_corners=False)
         warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if validity is None:
+            return warped, None
         centres = (torch.arange(S, device=device, dtype=torch.float32) + 0.5) * (2.0 / S) - 1.0
         half = half_extent.to(device, torch.float32)
         inside_x = centres.abs() <= half[:, 0, None]
@@ -468,35 +475,44 @@ class Augmenter:
         cfg, bg = self.config, self.backgrounds
         B, device, K = photo.shape[0], photo.device, cfg.composite_people
         u = torch.rand((B, 14 + 3 * K), generator=generator, dtype=torch.float64)
-        empty = u[:, 0] < cfg.p_empty
         scene = u[:, 0] < cfg.p_empty + cfg.p_composite
         if not scene.any():
             return photo, mask
+        # Only the scene rows are built (on a CPU the canvases' resampling is most of a step).
+        rows = torch.nonzero(scene).squeeze(1)  # [R] indices into the batch, CPU
+        u, R = u[rows], len(rows)
+        empty = u[:, 0] < cfg.p_empty
         index = (u[:, 1] * len(bg)).long().clamp_max(len(bg) - 1)
         boxes = bg.boxes[index].double()  # person rows NaN: views() takes whole-photo crops
-        view_u = torch.zeros((B, N_DRAWS), dtype=torch.float64)
+        view_u = torch.zeros((R, N_DRAWS), dtype=torch.float64)
         view_u[:, :11] = u[:, 3:14]
         theta, half_extent = self.views(boxes, view_u)
         source = torch.cat([gather(bg.photos, index, device).float() / 255.0,
                             box_mask(boxes[:, PHOTO], self.canvas, device).float()], 1)
         warped, valid = self.warp(source, theta, half_extent, validity=3)
+        rows_d = rows.to(device)
+        colour = tuple(t[rows_d] if t.shape[0] == B else t for t in colour)
         scene_photo = (self.jitter(warped[:, :3], valid, *colour) * 2.0 - 1.0) * valid
-        scene_mask = torch.zeros_like(mask)
+        scene_mask = torch.zeros((R, 1, *mask.shape[2:]), device=device, dtype=mask.dtype)
 
         heights = person_heights(person_mask).cpu().double()  # [B] share of S; .cpu(): a sync on CUDA
         n_people = 1 + (u[:, 2] * K).long().clamp_max(K - 1)
         low, high = math.log(cfg.composite_min_height), math.log(cfg.composite_max_height)
         for j in range(K):
-            donor_height = heights.roll(j + 1, 0)
+            donors = (rows - (j + 1)) % B  # the people of other views of the batch
+            donor_height = heights[donors]
             column = 14 + 3 * j
             wanted = torch.exp(low + (high - low) * u[:, column])
             scale = (wanted / donor_height.clamp_min(1e-3)).clamp(0.02, 4.0)
             shift = 2 * u[:, column + 1:column + 3] - 1
             active = (j < n_people) & (donor_height > 0) & ~empty
-            scene_photo, scene_mask = paste_person(scene_photo, scene_mask, person.roll(j + 1, 0),
-                                                   person_mask.roll(j + 1, 0), valid, active, scale, shift)
-        swap = scene.to(device)[:, None, None, None]
-        return torch.where(swap, scene_photo, photo), torch.where(swap, scene_mask, mask)
+            if active.any():
+                donors_d = donors.to(device)
+                scene_photo, scene_mask = paste_person(scene_photo, scene_mask, person[donors_d],
+                                                       person_mask[donors_d], valid, active, scale, shift)
+        photo, mask = photo.clone(), mask.clone()
+        photo[rows_d], mask[rows_d] = scene_photo, scene_mask
+        return photo, mask
 
     def views(self, boxes: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """boxes [B, 4, 4], u [B, N_DRAWS] uniform -> theta [B, 2, 3] for affine_grid (output square

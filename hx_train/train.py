@@ -527,8 +527,9 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
             background_val = hxdata.load_split(None, config.size, workers=config.workers, pin=pin,
                                                photos_only=[p for p in photos if p.name in held_out])
     weights = hxdata.source_weights(train, config.source_balance)
-    data_info = {"train": len(train), "val": len(val), "source": str(data),
-                 "sources": [s for s in sources if s.get("prefix") is not None]}
+    data_info = {"train": len(train), "val": len(val), "source": str(data)}
+    if any("path" in s for s in sources):  # DATA/sources.json: what each source is and holds
+        data_info["sources"] = sources
     if background_train is not None:
         data_info["backgrounds"] = {"path": config.backgrounds, "train": len(background_train),
                                     "val": len(background_val) if background_val is not None else 0}

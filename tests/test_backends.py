@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from hx_infer.backends import BackendError, open_backend
-from hx_infer.backends.base import ort_has_cuda, trt_installed
+from hx_infer.backends import BackendError, BackendSpec, open_backend
+from hx_infer.backends.base import ort_has_cuda, resolve_precision, trt_installed
 from hx_infer.backends.ort import (CUDA_PROVIDER, TRT_PROVIDER, OrtBackend, cpu_threads, cuda_providers,
                                    default_engine_cache)
-from hx_infer.backends.ort import resolve_precision as ort_precision
 from hx_infer.backends.torch import TorchBackend
 from hx_infer.backends.trt import NEEDS_CUDA, NOT_INSTALLED, TrtBackend
 from hx_infer.model import load_model_dir
@@ -57,7 +56,7 @@ def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def _reference(model, images: np.ndarray) -> np.ndarray:
-    with OrtBackend(model, "cpu", threads=1) as backend:
+    with OrtBackend(model, BackendSpec(device="cpu", threads=1)) as backend:
         return backend.infer(images)
 
 
@@ -66,7 +65,7 @@ def test_contract(name, device, options, model):
     images = _images(5, model.size)
     expected = _reference(model, images)
     c, s = model.out_channels, model.size
-    with open_backend(name, model, device, batch_size=2, **options) as backend:  # 5 = 2 + 2 + 1
+    with open_backend(model, BackendSpec(name, device, batch_size=2, **options)) as backend:  # 5 = 2 + 2 + 1
         got = backend.infer(images)
         single = backend.infer(images[3:4])
         with pytest.raises(BackendError, match=r"\[N, 3, 64, 64\]"):
@@ -77,6 +76,8 @@ def test_contract(name, device, options, model):
                 backend.infer(bad)
         with pytest.raises(BackendError, match="float32"):
             backend.infer(images.astype(np.float64))
+    with pytest.raises(BackendError, match="after close"):
+        backend.infer(images)
     assert isinstance(got, np.ndarray) and got.dtype == np.float32
     assert got.shape == (5, c, s, s)
     assert 0.0 <= got.min() and got.max() <= 1.0
@@ -91,7 +92,7 @@ def test_torch_tensors_come_back_as_torch_tensors_on_their_device(name, device, 
     images = _images(3, model.size, seed=1)
     expected = _reference(model, images)
     tensor = torch.from_numpy(images).to(device)
-    with open_backend(name, model, device, **options) as backend:
+    with open_backend(model, BackendSpec(name, device, **options)) as backend:
         got = backend.infer(tensor)
     assert isinstance(got, torch.Tensor) and got.device == tensor.device and got.dtype == torch.float32
     assert np.abs(got.cpu().numpy() - expected).max() <= TOLERANCE
@@ -104,7 +105,7 @@ def test_fitted_fixture_model_finds_the_disc(tiny_model_dir, make_disc_photo):
     model = load_model_dir(tiny_model_dir)
     rgb, mask = make_disc_photo(model.size, model.size, seed=5)
     image = (rgb.astype(np.float32) / 127.5 - 1).transpose(2, 0, 1)[None]
-    with OrtBackend(model, "cpu", threads=1) as backend:
+    with OrtBackend(model, BackendSpec(device="cpu", threads=1)) as backend:
         alpha = backend.infer(np.ascontiguousarray(image))[0, 0]
     inside, predicted = mask > 127, alpha > 0.5
     iou = (inside & predicted).sum() / (inside | predicted).sum()
@@ -115,13 +116,21 @@ def test_fitted_fixture_model_finds_the_disc(tiny_model_dir, make_disc_photo):
 # --- factory -----------------------------------------------------------------------------
 
 
+def test_a_misspelt_backend_option_fails_where_the_spec_is_made():
+    """One spec for every backend: no backend can silently drop an option it does not know."""
+    with pytest.raises(TypeError, match="engine_cahce"):
+        BackendSpec("trt", "cuda", engine_cahce="engines/")
+    with pytest.raises(BackendError, match="--device 'gpu'"):
+        BackendSpec(device="gpu")
+
+
 def test_unknown_backend_name(tiny_model_dir):
     with pytest.raises(BackendError, match="--backend 'onnx'"):
-        open_backend("onnx", load_model_dir(tiny_model_dir), "cpu")
+        open_backend(load_model_dir(tiny_model_dir), BackendSpec("onnx", "cpu"))
 
 
 def test_auto_on_cpu_is_ort(tiny_model_dir):
-    with open_backend("auto", load_model_dir(tiny_model_dir), "cpu") as backend:
+    with open_backend(load_model_dir(tiny_model_dir), BackendSpec("auto", "cpu")) as backend:
         assert isinstance(backend, OrtBackend)
         assert "CPU" in backend.describe()
 
@@ -129,14 +138,14 @@ def test_auto_on_cpu_is_ort(tiny_model_dir):
 @pytest.mark.skipif(trt_installed(), reason="tensorrt is installed here")
 def test_trt_without_tensorrt_says_how_to_get_it(tiny_model_dir):
     with pytest.raises(BackendError) as info:
-        open_backend("trt", load_model_dir(tiny_model_dir), "cpu")
+        open_backend(load_model_dir(tiny_model_dir), BackendSpec("trt", "cpu"))
     assert str(info.value) == NOT_INSTALLED
 
 
 def test_trt_on_cpu_needs_cuda(tiny_model_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
     with pytest.raises(BackendError) as info:
-        TrtBackend(load_model_dir(tiny_model_dir), "cpu")
+        TrtBackend(load_model_dir(tiny_model_dir), BackendSpec(device="cpu"))
     assert str(info.value) == NEEDS_CUDA
 
 
@@ -154,24 +163,24 @@ def test_ort_cpu_threads(tiny_model_dir):
     assert cpu_threads(None) >= 1
     with pytest.raises(BackendError, match="--threads"):
         cpu_threads(0)
-    with OrtBackend(load_model_dir(tiny_model_dir), "cpu", threads=1) as backend:
+    with OrtBackend(load_model_dir(tiny_model_dir), BackendSpec(device="cpu", threads=1)) as backend:
         assert backend._session.get_session_options().intra_op_num_threads == 1
         assert backend._session.get_providers() == ["CPUExecutionProvider"]
 
 
 def test_ort_precision_choices():
-    assert ort_precision(None, "cpu") == "fp32"
-    assert ort_precision(None, "cuda:1") == "fp16"
-    assert ort_precision("fp32", "cuda") == "fp32"
+    assert resolve_precision(OrtBackend, None, "cpu") == "fp32"
+    assert resolve_precision(OrtBackend, None, "cuda:1") == "fp16"
+    assert resolve_precision(OrtBackend, "fp32", "cuda") == "fp32"
     for precision, device in (("fp16", "cpu"), ("bf16", "cuda"), ("int8", "cuda")):
         with pytest.raises(BackendError, match="--precision"):
-            ort_precision(precision, device)
+            resolve_precision(OrtBackend, precision, device)
 
 
 @pytest.mark.skipif(ort_has_cuda(), reason="onnxruntime-gpu is installed here")
 def test_ort_cuda_without_onnxruntime_gpu(tiny_model_dir):
     with pytest.raises(BackendError, match="onnxruntime-gpu is not installed") as info:
-        OrtBackend(load_model_dir(tiny_model_dir), "cuda")
+        OrtBackend(load_model_dir(tiny_model_dir), BackendSpec(device="cuda"))
     assert "\n" not in str(info.value)
 
 
@@ -210,27 +219,27 @@ def model_copy(tiny_model_dir, tmp_path):
 def test_corrupt_weights_name_the_file(model_copy):
     (model_copy / "generator.pt").write_bytes(b"not a state dict")
     with pytest.raises(BackendError, match="generator.pt") as info:
-        TorchBackend(load_model_dir(model_copy), "cpu")
+        TorchBackend(load_model_dir(model_copy), BackendSpec(device="cpu"))
     assert "\n" not in str(info.value)
 
 
 def test_missing_or_corrupt_graph_names_the_file(model_copy):
     (model_copy / "model.onnx").write_bytes(b"\x08garbage")
     with pytest.raises(BackendError, match="model.onnx"):
-        OrtBackend(load_model_dir(model_copy), "cpu")
+        OrtBackend(load_model_dir(model_copy), BackendSpec(device="cpu"))
     (model_copy / "model.onnx").unlink()
     with pytest.raises(BackendError, match="missing"):
-        OrtBackend(load_model_dir(model_copy), "cpu")
+        OrtBackend(load_model_dir(model_copy), BackendSpec(device="cpu"))
 
 
 def test_reduced_precision_on_cpu_is_refused(tiny_model_dir):
     model = load_model_dir(tiny_model_dir)
     with pytest.raises(BackendError, match="--precision fp16"):
-        OrtBackend(model, "cpu", precision="fp16")
+        OrtBackend(model, BackendSpec(device="cpu", precision="fp16"))
     with pytest.raises(BackendError, match="--precision bf16"):
-        TorchBackend(model, "cpu", precision="bf16")
+        TorchBackend(model, BackendSpec(device="cpu", precision="bf16"))
     with pytest.raises(BackendError, match="--batch-size"):
-        TorchBackend(model, "cpu", batch_size=0)
+        TorchBackend(model, BackendSpec(device="cpu", batch_size=0))
 
 
 # --- CUDA only -----------------------------------------------------------------------------
@@ -242,7 +251,7 @@ def test_torch_cuda_graphs_pad_the_short_batch(tiny_model_dir, precision, tolera
     model = load_model_dir(tiny_model_dir)
     images = _images(6, model.size, seed=2)
     expected = _reference(model, images)
-    with TorchBackend(model, "cuda", precision=precision, batch_size=4) as backend:
+    with TorchBackend(model, BackendSpec(device="cuda", precision=precision, batch_size=4)) as backend:
         got = backend.infer(images)  # 6 = 4 + 2 padded to 4
         again = backend.infer(torch.from_numpy(images[:3]).cuda())
         assert sorted(backend._graphs) == [4]
@@ -254,7 +263,7 @@ def test_torch_cuda_graphs_pad_the_short_batch(tiny_model_dir, precision, tolera
 def test_torch_cuda_graph_per_batch_size_without_hint(tiny_model_dir):
     model = load_model_dir(tiny_model_dir)
     images = _images(5, model.size, seed=3)
-    with TorchBackend(model, "cuda") as backend:
+    with TorchBackend(model, BackendSpec(device="cuda")) as backend:
         first = backend.infer(images[:3])
         backend.infer(images)
         repeat = backend.infer(images[:3])
@@ -266,7 +275,7 @@ def test_torch_cuda_graph_per_batch_size_without_hint(tiny_model_dir):
 def test_torch_cuda_without_graphs_matches(tiny_model_dir):
     model = load_model_dir(tiny_model_dir)
     images = _images(3, model.size, seed=4)
-    with TorchBackend(model, "cuda", cuda_graphs=False) as backend:
+    with TorchBackend(model, BackendSpec(device="cuda", cuda_graphs=False)) as backend:
         got = backend.infer(images)
         assert backend._graphs == {}
     assert np.abs(got - _reference(model, images)).max() <= TOLERANCE
@@ -278,7 +287,7 @@ def test_torch_cuda_without_graphs_matches(tiny_model_dir):
 def test_ort_cuda_io_binding(tiny_model_dir, precision):
     model = load_model_dir(tiny_model_dir)
     images = _images(5, model.size, seed=5)
-    with OrtBackend(model, "cuda", precision=precision, batch_size=2) as backend:
+    with OrtBackend(model, BackendSpec(device="cuda", precision=precision, batch_size=2)) as backend:
         got = backend.infer(torch.from_numpy(images).cuda())
     assert got.is_cuda and got.shape == (5, 1, model.size, model.size)
     assert np.abs(got.cpu().numpy() - _reference(model, images)).max() <= TOLERANCE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hx_infer import bench
-from hx_infer.backends import BackendError
+from hx_infer.backends import BackendError, BackendSpec
 from hx_infer.cli import main
 from hx_infer.model import load_model_dir
 
@@ -65,9 +66,9 @@ def test_plot_draws_a_line_per_backend(result, tmp_path):
 def test_a_configuration_that_fails_keeps_its_error_and_the_rest_go_on(tiny_model_dir, monkeypatch, tmp_path):
     real_open = bench.open_backend
 
-    def flaky(name, model, device, **options):
-        backend = real_open(name, model, device, **options)
-        if options["batch_size"] == 2:
+    def flaky(model, spec):
+        backend = real_open(model, spec)
+        if spec.batch_size == 2:
             def boom(batch):
                 raise RuntimeError("CUDA out of memory\nsecond line")
             backend.infer = boom
@@ -133,21 +134,28 @@ def test_cli_usage_errors_are_one_line(tiny_model_dir, args, needle, monkeypatch
 
 
 def test_random_model_without_onnxscript_falls_back_to_a_torchscript_export(tmp_path, monkeypatch):
-    """The GPU check machine has no onnxscript: the benchmark model is still made and runs."""
+    """The GPU check machine has no onnxscript: the benchmark model is still made, by hx-train's
+    own export (both graphs, parity check, card), and runs."""
     from hx_infer.backends.ort import OrtBackend
     from hx_infer.backends.torch import TorchBackend
-    from hx_train import export
 
-    def no_onnxscript(*args, **kwargs):
-        raise export.ExportError("out: the ONNX exporter needs onnxscript (No module named 'onnxscript')")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from random_model import write_random_model
 
-    monkeypatch.setattr(export, "export_generator", no_onnxscript)
+    real_export = torch.onnx.export
+
+    def without_onnxscript(*args, dynamo=True, **kwargs):  # what torch.onnx.export does there
+        if dynamo:
+            raise ImportError("No module named 'onnxscript'")
+        return real_export(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", without_onnxscript)
     logged = []
-    model = bench.write_random_model(tmp_path / "m", "lite", 64, log=logged.append)
-    assert any("torch-only" in line for line in logged)
+    model = write_random_model(tmp_path / "m", "lite", 64, log=logged.append)
+    assert any("TorchScript exporter instead" in line for line in logged)
     assert model.preset == "lite" and model.size == 64 and model.card["gflops_per_image"] > 0
-    assert not model.onnx_fp16_path.exists()
+    assert "TorchScript" in model.card["data"]["source"] and model.onnx_fp16_path.is_file()
     model.verify()  # the card's hashes are those of the files written
     x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32)
-    with TorchBackend(model, "cpu") as t, OrtBackend(model, "cpu", threads=1) as o:
+    with TorchBackend(model, BackendSpec(device="cpu")) as t, OrtBackend(model, BackendSpec(device="cpu", threads=1)) as o:
         assert np.abs(t.infer(x) - o.infer(x)).max() < 1e-4

@@ -1,4 +1,4 @@
-"""hx_infer.gpu: the device-side stages agree with the numpy path (transforms, compose) on CPU
+"""hx_infer.run.device: the device-side stages agree with the numpy path (transforms, compose) on CPU
 tensors; the CUDA stream version and nvJPEG decoding run in the gpu-marked tests."""
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from hx_infer import gpu, pipeline, transforms
+from hx_infer import transforms
+from hx_infer.engines import local
+from hx_infer.run import device as gpu
+from hx_infer.backends import BackendSpec
 from hx_infer.backends.ort import OrtBackend
 from hx_infer.compose import composite, parse_background, rgba_cutout
 from hx_infer.io.images import DecodeError, read_photo
@@ -111,8 +114,8 @@ def test_composite_and_rgba_match_compose(photos, make_disc_photo, tmp_path, bac
         h, w = photo.shape[:2]
         alpha = np.random.default_rng(i).integers(0, 256, (h, w), dtype=np.uint8)
         alpha[0, 0], alpha[-1, -1] = 0, 255
-        stages = gpu.DeviceStages(None, S, "alpha", ("composite",), bg, "cpu")
-        got = gpu.composite(torch.from_numpy(photo), torch.from_numpy(alpha), stages._background(h, w)).numpy()
+        stages = gpu.DeviceBatches(None, S, "alpha", ("composite",), bg, "cpu")
+        got = gpu.composite(torch.from_numpy(photo), torch.from_numpy(alpha), stages.background_pixels(h, w)).numpy()
         assert levels(got, composite(photo, alpha, bg)) <= 1
         np.testing.assert_array_equal(gpu.rgba(torch.from_numpy(photo), torch.from_numpy(alpha)).numpy(),
                                       rgba_cutout(photo, alpha))
@@ -166,7 +169,7 @@ def test_a_refused_gpu_batch_falls_back_to_cpu_decoding(photos, monkeypatch):
     good = _jpeg(photos[0], orientation=8)
     table = good.index(b"\xff\xdb")  # drop the quantisation table: a header that reads, pixels that do not
     bad = good[:table] + good[table + 2 + int.from_bytes(good[table + 2:table + 4], "big"):]
-    stages = gpu.DeviceStages(lambda x: x, S, "alpha", ("alpha",), parse_background("white"), "cpu")
+    stages = gpu.DeviceBatches(lambda x: x, S, "alpha", ("alpha",), parse_background("white"), "cpu")
     batch = [gpu.HostPhoto((97, 131), jpeg=good, header=gpu.gpu_decodable(good, 10**8)),
              gpu.HostPhoto((131, 97), jpeg=bad, header=gpu.gpu_decodable(bad, 10**8))]
     images, x, boxes = stages._prepare(batch)
@@ -183,7 +186,7 @@ class _Recording:
     """A backend wrapper that checks it is handed torch tensors, as CUDA backends are."""
 
     def __init__(self, backend):
-        self.backend, self.device, self.calls = backend, "cpu", 0
+        self.backend, self.device, self.calls = backend, backend.device, 0
 
     def infer(self, x):
         assert isinstance(x, torch.Tensor)
@@ -202,9 +205,9 @@ def test_device_stages_match_the_numpy_path(photos, tiny_model_dir):
     model = load_model_dir(tiny_model_dir)
     kinds = ("alpha", "rgba", "composite")
     background = parse_background("#808080")
-    with OrtBackend(model, "cpu", threads=1) as backend:
+    with OrtBackend(model, BackendSpec(device="cpu", threads=1)) as backend:
         recording = _Recording(backend)
-        stages = gpu.DeviceStages(recording, model.size, model.target, kinds, background, "cpu")
+        stages = gpu.DeviceBatches(recording, model.size, model.target, kinds, background, "cpu")
         batch = [gpu.HostPhoto((p.shape[1], p.shape[0]), rgb=p) for p in photos]
         results = stages.submit(batch[:5]).result() + stages.submit(batch[5:]).result()
         expected = [_numpy_path(backend, p, kinds, background) for p in photos]
@@ -218,8 +221,8 @@ def test_device_stages_match_the_numpy_path(photos, tiny_model_dir):
 
 def test_rgb_target_paints_the_composite(photos, tiny_rgb_model_dir):
     model = load_model_dir(tiny_rgb_model_dir)
-    with OrtBackend(model, "cpu", threads=1) as backend:
-        stages = gpu.DeviceStages(backend, model.size, "rgb", ("composite",), parse_background("white"), "cpu")
+    with OrtBackend(model, BackendSpec(device="cpu", threads=1)) as backend:
+        stages = gpu.DeviceBatches(backend, model.size, "rgb", ("composite",), parse_background("white"), "cpu")
         [got] = stages.submit([gpu.HostPhoto((131, 97), rgb=photos[0])]).result()
         x, box = transforms.letterbox(photos[0], S)
         expected = transforms.to_uint8(transforms.unletterbox(backend.infer(x[None])[0], box))
@@ -244,14 +247,14 @@ def _exif(orientation: int) -> bytes:
 @pytest.mark.parametrize("outputs", ["alpha", "alpha,rgba,composite"])
 def test_pipeline_on_device_writes_what_the_numpy_path_writes(photos, tiny_model_dir, tmp_path, monkeypatch,
                                                               outputs):
-    """pipeline.run with its CUDA hook forced on for a CPU backend: same files, same report."""
+    """The local engine with its device stages forced on for a CPU backend: same files, same report."""
     from hx_infer import Extractor
 
     tree = _tree(tmp_path / "photos", photos)
     with Extractor(tiny_model_dir, backend="ort", device="cpu", batch_size=3) as ex:
         cpu = ex.run(tree, tmp_path / "cpu", outputs=outputs, progress=False)
-        monkeypatch.setattr(pipeline, "_on_device",
-                            lambda config, backend, model: gpu.PipelineOnDevice(config, _Recording(backend), model))
+        monkeypatch.setattr(local, "choose_stages",
+                            lambda config, backend, model: gpu.DeviceStages(config, _Recording(backend), model))
         dev = ex.run(tree, tmp_path / "dev", outputs=outputs, progress=False)
     assert dev["counts"] == cpu["counts"] == {"processed": len(photos) + 1, "skipped": 0, "failed": 1}
     assert [f["reason"] for f in dev["failures"]] == [f["reason"] for f in cpu["failures"]]
@@ -276,8 +279,8 @@ def test_cuda_streams_give_the_cpu_results(photos, tiny_model_dir):
     model = load_model_dir(tiny_model_dir)
     kinds = ("alpha", "rgba", "composite")
     background = parse_background("white")
-    with TorchBackend(model, "cuda", precision="fp32") as backend:
-        stages = gpu.DeviceStages(backend, model.size, model.target, kinds, background, "cuda")
+    with TorchBackend(model, BackendSpec(device="cuda", precision="fp32")) as backend:
+        stages = gpu.DeviceBatches(backend, model.size, model.target, kinds, background, "cuda")
         batch = [gpu.HostPhoto((p.shape[1], p.shape[0]), rgb=p) for p in photos]
         # two batches in flight at once: the second uploads while the first is inferred
         first, second = stages.submit(batch[:4]), stages.submit(batch[4:])

@@ -1,4 +1,4 @@
-"""hx_infer.pipeline through the Python API (Extractor), end to end on the CPU backends.
+"""hx_infer.run and the local engine through the Python API (Extractor), end to end on the CPU backends.
 
 Photos are made here, tiny, in every format an archive holds; the model is conftest's 64 px
 `tiny_model_dir`, fitted so that bright discs (the "person") get alpha ~1.
@@ -17,7 +17,9 @@ import pytest
 from PIL import Image
 
 from hx_infer import Extractor, load_model
-from hx_infer.pipeline import ConfigError, Failed, Job, Skipped, make_config, plan_jobs
+from hx_infer.run.config import ConfigError, make_config
+from hx_infer.run.options import RunOptions
+from hx_infer.run.plan import Failed, Job, Skipped, plan_jobs
 
 # ---------------------------------------------------------------------------------------------
 # Photo fixtures
@@ -284,7 +286,7 @@ def test_resume_skips_done_photos_and_overwrite_redoes_them(tmp_path, tiny_model
 
 def test_alpha_only_runs_decode_jpegs_reduced_with_little_change(tmp_path, tiny_model_dir, make_disc_photo,
                                                                  monkeypatch):
-    import hx_infer.pipeline as pipeline
+    import hx_infer.run.photos as pipeline
 
     photos = tmp_path / "in"
     photos.mkdir()
@@ -377,8 +379,10 @@ def test_bad_options_raise_one_line_config_errors(tmp_path, tiny_model_dir, tiny
               background="black"), "--background"),
     ]
     for kwargs, option in cases:
+        where = {name: kwargs[name] for name in ("inputs", "output_dir", "model")}
+        options = RunOptions(**{name: value for name, value in kwargs.items() if name not in where})
         with pytest.raises(ConfigError) as e:
-            make_config(**kwargs)
+            make_config(**where, options=options)
         assert option in str(e.value) and "\n" not in str(e.value), kwargs
     with pytest.raises(ConfigError, match="--batch-size"):
         Extractor(tiny_model_dir, batch_size=0)
@@ -415,7 +419,7 @@ def test_skipped_counts_in_plan(tmp_path, tiny_model_dir, photo_tree):
     out = tmp_path / "out"
     (out / "alpha").mkdir(parents=True)
     (out / "alpha/top.png").write_bytes(b"done")
-    config = make_config(root, out, load_model(tiny_model_dir), outputs="alpha")
+    config = make_config(root, out, load_model(tiny_model_dir), RunOptions(outputs="alpha"))
     planned = list(plan_jobs(config))
     assert [p.src for p in planned if isinstance(p, Skipped)] == [root / "top.jpg"]
     assert sum(isinstance(p, Job) for p in planned) == len(expected) - 1

@@ -228,7 +228,7 @@ def test_actor_pool_sizes(cpus, gpus, asked, expected):
 ])
 def test_actor_pools_that_cannot_run_are_refused(cpus, gpus, asked, needle):
     from hx_infer.engines.ray import plan_actors
-    from hx_infer.pipeline import ConfigError
+    from hx_infer.run.config import ConfigError
 
     with pytest.raises(ConfigError, match=needle.replace("+", r"\+")):
         plan_actors(cpus, gpus, **asked)
@@ -241,9 +241,10 @@ def test_actors_open_their_backend_with_the_engine_cache(monkeypatch, tiny_model
     from hx_infer.engines.ray import _Infer
 
     opened = {}
-    monkeypatch.setattr(base, "open_backend", lambda *args, **options: opened.update(options))
-    actor = _Infer(str(tiny_model_dir), "trt", "cuda", batch_size=4, threads=1, engine_cache=str(tmp_path / "engines"))
-    assert actor._error is None and opened["engine_cache"] == str(tmp_path / "engines")
+    monkeypatch.setattr(base, "open_backend", lambda model, spec: opened.update(spec=spec))
+    spec = base.BackendSpec("trt", "cuda", batch_size=4, threads=1, engine_cache=tmp_path / "engines")
+    actor = _Infer(str(tiny_model_dir), spec)
+    assert actor._error is None and opened["spec"].engine_cache == tmp_path / "engines"
 
 
 def test_without_ray_the_engine_is_a_usage_error(monkeypatch, tree, tiny_model_dir, tmp_path):

@@ -395,13 +395,13 @@ def test_batcher_leaves_out_cancelled_requests():
 def test_the_servers_ort_backend_does_not_spin(tiny_model_dir):
     """Spinning ORT threads between requests took 49 CPU ms per request at concurrency 1 (11 without)."""
     from hx_infer import load_model
-    from hx_infer.backends.base import open_backend
+    from hx_infer.backends.base import BackendSpec, open_backend
 
     model = load_model(tiny_model_dir)
     key = "session.intra_op.allow_spinning"
-    with open_backend("ort", model, "cpu", spin=False) as backend:
+    with open_backend(model, BackendSpec("ort", "cpu", spin=False)) as backend:
         assert backend._session.get_session_options().get_session_config_entry(key) == "0"
-    with open_backend("ort", model, "cpu") as backend:  # run's default: ONNX Runtime's own (spinning)
+    with open_backend(model, BackendSpec("ort", "cpu")) as backend:  # run's default: ONNX Runtime's own (spinning)
         with pytest.raises(RuntimeError, match="does not have configuration"):
             backend._session.get_session_options().get_session_config_entry(key)
 

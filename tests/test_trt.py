@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hx_infer.backends import BackendError
-from hx_infer.backends.base import resolve_backend
+from hx_infer.backends import BackendError, BackendSpec
+from hx_infer.backends.base import resolve_backend, split_batches
 from hx_infer.cli import main
 from hx_infer.model import load_model_dir
-from hx_infer.trt_build import (DEFAULT_PROFILE, NEEDS_CUDA, NOT_INSTALLED, EngineKey, Gpu, Profile,
+from hx_infer.backends.trt_build import (DEFAULT_PROFILE, NEEDS_CUDA, NOT_INSTALLED, EngineKey, Gpu, Profile,
                                 build_engine, build_for_model, cached_engine_path, default_cache_dir,
                                 engine_key, ensure_engine, import_tensorrt, make_sidecar, mismatches,
-                                onnx_for, profile_for_batch, read_sidecar, sidecar_path, split_batches,
+                                onnx_for, profile_for_batch, read_sidecar, sidecar_path,
                                 stale_reason, timing_cache_path)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -327,11 +327,11 @@ def test_no_gpu(monkeypatch, model):
 
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT())
     with pytest.raises(BackendError) as info:
-        TrtBackend(model, "cpu")
+        TrtBackend(model, BackendSpec(device="cpu"))
     assert str(info.value) == NEEDS_CUDA
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(BackendError) as info:
-        TrtBackend(model, "cuda")
+        TrtBackend(model, BackendSpec(device="cuda"))
     assert str(info.value) == NEEDS_CUDA
     monkeypatch.setattr("hx_infer.backends.base.cuda_available", lambda: False)
     with pytest.raises(BackendError, match="--device cuda: no CUDA device"):
@@ -341,11 +341,12 @@ def test_no_gpu(monkeypatch, model):
 
 
 def test_trt_backend_refuses_bf16(monkeypatch, model):
-    from hx_infer.backends.trt import resolve_precision
+    from hx_infer.backends.base import resolve_precision
+    from hx_infer.backends.trt import TrtBackend
 
-    assert resolve_precision(None) == "fp16" and resolve_precision("fp32") == "fp32"
+    assert resolve_precision(TrtBackend, None, "cuda") == "fp16" and resolve_precision(TrtBackend, "fp32", "cuda") == "fp32"
     with pytest.raises(BackendError, match="bf16"):
-        resolve_precision("bf16")
+        resolve_precision(TrtBackend, "bf16", "cuda")
 
 
 def test_auto_prefers_trt_on_cuda_when_installed(monkeypatch):
@@ -386,7 +387,7 @@ def test_build_cli_errors(tmp_path, tiny_model_dir, monkeypatch):
 def test_build_cli_writes_engine_and_sidecar(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT())
     monkeypatch.setattr("hx_infer.backends.base.resolve_device", lambda device: device)
-    monkeypatch.setattr("hx_infer.trt_build.current_gpu", lambda device: H100)
+    monkeypatch.setattr("hx_infer.backends.trt_build.current_gpu", lambda device: H100)
     out = tmp_path / "tiny.engine"
     result = _build(tiny_model_dir, "--out", out, "--max-batch", "64", "--timing-cache", tmp_path / "t.cache",
                     "--precision", "fp32")
@@ -398,7 +399,7 @@ def test_build_cli_writes_engine_and_sidecar(tmp_path, tiny_model_dir, monkeypat
 
 
 def test_importing_the_trt_modules_does_not_import_tensorrt():
-    code = ("import sys, hx_infer.trt_build, hx_infer.backends.trt, hx_infer.bench, hx_infer.gpu; "
+    code = ("import sys, hx_infer.backends.trt_build, hx_infer.backends.trt, hx_infer.bench, hx_infer.run.device; "
             "print('tensorrt' in sys.modules, 'torchvision' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False False"

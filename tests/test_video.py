@@ -23,7 +23,7 @@ from hx_infer.cli import main
 from hx_infer.io.images import clean_temporaries
 from hx_infer.io.video import PYAV_MISSING, VIDEO_EXTENSIONS, is_video_name
 from hx_infer.temporal import FlickerMeter, SceneCuts, TemporalSmoother, thumbnail
-from hx_infer.video_pipeline import VideoOptions
+from hx_infer.run.options import VideoOptions
 
 HAVE_AV = importlib.util.find_spec("av") is not None
 needs_av = pytest.mark.skipif(not HAVE_AV, reason="PyAV (the video extra) is not installed")
@@ -303,7 +303,7 @@ def test_a_failed_or_interrupted_video_leaves_no_output(tmp_path, tiny_model_dir
     def interrupted(self, batch):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(OrtBackend, "_infer", interrupted)
+    monkeypatch.setattr(OrtBackend, "_run", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_api(tiny_model_dir, clip, tmp_path / "out2", outputs="alpha")
     assert not [p for p in (tmp_path / "out2").rglob("*") if p.is_file()]

@@ -11,27 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..model import ModelDir
-from .base import Backend, BackendError
+from .base import Backend, BackendError, BackendSpec
 
 MAX_GRAPHS = 4  # without a batch_size hint, sizes beyond this many run eagerly
 WARMUP_RUNS = 3  # before capture: cuDNN autotuning and allocator growth must happen outside it
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_precision(precision: str | None, device: str) -> str:
-    """None -> fp32 on CPU, fp16 on CUDA; reduced precision is refused on the CPU."""
-    on_cuda = device.startswith("cuda")
-    if precision is None:
-        return "fp16" if on_cuda else "fp32"
-    if precision not in DTYPES:
-        raise BackendError(f"--precision {precision!r}: choose {', '.join(DTYPES)}")
-    if precision != "fp32" and not on_cuda:
-        raise BackendError(f"--precision {precision}: the torch backend runs fp32 on the CPU; use --device cuda")
-    return precision
 
 
 def load_generator(model: ModelDir) -> torch.nn.Module:
@@ -53,30 +40,26 @@ def load_generator(model: ModelDir) -> torch.nn.Module:
 
 class TorchBackend(Backend):
     name = "torch"
+    precisions = tuple(DTYPES)
+    works_on = "torch"
 
-    def __init__(self, model: ModelDir, device: str = "cpu", precision: str | None = None,
-                 batch_size: int | None = None, cuda_graphs: bool = True):
-        super().__init__(model, device)
-        if batch_size is not None and batch_size < 1:
-            raise BackendError(f"--batch-size must be at least 1, got {batch_size}")
-        self.precision = resolve_precision(precision, device)
-        self.batch_size = batch_size
-        self._device = torch.device(device)
+    def __init__(self, model: ModelDir, spec: BackendSpec):
+        super().__init__(model, spec)
+        self._device = torch.device(str(self.device))
         self._dtype = DTYPES[self.precision]
-        self._cuda = self._device.type == "cuda"
         net = load_generator(model)
-        if self._cuda:
+        if self.device.cuda:
             net = net.to(self._device, self._dtype).to(memory_format=torch.channels_last)
             # fixed input shapes: let cuDNN time its algorithms once and keep the fastest
             torch.backends.cudnn.benchmark = True
         self._net = net
-        self._use_graphs = cuda_graphs and self._cuda
+        self._use_graphs = spec.cuda_graphs is not False and self.device.cuda
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._graphs.clear()
         self._net = None
-        if self._cuda:
+        if self.device.cuda:
             torch.cuda.empty_cache()
 
     def describe(self) -> str:
@@ -87,22 +70,9 @@ class TorchBackend(Backend):
         """images: [B, 3, S, S] in [-1, 1], backend dtype -> [B, C, S, S] in [0, 1], same dtype."""
         return (self._net(images) + 1) / 2
 
-    def _infer(self, batch):
-        if self._net is None:
-            raise BackendError("torch: backend used after close()")
-        as_numpy = isinstance(batch, np.ndarray)
-        images = torch.from_numpy(batch) if as_numpy else batch
-        home = images.device
-        step = self.batch_size or len(images)
-        with torch.inference_mode():
-            outputs = [self._run(chunk) for chunk in images.split(step)]
-            result = outputs[0] if len(outputs) == 1 else torch.cat(outputs)  # [N, C, S, S] float32
-            if as_numpy:
-                return result.cpu().numpy()
-            return result.to(home)
-
+    @torch.inference_mode()
     def _run(self, chunk: torch.Tensor) -> torch.Tensor:
-        if not self._cuda:
+        if not self.device.cuda:
             return self._forward(chunk.float())
         x = chunk.to(self._device, self._dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
         size = self._graph_size(len(x)) if self._use_graphs else None
@@ -117,7 +87,7 @@ class TorchBackend(Backend):
     def _graph_size(self, n: int) -> int | None:
         """The captured batch size that serves a batch of n, or None to run it eagerly."""
         if self.batch_size is not None:
-            return self.batch_size  # _infer never sends more than batch_size
+            return self.batch_size  # Backend.infer never sends more than batch_size
         if n in self._graphs or len(self._graphs) < MAX_GRAPHS:
             return n
         return None

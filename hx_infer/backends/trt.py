@@ -1,4 +1,4 @@
-"""TensorRT backend: a cached engine (hx_infer.trt_build) run on torch's CUDA streams.
+"""TensorRT backend: a cached engine (hx_infer.backends.trt_build) run on torch's CUDA streams.
 
 Device buffers are torch CUDA tensors (set_tensor_address), and execute_async_v3 runs on the
 caller's current torch stream, so the engine orders with everything else torch queues there.
@@ -11,52 +11,35 @@ are tested on the CPU in tests/test_trt.py.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-
 from ..model import ModelDir
-from ..trt_build import (NEEDS_CUDA, NOT_INSTALLED, PRECISIONS, current_gpu, default_cache_dir, ensure_engine,
-                         import_tensorrt, profile_for_batch, split_batches)
-from .base import Backend, BackendError
+from .base import Backend, BackendError, BackendSpec, Device
+from .trt_build import (NEEDS_CUDA, NOT_INSTALLED, PRECISIONS, current_gpu, default_cache_dir, ensure_engine,
+                        import_tensorrt, profile_for_batch)
 
-__all__ = ["TrtBackend", "NOT_INSTALLED", "NEEDS_CUDA", "resolve_precision"]
+__all__ = ["TrtBackend", "NOT_INSTALLED", "NEEDS_CUDA"]
 
 MAX_GRAPHS = 4
 
 
-def resolve_precision(precision: str | None) -> str:
-    """None -> fp16. bf16 has no graph in the model folder (strongly typed engines take the ONNX's types)."""
-    if precision is None:
-        return "fp16"
-    if precision not in PRECISIONS:
-        raise BackendError(f"--precision {precision!r}: the trt backend builds fp16 or fp32 engines; "
-                           "use --backend torch for bf16")
-    return precision
-
-
 class TrtBackend(Backend):
     name = "trt"
+    precisions = PRECISIONS
+    works_on = "torch"
 
-    def __init__(self, model: ModelDir, device: str = "cuda", precision: str | None = None,
-                 batch_size: int | None = None, engine_cache: Path | str | None = None,
-                 cuda_graphs: bool = False, log=None):
-        super().__init__(model, device)
+    def __init__(self, model: ModelDir, spec: BackendSpec, log=None):
         trt = import_tensorrt()  # imported here only: hx must import without it
-        if not device.startswith("cuda"):
+        if spec.device == "auto" or not Device.parse(spec.device).cuda:
             raise BackendError(NEEDS_CUDA)
         import torch
 
         if not torch.cuda.is_available():
             raise BackendError(NEEDS_CUDA)
-        if batch_size is not None and batch_size < 1:
-            raise BackendError(f"--batch-size must be at least 1, got {batch_size}")
-        self.precision = resolve_precision(precision)
-        self.profile = profile_for_batch(batch_size)
+        super().__init__(model, spec)
+        self.profile = profile_for_batch(spec.batch_size)
         self._torch = torch
-        self._device = torch.device(device)
-        cache = Path(engine_cache) if engine_cache else default_cache_dir()
-        self.engine_path = ensure_engine(trt, model, self.precision, self.profile, cache, current_gpu(device),
+        self._device = torch.device(str(self.device))
+        cache = spec.engine_cache or default_cache_dir()
+        self.engine_path = ensure_engine(trt, model, self.precision, self.profile, cache, current_gpu(str(self.device)),
                                          log=log or (lambda line: None))
         logger = trt.Logger(trt.Logger.WARNING)
         with torch.cuda.device(self._device):
@@ -68,10 +51,10 @@ class TrtBackend(Backend):
         self._out_dtype = _torch_dtype(trt, torch, self._engine.get_tensor_dtype(self._output))
         self._max_batch = int(self._engine.get_tensor_profile_shape(self._input, 0)[2][0])
         self._contexts: dict[int, object] = {}  # stream handle -> execution context
-        self._use_graphs = cuda_graphs
+        self._use_graphs = bool(spec.cuda_graphs)  # off unless asked for
         self._graphs: dict[int, tuple] = {}  # batch size -> (graph, context, static in, static out)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._graphs.clear()
         self._contexts.clear()
         self._engine = None
@@ -80,19 +63,12 @@ class TrtBackend(Backend):
         graphs = ", CUDA graphs" if self._use_graphs else ""
         return f"trt {self.precision} on {self.device} (batch {self.profile.min}..{self._max_batch}{graphs})"
 
-    def _infer(self, batch):
-        if self._engine is None:
-            raise BackendError("trt: backend used after close()")
-        torch = self._torch
-        as_numpy = isinstance(batch, np.ndarray)
-        images = torch.from_numpy(batch) if as_numpy else batch
-        x = images.to(self._device, self._in_dtype, non_blocking=True).contiguous()
-        stream = torch.cuda.current_stream(self._device)
-        outputs = [self._run(x[start:stop], stream) for start, stop in split_batches(len(x), self._max_batch)]
-        result = (outputs[0] if len(outputs) == 1 else torch.cat(outputs)).float()  # [N, C, S, S]
-        if as_numpy:
-            return result.cpu().numpy()
-        return result.to(images.device)
+    def _chunk_size(self) -> int:
+        return self._max_batch  # batches over the profile's maximum are run in pieces
+
+    def _run(self, chunk):
+        x = chunk.to(self._device, self._in_dtype, non_blocking=True).contiguous()
+        return self._enqueued(x, self._torch.cuda.current_stream(self._device)).float()
 
     def _context(self, stream):
         context = self._contexts.get(stream.cuda_stream)
@@ -108,7 +84,7 @@ class TrtBackend(Backend):
         if not context.execute_async_v3(stream.cuda_stream):
             raise BackendError("trt: TensorRT could not run the engine (see its messages above)")
 
-    def _run(self, x, stream):
+    def _enqueued(self, x, stream):
         """x [n, 3, S, S] engine dtype on the device, n <= the profile's max -> [n, C, S, S]."""
         n = len(x)
         if self._use_graphs and (n in self._graphs or len(self._graphs) < MAX_GRAPHS):

@@ -1,54 +1,51 @@
-"""Engines: what runs the per-photo stages of `hx-infer run` (hx_infer.pipeline.PhotoStages).
+"""Engines: what runs a planned `hx-infer run` (hx_infer.run) over its inputs.
 
-    local  hx_infer.pipeline.run: decode and write threads, one backend, in this process
+    local  hx_infer.engines.local.LocalEngine: decode and write threads, one backend, this process
     ray    hx_infer.engines.ray.RayEngine: the same stages as Ray Data tasks and actors, on this
            machine or a cluster
 
-Every engine takes the same validated RunConfig, writes the same bytes under the same paths and
-returns the same report. An engine's runtime is imported only when the engine is chosen, so
-`import hx_infer` and `hx-infer --help` work without ray.
+Every engine takes the same checked RunConfig and a BackendHandle (the model and the spec of
+its backend), writes the same bytes under the same paths and returns the same report. An
+engine's runtime is imported only when the engine is chosen, so `import hx_infer` and
+`hx-infer --help` work without ray.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Protocol
 
-if TYPE_CHECKING:
-    from pathlib import Path
+from ..errors import ConfigError, EngineError
 
-    from ..model import ModelDir
-    from ..pipeline import RunConfig
+if TYPE_CHECKING:
+    from ..backends.base import BackendHandle
+    from ..run.config import RunConfig
+
+__all__ = ["ENGINES", "Engine", "EngineError", "make_engine"]
 
 ENGINES = ("local", "ray")
-
-
-class EngineError(RuntimeError):
-    """The engine stopped part-way (its cluster went away, a stage crashed); one line. Outputs
-    written so far are complete files, so the same command resumes."""
 
 
 class Engine(Protocol):
     name: str
 
-    def run(self, config: "RunConfig", model: "ModelDir", backend: str, device: str,
-            batch_size: int | None, log: Callable[[str], None] | None = None,
-            engine_cache: Path | None = None) -> dict:
-        """Run the job and return the report (also written to config.report_path). backend and
-        device are the user's words ('auto' included), resolved where the model runs;
-        engine_cache is the trt backend's folder of built engines there (None: its default)."""
+    def run(self, config: "RunConfig", handle: "BackendHandle", log: Callable[[str], None] | None = None) -> dict:
+        """Run the job and return the report (also written to config.report_path). log hears one
+        line per input that failed. The local engine opens handle.backend here; others open the
+        backend where they run the model, from handle.spec (its 'auto' settled there)."""
         ...
 
 
-def make_engine(name: str, **options) -> Engine | None:
-    """'local' -> None (hx_infer.pipeline.run in this process); 'ray' -> RayEngine(**options).
+def make_engine(name: str, **options) -> Engine:
+    """'local' -> LocalEngine(); 'ray' -> RayEngine(**options).
 
-    Raises ConfigError naming --engine when the name is unknown or its runtime is not installed.
+    Raises ConfigError naming --engine when the name is unknown, an option is not the engine's,
+    or its runtime is not installed.
     """
-    from ..pipeline import ConfigError
-
     if name == "local":
         if options:
             raise ConfigError(f"--engine local takes no engine options (got {', '.join(sorted(options))})")
-        return None
+        from .local import LocalEngine  # here, not at the top: `hx-infer --help` loads no numpy or OpenCV
+
+        return LocalEngine()
     if name == "ray":
         try:
             from .ray import RayEngine

@@ -1,4 +1,4 @@
-"""`hx-infer run --engine ray`: the local pipeline's stages mapped onto Ray Data.
+"""`hx-infer run --engine ray`: the local engine's stages mapped onto Ray Data.
 
     driver: plan_jobs (listing, glob, name collisions, resume skips), CHUNK jobs at a time
       -> ray.data.from_items          rows {src, path, rel} (file names as bytes)
@@ -30,13 +30,15 @@ import numpy as np
 import ray
 import ray.data
 
-from ..backends.base import BackendError
+from ..backends.base import BackendError, BackendHandle, BackendSpec, Device, default_batch_size
 from ..compose import Background
+from ..errors import ConfigError, EngineError
 from ..io.video import is_video_name
 from ..model import ModelDir, ModelError
-from ..pipeline import (ConfigError, Decoded, Failed, Job, Outcomes, PhotoStages, RunConfig, Skipped,
-                        finish_report, plan_jobs, prepare_output)
-from . import EngineError
+from ..run.config import RunConfig
+from ..run.outcomes import Outcomes, finish_report, prepare_output
+from ..run.photos import Decoded, PhotoStages
+from ..run.plan import Failed, Job, Skipped, plan_jobs
 
 # Jobs per Ray Data execution. The driver holds one chunk's file names (about 300 bytes a photo),
 # so memory stays bounded on a 10^7-photo archive; each chunk costs one actor-pool start (a
@@ -125,9 +127,8 @@ def _decode(batch: dict[str, np.ndarray], stages: PhotoStages) -> dict[str, np.n
 class _Infer:
     """One per actor: the backend, opened once, then every batch the actor is given."""
 
-    def __init__(self, model_root: str, backend: str, device: str, batch_size: int, threads: int,
-                 engine_cache: str | None):
-        from ..backends.base import open_backend
+    def __init__(self, model_root: str, spec: BackendSpec):
+        from ..backends import base  # looked up at call time, so a test can stand in for open_backend
         from ..model import load_model_dir
 
         self._error: Exception | None = None
@@ -135,8 +136,7 @@ class _Infer:
             model = load_model_dir(model_root)
             self._shape = (model.out_channels, model.size, model.size)
             # device 'auto' is resolved here, on the actor's node, where Ray set the visible GPUs
-            self._backend = open_backend(backend, model, device, batch_size=batch_size, threads=threads,
-                                         engine_cache=engine_cache)
+            self._backend = base.open_backend(model, spec)
         except (ModelError, BackendError) as e:
             # Raised from __call__ instead: Ray hands the driver a constructor's error as text
             # only, a call's error as itself, which the CLI reports in one line, exit 2.
@@ -152,7 +152,7 @@ class _Infer:
             out[ok] = np.asarray(self._backend.infer(np.ascontiguousarray(x)))
         n = len(ok)
         return {"src": batch["src"], "ok": ok, "out": out, "item": batch["item"],
-                "backend": np.full(n, self._backend.name), "device": np.full(n, self._backend.device)}
+                "backend": np.full(n, self._backend.name), "device": np.full(n, str(self._backend.device))}
 
 
 def _finish(batch: dict[str, np.ndarray], stages: PhotoStages) -> dict[str, np.ndarray]:
@@ -232,10 +232,9 @@ class RayEngine:
         self.gpus_per_actor = gpus_per_actor
         self.cpus_per_actor = cpus_per_actor
 
-    def run(self, config: RunConfig, model: ModelDir, backend: str, device: str,
-            batch_size: int | None, log: Callable[[str], None] | None = None,
-            engine_cache: Path | None = None) -> dict:
+    def run(self, config: RunConfig, handle: BackendHandle, log: Callable[[str], None] | None = None) -> dict:
         start = time.perf_counter()
+        model, spec = handle.model, handle.spec
         connected_here = self._connect()
         try:
             resources = ray.cluster_resources()
@@ -243,8 +242,9 @@ class RayEngine:
                        "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
             plan = plan_actors(cluster["cpus"], cluster["gpus"], self.actors, self.gpus_per_actor,
                                self.cpus_per_actor)
-            if batch_size is None:
-                batch_size = 32 if plan.gpus_per_actor > 0 else 8  # the local engine's defaults
+            # the local engine's defaults, for the device the actors hold
+            batch_size = spec.batch_size or default_batch_size(Device("cuda" if plan.gpus_per_actor > 0 else "cpu"))
+            actor_spec = replace(spec, batch_size=batch_size, threads=plan.threads)
             prepare_output(config)
             # Workers run in other folders, maybe on other machines: absolute paths only, and no
             # stdin iterator (the driver plans the jobs; workers never list anything).
@@ -256,8 +256,7 @@ class RayEngine:
             try:
                 with _quiet_ray_data():
                     for chunk in _chunks(config, outcomes):
-                        dataset = self._dataset(chunk, stages, model, backend, device, batch_size, plan,
-                                                engine_cache)
+                        dataset = self._dataset(chunk, stages, model, actor_spec, plan)
                         ran_on |= _collect(dataset, outcomes)
             finally:
                 outcomes.close()
@@ -267,7 +266,7 @@ class RayEngine:
             if connected_here:
                 ray.shutdown()
 
-        backends = sorted(ran_on) or [(backend, device)]  # nothing inferred: what was asked for
+        backends = sorted(ran_on) or [(spec.name, str(spec.device))]  # nothing inferred: what was asked for
         return finish_report(
             config, model, outcomes.tally, time.perf_counter() - start, engine="ray",
             backend=",".join(sorted({b for b, _ in backends})), device=",".join(sorted({d for _, d in backends})),
@@ -292,24 +291,21 @@ class RayEngine:
             raise ConfigError(f"--ray-address {where}: cannot connect ({_first_line(e)})") from None
         return True
 
-    def _dataset(self, jobs: list[Job], stages: PhotoStages, model: ModelDir, backend: str, device: str,
-                 batch_size: int, plan: ActorPlan, engine_cache: Path | None) -> "ray.data.Dataset":
+    def _dataset(self, jobs: list[Job], stages: PhotoStages, model: ModelDir, spec: BackendSpec,
+                 plan: ActorPlan) -> "ray.data.Dataset":
         rows = _rows(jobs)
         return (
-            ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
+            ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / spec.batch_size)))
             .map_batches(_decode, batch_format="numpy", batch_size=None, fn_kwargs={"stages": stages},
                          num_cpus=1)
             # With GPU actors, decoding runs in these CPU tasks, in parallel with inference. With
             # CPU-only actors of one CPU (same resources), Ray Data fuses it into the actor, which
             # then decodes between model calls: no GPU to keep busy, one copy of x fewer.
-            .map_batches(_Infer, batch_format="numpy", batch_size=batch_size,
+            .map_batches(_Infer, batch_format="numpy", batch_size=spec.batch_size,
                          compute=ray.data.ActorPoolStrategy(size=plan.actors),
                          num_gpus=plan.gpus_per_actor, num_cpus=plan.cpus_per_actor,
-                         fn_constructor_kwargs={"model_root": str(model.root), "backend": backend,
-                                                "device": device, "batch_size": batch_size,
-                                                "threads": plan.threads,
-                                                # a path on the workers' machines; None: their default
-                                                "engine_cache": None if engine_cache is None else str(engine_cache)})
+                         # spec.engine_cache: a path on the workers' machines; None: their default
+                         fn_constructor_kwargs={"model_root": str(model.root), "spec": spec})
             .map_batches(_finish, batch_format="numpy", batch_size=None, fn_kwargs={"stages": stages},
                          num_cpus=1)
         )

@@ -2,7 +2,7 @@
 writers that encode one output each into a temporary renamed into place when complete.
 
 PyAV (the `video` extra) is imported only when a video is opened: `import hx_infer` and the
-photo runs work without it. No model knowledge here; hx_infer.video_pipeline drives these.
+photo runs work without it. No model knowledge here; hx_infer.run.videos drives these.
 
 Frame-accurate by construction: every decoded frame is written once, with its own timestamp,
 in the input's time base where the container can store it (mp4 and mov can; Matroska and

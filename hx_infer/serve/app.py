@@ -131,7 +131,7 @@ class RemoveService:
 
     async def healthz(self, request: Request) -> Response:
         facts = {"status": "ok", "model": str(self.model.root), "sha256": self.model.sha256,
-                 "size": self.model.size, "backend": self.backend.name, "device": self.backend.device,
+                 "size": self.model.size, "backend": self.backend.name, "device": str(self.backend.device),
                  "max_batch": self.options.max_batch, "in_server": self.in_server, "queue": self.options.queue,
                  "waiting": self.batcher.waiting}
         return Response(json.dumps(facts) + "\n", media_type="application/json")

@@ -48,12 +48,13 @@ class _Server(uvicorn.Server):
 
 def run_server(options: ServeOptions, log: Callable[[str], None] = print) -> None:
     from .. import load_model
-    from ..backends.base import open_backend
+    from ..backends.base import BackendSpec, open_backend
 
     options.check()
     model = load_model(options.model)
     # spin=False (ort on CPU): idle threads spinning between requests would take the decoders' cores.
-    backend = open_backend(options.backend, model, options.device, batch_size=options.max_batch, spin=False)
+    backend = open_backend(model, BackendSpec(options.backend, options.device, batch_size=options.max_batch,
+                                              spin=False))
     try:
         backend.infer(np.zeros((1, 3, model.size, model.size), np.float32))  # warm-up: lazy init, first-call costs
         workers = options.workers or len(os.sched_getaffinity(0))

@@ -1,9 +1,10 @@
 """A request's pixel work, run in the server's thread pool: bytes -> model input, model output -> bytes.
 
-The same steps, in the same order, with the same functions as `hx-infer run` on the CPU (decode,
-letterbox, un-letterbox, refine, compose, encode), so a request's answer is byte for byte the
-file `hx-infer run` writes for that photo with the same options. The backends give a photo the
-same output whatever else is in its batch, so how requests happen to be batched changes nothing.
+The same steps, in the same order, as `hx-infer run`'s photo stages on the CPU (decode, letterbox,
+un-letterbox, refine), and the same kinds table (hx_infer.run.kinds: how each output is made and
+encoded), so a request's answer is byte for byte the file `hx-infer run --outputs <output>` writes
+for that photo with the same options. The backends give a photo the same output whatever else is
+in its batch, so how requests happen to be batched changes nothing.
 """
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from typing import Callable
 
 import numpy as np
 
-from ..compose import Background, composite, rgba_cutout
-from ..io.images import DecodeError, encode_jpeg, encode_png, open_image, photo_size, read_photo
+from ..io.images import DecodeError, encode_png, open_image, photo_size, read_photo
+from ..run.kinds import KINDS, PAINTED, NumpyPixels
 from ..transforms import Letterbox, guided_filter, guided_radius, letterbox, to_uint8, unletterbox
 from .params import RemoveParams, RequestError
 
 _NAME = Path("request")  # read_photo and photo_size take a name beside the bytes
+_FORMAT_OF_SUFFIX = {".png": "png", ".jpg": "jpeg"}
 
 
 @dataclass
@@ -40,7 +42,7 @@ def decode(body: bytes, params: RemoveParams, size: int, target: str, max_pixels
     if width * height > max_pixels:
         raise RequestError(413, "too_many_pixels", f"image: {width}x{height} = {width * height / 1e6:.1f} "
                                                     f"megapixels, over the server's --max-pixels {max_pixels}")
-    keep = target == "alpha" and (params.refine != "none" or params.output != "alpha")
+    keep = target == "alpha" and (params.refine != "none" or KINDS[params.output].needs_photo)
     try:
         if target == "alpha" and not keep:
             # A matte alone, as `hx-infer run --outputs alpha` makes it: a reduced JPEG decode and
@@ -59,23 +61,20 @@ def _decode_status(reason: str) -> tuple[int, str]:
     return (415, "not_image") if reason == "not an image" else (400, "bad_image")
 
 
-# (output, format) -> (rgb [H, W, 3] uint8, alpha [H, W] uint8, Background) -> file bytes;
-# `hx-infer run` writes alpha and rgba as PNG and composite as JPEG with these same calls.
-_ENCODERS: dict[tuple[str, str], Callable[[np.ndarray | None, np.ndarray, Background], bytes]] = {
-    ("alpha", "png"): lambda rgb, alpha, background: encode_png(alpha),
-    ("rgba", "png"): lambda rgb, alpha, background: encode_png(rgba_cutout(rgb, alpha)),
-    ("composite", "jpeg"): lambda rgb, alpha, background: encode_jpeg(composite(rgb, alpha, background)),
-    ("composite", "png"): lambda rgb, alpha, background: encode_png(composite(rgb, alpha, background)),
-}
+def _encoder(kind: str, fmt: str) -> Callable[[np.ndarray], bytes]:
+    """A kind in its own format is encoded as `hx-infer run` writes it; a composite may also be asked
+    for as PNG (rembg's bgc=, or format=png)."""
+    own = KINDS[kind]
+    return own.encode if _FORMAT_OF_SUFFIX[own.photo_suffix] == fmt else encode_png
 
 
 def encode(item: Decoded, out: np.ndarray, params: RemoveParams, size: int, target: str) -> bytes:
     """out: [C, S, S] float32 in [0, 1], the model's output for this photo -> the answer's bytes."""
     restored = unletterbox(out, item.box)  # [H, W] matte, or [H, W, 3] photo painted on white
     if target == "rgb":
-        painted = to_uint8(restored)
-        return encode_jpeg(painted) if params.format == "jpeg" else encode_png(painted)
+        return _encoder(PAINTED, params.format)(to_uint8(restored))
     if params.refine == "guided":
         height, width = item.rgb.shape[:2]
         restored = guided_filter(item.rgb, restored, radius=guided_radius(height, width, size), model_size=size)
-    return _ENCODERS[params.output, params.format](item.rgb, to_uint8(restored), params.background)
+    image = KINDS[params.output].make(NumpyPixels(params.background), item.rgb, to_uint8(restored))
+    return _encoder(params.output, params.format)(image)

@@ -1,4 +1,4 @@
-"""Device-side stages of the photo pipeline: letterbox, un-letterbox, matte and composition in torch.
+"""The photo stages on a device: letterbox, un-letterbox, matte and composition in torch.
 
     photos [h, w, 3] uint8 (CPU decode) or JPEG bytes (GPU decode)
       -> copy stream:    pinned staging -> device, or nvJPEG; EXIF orientation; letterbox
@@ -9,11 +9,11 @@
       -> host:           uint8 numpy arrays for the CPU encoders (hx_infer.io.images)
 
 The same functions run on CPU tensors (the tests check them against hx_infer.transforms and
-hx_infer.compose there); only DeviceStages on a CUDA device adds the streams and pinned memory.
+hx_infer.compose there); only DeviceBatches on a CUDA device adds the streams and pinned memory.
 On CUDA the upload and letterboxing of batch i+1 run on the copy stream while batch i is
-inferred on the compute stream: DeviceStages.submit returns at once, and the caller collects a
-batch's outputs after submitting the next one (PipelineOnDevice does exactly that for
-hx_infer.pipeline.run).
+inferred on the compute stream: DeviceBatches.submit returns at once, and the caller collects a
+batch's outputs after submitting the next one (DeviceStages does exactly that, behind the
+Stages interface of hx_infer.run.photos that the local engine drives).
 
 Resampling matches the numpy path, not merely its geometry: shrinking uses exact area weights
 (OpenCV's INTER_AREA, as two small matrix products per photo) and the result is rounded to
@@ -33,10 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .compose import Background
-from .io.images import (DecodeError, atomic_write, check_pixels, encode_jpeg, encode_png, exif_orientation,
-                        open_image, photo_size, read_photo)
-from .transforms import Letterbox, fit
+from ..backends.base import Backend
+from ..compose import Background
+from ..io.images import DecodeError, atomic_write, check_pixels, exif_orientation, open_image, photo_size, read_photo
+from ..model import ModelDir
+from ..transforms import Letterbox, fit
+from .config import RunConfig
+from .kinds import KINDS, PAINTED, made_by, photo_output_path
+from .plan import Failed, Job
 
 # ---------------------------------------------------------------------------------------------
 # Geometry and resampling on tensors (any device)
@@ -265,7 +269,20 @@ class _Staging:
         return self.buffer[:nbytes]
 
 
-class DeviceStages:
+class TorchPixels:
+    """kinds.Pixels on device tensors, with the batches' background."""
+
+    def __init__(self, batches: "DeviceBatches"):
+        self._batches = batches
+
+    def rgba(self, rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        return rgba(rgb, alpha)
+
+    def composite(self, rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        return composite(rgb, alpha, self._batches.background_pixels(*alpha.shape))
+
+
+class DeviceBatches:
     """Letterbox -> backend -> un-letterbox -> matte / cutout / composite, on one device.
 
     kinds: the outputs to make, from "alpha", "rgba", "composite" (an rgb-target model makes
@@ -292,6 +309,8 @@ class DeviceStages:
             self._staging = [_Staging(), _Staging()]
             self._turn = 0
         self._background_cache: tuple[tuple[int, int] | None, torch.Tensor] | None = None  # (size, pixels)
+        self._pixels = TorchPixels(self)
+        self._needs_photo = any(KINDS[kind].needs_photo for kind in self.kinds)
 
     # -- stage 1: host -> device, letterbox ---------------------------------------------------
 
@@ -349,7 +368,7 @@ class DeviceStages:
 
     # -- stage 2: infer, post-process, device -> host -----------------------------------------
 
-    def _background(self, h: int, w: int) -> torch.Tensor:
+    def background_pixels(self, h: int, w: int) -> torch.Tensor:
         """[3] (a colour, broadcast) or [h, w, 3] uint8 on the device; the last one is kept."""
         cached = self._background_cache
         if cached is None or cached[0] not in (None, (h, w)):
@@ -364,21 +383,11 @@ class DeviceStages:
         """out [C, S, S] float32 in [0, 1] and the photo [3, H', W'] uint8 -> kind -> uint8 tensor."""
         restored = to_uint8(unletterbox(out, box))  # [C, H, W]
         if self.target == "rgb":
-            return {"composite": restored.permute(1, 2, 0)}
+            return {PAINTED: restored.permute(1, 2, 0)}
         alpha = restored[0]
-        made: dict[str, torch.Tensor] = {}
-        pixels = None
-        for kind in self.kinds:
-            if kind == "alpha":
-                made[kind] = alpha
-                continue
-            if pixels is None:
-                pixels = image.permute(1, 2, 0)  # [H, W, 3]; full-size whenever these kinds are asked for
-            if kind == "rgba":
-                made[kind] = rgba(pixels, alpha)
-            else:
-                made[kind] = composite(pixels, alpha, self._background(*alpha.shape))
-        return made
+        # [H, W, 3]: full-size whenever a kind that needs the photo is asked for
+        pixels = image.permute(1, 2, 0) if self._needs_photo else None
+        return {kind: KINDS[kind].make(self._pixels, pixels, alpha) for kind in self.kinds}
 
     def _download(self, made: list[dict[str, torch.Tensor]]) -> list[Outputs]:
         """Device uint8 tensors -> numpy arrays in one pinned host block (valid after the event)."""
@@ -441,45 +450,37 @@ def _cpu_decode(data: bytes) -> np.ndarray | Exception:
         return e
 
 
-# kind -> encoder of the finished uint8 array (the pixel work is done on the device)
-_ENCODE: dict[str, Callable[[np.ndarray], bytes]] = {"alpha": encode_png, "rgba": encode_png,
-                                                     "composite": encode_jpeg}
-
-
 # ---------------------------------------------------------------------------------------------
-# hx_infer.pipeline.run on the device
+# The Stages of a local run on the device (hx_infer.run.photos.Stages)
 
 
-class PipelineOnDevice:
-    """The per-photo stages of pipeline.run when DeviceStages do the pixel work.
+class DeviceStages:
+    """The local engine's photo stages when DeviceBatches do the pixel work.
 
     decode(job) runs in the decode threads (file read, header, CPU decode when needed);
-    submit(batch) on the main thread returns the previous batch's results (one batch stays on
-    the device, so its inference overlaps the next batch's upload); finish(item, outputs) in
+    submit(batch) on the loop's thread returns the previous batch's results (one batch stays on
+    the device, so its inference overlaps the next batch's upload); finish(job, outputs) in
     the write threads encodes and writes atomically.
     """
 
-    def __init__(self, config, backend, model, gpu_decode: bool | None = None):
-        from .pipeline import PhotoStages
-
+    def __init__(self, config: RunConfig, backend: Backend, model: ModelDir, gpu_decode: bool | None = None):
         self.config = config
-        self.stages = PhotoStages.for_run(config, model)
-        kinds = ("composite",) if model.target == "rgb" else config.outputs
-        self.device = DeviceStages(backend, model.size, model.target, kinds, config.background, backend.device)
+        self.size = model.size
+        self.reduced_decode = config.reduced_decode(model.target)
+        self.batches = DeviceBatches(backend, model.size, model.target, made_by(model.target, config.outputs),
+                                     config.background, str(backend.device))
         if gpu_decode is None:
-            gpu_decode = self.device.cuda and gpu_jpeg_decoder() is not None
+            gpu_decode = self.batches.cuda and gpu_jpeg_decoder() is not None
         self.gpu_decode = gpu_decode
-        self._pending: tuple[list, Pending] | None = None
+        self._pending: tuple[list[Job], Pending] | None = None
 
-    def decode(self, job):
-        from .pipeline import Failed, _reason
-
-        stages, max_pixels = self.stages, self.config.max_pixels
+    def decode(self, job: Job) -> tuple[Job, HostPhoto] | Failed:
+        max_pixels = self.config.options.max_pixels
         try:
             data = job.src.read_bytes()
-            if stages.reduced_decode:  # matte only: as the CPU path, a reduced decode and the header's size
+            if self.reduced_decode:  # matte only: as the CPU path, a reduced decode and the header's size
                 size = photo_size(job.src, data=data)
-                return job, HostPhoto(size, rgb=read_photo(job.src, max_pixels, data=data, reduce_to=self.stages.size))
+                return job, HostPhoto(size, rgb=read_photo(job.src, max_pixels, data=data, reduce_to=self.size))
             header = gpu_decodable(data, max_pixels) if self.gpu_decode else None
             if header is not None:
                 swap = header.orientation in (5, 6, 7, 8)
@@ -487,34 +488,32 @@ class PipelineOnDevice:
                 return job, HostPhoto(size, jpeg=data, header=header)
             rgb = read_photo(job.src, max_pixels, data=data)
             return job, HostPhoto((rgb.shape[1], rgb.shape[0]), rgb=rgb)
-        except Exception as e:  # noqa: BLE001 - see pipeline._reason
-            return Failed(job.src, _reason(e))
+        except Exception as e:  # noqa: BLE001 - see Failed.because
+            return Failed.because(job.src, e)
 
-    def submit(self, batch: list) -> list:
+    def submit(self, batch: list[tuple[Job, HostPhoto]]) -> list[tuple[Job, Outputs | Exception]]:
         """batch: (job, HostPhoto) pairs -> the previous batch's (job, Outputs | Exception) pairs.
 
         This batch is queued before the previous one is waited for, so its upload and
         letterboxing (copy stream) overlap the previous batch's inference (compute stream)."""
-        queued = ([job for job, _ in batch], self.device.submit([photo for _, photo in batch]))
+        queued = ([job for job, _ in batch], self.batches.submit([photo for _, photo in batch]))
         done = self.flush()
         self._pending = queued
         return done
 
-    def flush(self) -> list:
+    def flush(self) -> list[tuple[Job, Outputs | Exception]]:
         if self._pending is None:
             return []
         jobs, pending = self._pending
         self._pending = None
         return list(zip(jobs, pending.result()))
 
-    def finish(self, job, outputs: Outputs | Exception):
-        from .pipeline import Failed, _reason, output_path
-
+    def finish(self, job: Job, outputs: Outputs | Exception) -> Failed | None:
         if isinstance(outputs, Exception):
-            return Failed(job.src, _reason(outputs))
+            return Failed.because(job.src, outputs)
         try:
             for kind, array in outputs.items():
-                atomic_write(output_path(self.config.output_dir, kind, job.rel), _ENCODE[kind](array))
+                atomic_write(photo_output_path(self.config.output_dir, kind, job.rel), KINDS[kind].encode(array))
             return None
-        except Exception as e:  # noqa: BLE001 - see pipeline._reason
-            return Failed(job.src, _reason(e))
+        except Exception as e:  # noqa: BLE001 - see Failed.because
+            return Failed.because(job.src, e)

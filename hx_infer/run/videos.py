@@ -8,8 +8,9 @@
 
 Every queue is bounded (two batches, or fewer frames of a large video: QUEUE_BYTES), so memory
 does not grow with the video's length.
-hx_infer.pipeline lists videos with the photos and hands each to run_video, after the photos;
-a video counts as one file in the report (processed, skipped or failed), its frames are added.
+The local engine plans videos with the photos (hx_infer.run.plan) and hands each to run_video,
+after the photos; a video counts as one file in the report (processed, skipped or failed), its
+frames are added. Which file each kind goes to, and its encoding, is the kinds table's.
 
 Output layout, for a video <rel>/<stem>.<ext> below INPUT:
     OUTPUT/alpha/<rel>/<stem>.mp4        grey matte, H.264 (--lossless: <stem>.mkv, FFV1)
@@ -25,93 +26,26 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from .compose import Background, composite, parse_background, rgba_cutout
-from .io.video import (ENCODINGS, AudioPacket, Encoding, Frame, VideoError, VideoInfo, VideoReader, VideoWriter,
-                       is_video_name, open_writer)
-from .temporal import TemporalSmoother, thumbnail
-from .transforms import Letterbox, guided_filter, guided_radius, letterbox, to_uint8, unletterbox
+from ..backends.base import Backend
+from ..compose import Background
+from ..io.video import AudioPacket, Frame, VideoError, VideoInfo, VideoReader, VideoWriter, open_writer
+from ..model import ModelDir
+from ..temporal import TemporalSmoother, thumbnail
+from ..transforms import Letterbox, letterbox, unletterbox
+from .backgrounds import VideoBackground
+from .config import RunConfig
+from .kinds import KINDS, NumpyPixels, video_encoding, video_output_path
+from .outcomes import Outcomes
+from .photos import compose_outputs
+from .plan import Failed, Job
 
-if TYPE_CHECKING:
-    from .backends.base import Backend
-    from .model import ModelDir
-    from .pipeline import Job, RunConfig
-
-RGBA_FORMATS = ("prores", "vp9", "png")
 # Decoded frames waiting in each queue take at most about this much (a 4K frame is 25 MB): a
 # queue holds two batches of frames, or fewer when they are large, and never less than two.
 QUEUE_BYTES = 256 << 20
-
-
-@dataclass(frozen=True)
-class VideoOptions:
-    """How videos are written. temporal: strength of the matte's moving average, 0 = off (see
-    hx_infer.temporal). lossless: mattes and composites as FFV1 in .mkv instead of H.264 in
-    .mp4. rgba: "prores" (.mov), "vp9" (.webm) or "png" (a folder of frames)."""
-
-    temporal: float = 0.0
-    lossless: bool = False
-    rgba: str = "prores"
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.temporal < 1.0:
-            raise ValueError(f"--temporal-strength {self.temporal}: use a value in [0, 1)")
-        if self.rgba not in RGBA_FORMATS:
-            raise ValueError(f"--video-codec {self.rgba!r}: choose from prores, vp9 (or --frames png)")
-
-
-def encoding_for(kind: str, options: VideoOptions) -> Encoding:
-    if kind == "rgba":
-        return ENCODINGS[options.rgba]
-    if kind == "alpha":
-        return ENCODINGS["ffv1-matte" if options.lossless else "h264-matte"]
-    return ENCODINGS["ffv1" if options.lossless else "h264"]
-
-
-def video_output_path(output_dir: Path, kind: str, rel: Path, options: VideoOptions) -> Path:
-    """Where a video's output of `kind` goes (a folder for PNG frames)."""
-    return output_dir / kind / rel.parent / (rel.stem + encoding_for(kind, options).suffix)
-
-
-class VideoBackground(Background):
-    """--background VIDEO: each video frame goes on the background's frame of the same index,
-    the background starting over when it runs out; a photo goes on its first frame."""
-
-    def __init__(self, path: Path):
-        reader = VideoReader(path, audio=False)
-        try:
-            first = next(item for item in reader if isinstance(item, Frame))
-        finally:
-            reader.close()
-        super().__init__(image=first.rgb, label=str(path))
-        self.path = Path(path)
-
-    def frames(self) -> Iterator[np.ndarray]:
-        """[h, w, 3] uint8 RGB frames, forever. Close the generator to close the file."""
-        while True:
-            reader = VideoReader(self.path, audio=False)
-            try:
-                for item in reader:
-                    if isinstance(item, Frame):
-                        yield item.rgb
-            except VideoError as e:
-                raise VideoError(f"--background {self.path}: {e}") from None
-            finally:
-                reader.close()
-
-
-def parse_background_or_video(spec: str) -> Background:
-    """compose.parse_background, plus the path of a video (needs PyAV). Raises ValueError."""
-    if is_video_name(spec.strip()) and Path(spec.strip()).is_file():
-        try:
-            return VideoBackground(Path(spec.strip()))
-        except VideoError as e:
-            raise ValueError(f"--background {spec!r}: {e}") from None
-    return parse_background(spec)
 
 
 @dataclass(frozen=True)
@@ -125,20 +59,17 @@ class VideoRuns:
     are done, and puts facts() in the report. Each video is batched on its own, so it never
     waits for photos to fill a batch, nor photos for it."""
 
-    def __init__(self, config: "RunConfig", backend: "Backend", model: "ModelDir", batch_size: int,
+    def __init__(self, config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
                  log: Callable[[str], None] | None = None):
         self.config, self.backend, self.model, self.batch_size, self.log = config, backend, model, batch_size, log
-        self.jobs: list["Job"] = []  # a path each: small beside the photos' stream
+        self.jobs: list[Job] = []  # a path each: small beside the photos' stream
         self.frames = 0
         self.seconds = 0.0
 
-    def add(self, job: "Job") -> None:
+    def add(self, job: Job) -> None:
         self.jobs.append(job)
 
-    def run(self, outcomes) -> None:
-        """outcomes: pipeline.Outcomes (processed() / failed(Failed))."""
-        from .pipeline import Failed
-
+    def run(self, outcomes: Outcomes) -> None:
         while self.jobs:
             job = self.jobs.pop(0)
             result = run_video(job, self.config, self.backend, self.model, self.batch_size, self.log)
@@ -151,13 +82,13 @@ class VideoRuns:
 
     def facts(self) -> dict:
         """For the report: frames written by processed videos, their rate, and the video options."""
-        options = self.config.video or VideoOptions()
+        options = self.config.options.video
         return {"frames": self.frames,
                 "frames_per_s": round(self.frames / self.seconds, 2) if self.seconds > 0 else 0.0,
                 "video": {"temporal": options.temporal, "lossless": options.lossless, "rgba": options.rgba}}
 
 
-def run_video(job: "Job", config: "RunConfig", backend: "Backend", model: "ModelDir", batch_size: int,
+def run_video(job: Job, config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
               log: Callable[[str], None] | None = None) -> VideoDone | str:
     """Write every output of one video; VideoDone, or the one-line reason it failed.
 
@@ -207,23 +138,15 @@ def _failure_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
-# kind -> (rgb [H, W, 3] uint8, alpha [H, W] uint8, Background) -> the frame the writer takes
-_FRAME_IMAGES: dict[str, Callable[[np.ndarray, np.ndarray, Background], np.ndarray]] = {
-    "alpha": lambda rgb, alpha, background: alpha,
-    "rgba": lambda rgb, alpha, background: rgba_cutout(rgb, alpha),
-    "composite": lambda rgb, alpha, background: composite(rgb, alpha, background),
-}
-
-
 class _VideoRun:
-    def __init__(self, job: "Job", config: "RunConfig", backend: "Backend", model: "ModelDir",
+    def __init__(self, job: Job, config: RunConfig, backend: Backend, model: ModelDir,
                  batch_size: int, reader: VideoReader, log: Callable[[str], None] | None):
         self.job, self.config, self.backend, self.model = job, config, backend, model
         self.batch_size = batch_size
         self.reader = reader
         self.info: VideoInfo = reader.info
         self.log = log
-        self.options: VideoOptions = config.video or VideoOptions()
+        self.options = config.options.video
         self.turns = self.info.rotation // 90  # np.rot90 turns that show the frame upright
         self.smoother = TemporalSmoother(self.options.temporal) if self.options.temporal > 0 else None
         self.stop = threading.Event()
@@ -237,7 +160,7 @@ class _VideoRun:
         try:
             for kind in self.config.outputs:
                 path = video_output_path(self.config.output_dir, kind, self.job.rel, self.options)
-                writers[kind] = open_writer(path, encoding_for(kind, self.options), self.info,
+                writers[kind] = open_writer(path, video_encoding(kind, self.options), self.info,
                                             self.reader.audio_stream)
             frames = self._stream(writers)
             for kind, writer in writers.items():
@@ -258,7 +181,7 @@ class _VideoRun:
         from tqdm import tqdm
 
         bar = tqdm(total=self.info.frames or None, unit="frame", desc=self.job.src.name, leave=False,
-                   disable=None if self.config.progress else True, dynamic_ncols=True)
+                   disable=None if self.config.options.progress else True, dynamic_ncols=True)
         read = threading.Thread(target=self._read, name="hx-video-read", daemon=True)
         write = threading.Thread(target=self._write, args=(writers,), name="hx-video-write", daemon=True)
         read.start()
@@ -330,7 +253,8 @@ class _VideoRun:
         """Writer thread: back to the frame's size and orientation, compose, encode."""
         background_frames = None
         try:
-            if isinstance(self.config.background, VideoBackground) and "composite" in writers:
+            if isinstance(self.config.background, VideoBackground) and any(KINDS[kind].needs_background
+                                                                           for kind in writers):
                 background_frames = self.config.background.frames()
             while True:
                 item = self._get(self.inferred)
@@ -342,7 +266,7 @@ class _VideoRun:
                     continue
                 background = (Background(image=next(background_frames)) if background_frames is not None
                               else self.config.background)
-                for kind, image in self._images(item, writers, background):
+                for kind, image in self._images(item, background):
                     writers[kind].write(image, item.frame.pts)
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             self.write_error = e
@@ -351,22 +275,13 @@ class _VideoRun:
             if background_frames is not None:
                 background_frames.close()
 
-    def _images(self, item: _Decoded, writers: dict[str, VideoWriter],
-                background: Background) -> Iterator[tuple[str, np.ndarray]]:
+    def _images(self, item: _Decoded, background: Background) -> Iterator[tuple[str, np.ndarray]]:
         restored = unletterbox(item.out, item.box)  # upright [h, w] matte or [h, w, 3] painting
         if self.turns:
             restored = np.ascontiguousarray(np.rot90(restored, -self.turns))
-        rgb = item.frame.rgb
-        if self.model.target == "rgb":  # painted on white: only a composite exists
-            yield "composite", to_uint8(restored)
-            return
-        if self.config.refine == "guided":
-            height, width = rgb.shape[:2]
-            restored = guided_filter(rgb, restored, radius=guided_radius(height, width, self.model.size),
-                                     model_size=self.model.size)
-        alpha = to_uint8(restored)
-        for kind in writers:
-            yield kind, _FRAME_IMAGES[kind](rgb, alpha, background)
+        # one writer per kind of config.outputs, as compose_outputs makes them
+        yield from compose_outputs(restored, item.frame.rgb, self.config, self.model.target, self.model.size,
+                                   NumpyPixels(background))
 
     # -- queues that give up when the run stops -----------------------------------------------
 

@@ -16,7 +16,7 @@ fp16, model.onnx for fp32. One optimisation profile over the batch axis. The tim
 (layer timings, the slow part of a build) is kept beside the engines and reused by every build
 on the same TensorRT version and GPU.
 
-Everything that decides (keys, sidecars, profiles, batch splitting) is plain Python tested on the
+Everything that decides (keys, sidecars, profiles) is plain Python tested on the
 CPU; the tensorrt module is imported only by import_tensorrt() and passed in from there.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from .backends.base import BackendError
-from .io.images import atomic_write
-from .model import ModelDir, sha256_file
+from .base import DEFAULT_BATCH, BackendError, Device
+from ..io.images import atomic_write
+from ..model import ModelDir, sha256_file
 
 SIDECAR_FORMAT = "hx-trt-engine/1"
 NOT_INSTALLED = "--backend trt: tensorrt is not installed (pip install 'hx[trt]'); use --backend ort or torch"
@@ -73,7 +73,7 @@ class Profile:
         return self
 
 
-DEFAULT_PROFILE = Profile(1, 32, 128)  # hx-infer build's defaults
+DEFAULT_PROFILE = Profile(1, DEFAULT_BATCH["cuda"], 128)  # hx-infer build's defaults: tuned for run's batch
 
 
 def profile_for_batch(batch_size: int | None) -> Profile:
@@ -189,14 +189,6 @@ def stale_reason(engine: Path, key: EngineKey) -> str | None:
     return None
 
 
-def split_batches(n: int, max_batch: int) -> list[tuple[int, int]]:
-    """[start, stop) slices of at most max_batch covering 0..n: a batch over the profile's
-    maximum is run in pieces, never refused."""
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-    return [(start, min(start + max_batch, n)) for start in range(0, n, max_batch)]
-
-
 # ---------------------------------------------------------------------------------------------
 # Building (needs tensorrt and a GPU)
 
@@ -285,14 +277,14 @@ def build_for_model(model: ModelDir, *, precision: str = "fp16", profile: Profil
     Checks the options and the model folder first, then that tensorrt and a GPU are here: each
     failure is a BackendError naming what is wrong or missing.
     """
-    from .backends.base import resolve_device
+    from .base import resolve_device
 
     profile.check()
     onnx_for(model, precision)
     if workspace_gib is not None and workspace_gib <= 0:
         raise BackendError(f"--workspace must be more than 0 GiB, got {workspace_gib}")
     trt = import_tensorrt()
-    if not device.startswith("cuda"):
+    if not Device.parse(device).cuda:
         raise BackendError(f"--device {device}: TensorRT builds on the GPU the engine will run on; use --device cuda")
     resolve_device(device)  # BackendError when no CUDA device is visible
     gpu = current_gpu(device)

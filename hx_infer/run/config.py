@@ -1,0 +1,144 @@
+"""One run's options checked once, against the inputs and the model, into a frozen RunConfig.
+
+Everything downstream (planning, stages, videos, the report) reads the RunConfig and checks
+nothing again. Bad options raise ConfigError with one line naming the option or path.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from ..compose import Background
+from ..errors import ConfigError
+from ..io.images import PHOTO_EXTENSIONS
+from ..io.video import VIDEO_EXTENSIONS
+from ..model import ModelDir
+from ..report import REPORT_NAME
+from .backgrounds import parse_background_or_video
+from .kinds import KINDS, PAINTED
+from .options import REFINES, RunOptions
+
+__all__ = ["ConfigError", "RunConfig", "make_config", "parse_names", "parse_outputs", "default_workers"]
+
+WHITE = ("white", "#ffffff")  # the only background an rgb-target model can honour
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run, checked. `source` is a file, a folder, or an iterable of paths; `options` are the
+    user's (checked); the other fields are what was settled from them."""
+
+    source: Path | Iterable[str | Path]
+    source_kind: str  # "file", "folder" or "list"
+    output_dir: Path
+    options: RunOptions
+    outputs: tuple[str, ...]  # options.outputs parsed, in the order given
+    background: Background  # options.background parsed once
+    workers: int
+    report_path: Path
+
+    @property
+    def source_label(self) -> str:
+        return "-" if self.source_kind == "list" else str(self.source)
+
+    def needs_photo_pixels(self, target: str) -> bool:
+        """Whether a model of `target` needs each photo's full-resolution pixels after inference."""
+        return target == "alpha" and (self.options.refine != "none"
+                                      or any(KINDS[kind].needs_photo for kind in self.outputs))
+
+    def reduced_decode(self, target: str) -> bool:
+        """A matte-only run: JPEGs decoded at about the model's size, the matte's size from the
+        header. Every run of the same options decodes the same way, so resumed files match."""
+        return target == "alpha" and not self.needs_photo_pixels(target)
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def parse_names(spec: str | Iterable[str], choices: Iterable[str], option: str, what: str,
+                error: type[Exception] = ValueError) -> tuple[str, ...]:
+    """'a,b' or ('a', 'b') -> ('a', 'b'), in the order given, no repeats, each one of `choices`.
+
+    Raises `error` with a one-line message naming `option` (e.g. --outputs) and the `what`."""
+    choices = tuple(choices)
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise error(f"{option}: give one or more of {','.join(choices)}")
+    for n in names:
+        if n not in choices:
+            raise error(f"{option}: unknown {what} {n!r}; choose from {','.join(choices)}")
+    return tuple(dict.fromkeys(names))
+
+
+def parse_outputs(outputs: str | Iterable[str]) -> tuple[str, ...]:
+    """'alpha,rgba' or ('alpha', 'rgba') -> ('alpha', 'rgba')."""
+    return parse_names(outputs, KINDS, "--outputs", "kind", ConfigError)
+
+
+def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Path, model: ModelDir,
+                options: RunOptions = RunOptions()) -> RunConfig:
+    """Check every option before any photo is touched; raise ConfigError naming the bad one.
+
+    inputs: a photo, a folder (searched recursively), or an iterable of photo paths (the CLI's
+    `-` passes stdin's lines). output_dir must not be the input folder or inside it.
+    """
+    output_dir = Path(output_dir)
+    if isinstance(inputs, (str, Path)):
+        source = Path(inputs)
+        if not source.exists():
+            raise ConfigError(f"INPUT {source}: no such file or folder")
+        source_kind = "folder" if source.is_dir() else "file"
+    else:
+        source, source_kind = inputs, "list"
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"OUTPUT {output_dir}: exists and is not a folder")
+    kinds = parse_outputs(options.outputs)
+    if source_kind != "list":
+        _check_apart(source, output_dir, kinds)
+
+    report_path = Path(options.report) if options.report is not None else output_dir / REPORT_NAME
+    if report_path.is_dir() or report_path.suffix.lower() in PHOTO_EXTENSIONS | VIDEO_EXTENSIONS:
+        raise ConfigError(f"--report {report_path}: give the path of a .json file")
+    if options.refine not in REFINES:
+        raise ConfigError(f"--refine {options.refine!r}: choose from {', '.join(REFINES)}")
+    if options.workers is not None and options.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {options.workers}")
+    if options.max_pixels < 1:
+        raise ConfigError(f"--max-pixels must be at least 1, got {options.max_pixels}")
+    try:
+        background = parse_background_or_video(options.background)
+    except ValueError as e:
+        raise ConfigError(f"--background: {e}") from None
+    if model.target == "rgb":
+        # The generator paints the person on white: there is no matte to cut out with.
+        if kinds != (PAINTED,):
+            raise ConfigError(f"--outputs {','.join(kinds)}: model {model.root} paints the person on white "
+                              f"(target rgb) and makes only --outputs {PAINTED}")
+        if options.background.strip().lower() not in WHITE:
+            raise ConfigError(f"--background {options.background}: model {model.root} paints the person on white "
+                              f"(target rgb); it cannot use another background")
+        if options.refine != "none":
+            raise ConfigError(f"--refine {options.refine}: model {model.root} makes no matte to refine (target rgb)")
+    return RunConfig(source=source, source_kind=source_kind, output_dir=output_dir, options=options,
+                     outputs=kinds, background=background, workers=options.workers or default_workers(),
+                     report_path=report_path)
+
+
+def _check_apart(source: Path, output_dir: Path, kinds: tuple[str, ...]) -> None:
+    """Outputs must never land among the photos: a rerun would read them as photos, and a
+    photo OUTPUT/rgba/a.png is exactly where a.jpg's cutout goes."""
+    root, out = source.resolve(), output_dir.resolve()
+    if source.is_dir() and (out == root or root in out.parents):
+        raise ConfigError(f"OUTPUT {output_dir} is inside INPUT {source}; choose a folder outside it")
+    for kind in kinds:
+        folder = out / kind
+        if root == folder or folder in root.parents:
+            raise ConfigError(f"INPUT {source} is inside OUTPUT/{kind}, where outputs could overwrite "
+                              f"photos; choose another OUTPUT")

@@ -1,0 +1,113 @@
+"""What a run tells its user: each input's outcome (tally, progress bar, log line), and the report.
+
+Every engine sends its outcomes here, so the report and the summary line read the same
+whichever engine ran the job.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from ..errors import ConfigError
+from ..io.images import clean_temporaries
+from ..model import ModelDir
+from ..report import Tally, build_report, write_report
+from ..version import __version__
+from .config import RunConfig
+from .plan import Failed, iter_jobs
+
+
+class _Progress:
+    """tqdm bar (files/s, and an ETA once a background walk has counted the inputs). With
+    enabled=True, tqdm still hides itself when stderr is not a terminal."""
+
+    def __init__(self, config: RunConfig):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=None, unit="file", disable=None if config.options.progress else True,
+                        dynamic_ncols=True, smoothing=0.1)
+        self.total: int | None = None
+        self._stop = threading.Event()
+        if not self.bar.disable and config.source_kind != "list":
+            threading.Thread(target=self._count, args=(config,), daemon=True, name="hx-count").start()
+
+    def _count(self, config: RunConfig) -> None:
+        n = 0
+        for _ in iter_jobs(config):
+            if self._stop.is_set():
+                return
+            n += 1
+        self.total = n  # picked up by the main thread, which owns the bar
+
+    def update(self, n: int = 1) -> None:
+        if self.total is not None and self.bar.total is None:
+            self.bar.total = self.total
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.bar.close()
+
+
+class Outcomes:
+    """Where each photo's outcome goes, whichever engine ran it: the tally for the report, the
+    progress bar, and `log` (one line per failure). Used from one thread only."""
+
+    def __init__(self, config: RunConfig, log: Callable[[str], None] | None = None):
+        self.tally = Tally()
+        self._log = log
+        self._progress = _Progress(config)
+
+    def processed(self, n: int = 1) -> None:
+        self.tally.processed += n
+        self._progress.update(n)
+
+    def skipped(self) -> None:
+        self.tally.skipped += 1
+        self._progress.update()
+
+    def failed(self, failure: Failed) -> None:
+        self.tally.fail(str(failure.src), failure.reason)
+        if self._log is not None:
+            self._log(f"{failure.src}: {failure.reason}")
+        self._progress.update()
+
+    def close(self) -> None:
+        self._progress.close()
+
+
+def prepare_output(config: RunConfig) -> None:
+    """Create OUTPUT and remove what a killed run left half-written in it, before any photo."""
+    try:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"OUTPUT {config.output_dir}: cannot create ({e.strerror})") from None
+    clean_temporaries(config.output_dir)  # left by a run that was killed mid-write
+
+
+def finish_report(config: RunConfig, model: ModelDir, tally: Tally, wall_s: float, *, engine: str,
+                  backend: str, device: str, batch_size: int, **engine_facts) -> dict:
+    """The run's report, written to config.report_path and returned. engine_facts: what only
+    one engine knows (the Ray engine's cluster and actors), stored as given."""
+    report = build_report(
+        tally, wall_s,
+        hx_version=__version__,
+        input=config.source_label,
+        output=str(config.output_dir),
+        outputs=list(config.outputs),
+        background=config.options.background,
+        refine=config.options.refine,
+        overwrite=config.options.overwrite,
+        model={"path": str(model.root), "sha256": model.sha256, "preset": model.preset,
+               "size": model.size, "target": model.target},
+        engine=engine,
+        backend=backend,
+        device=device,
+        batch_size=batch_size,
+        workers=config.workers,
+        max_pixels=config.options.max_pixels,
+        glob=config.options.glob,
+        **engine_facts,
+    )
+    write_report(config.report_path, report)
+    return report

@@ -1,0 +1,141 @@
+"""The per-photo stages of `hx-infer run` on numpy, and the interface every engine's loop drives.
+
+    decode(job)          worker thread: read the file, letterbox it    -> Decoded | Failed
+    submit(batch)        the loop's thread: the model over a batch     -> (item, output) pairs ready to finish
+    flush()              the loop's thread, at the end                 -> the pairs still held back
+    finish(item, out)    worker thread: un-letterbox, refine, compose, encode, atomic write -> None | Failed
+
+CpuStages is that interface with the numpy stages; on CUDA, run.device.DeviceStages keeps the
+same four methods with the pixel work on the GPU. The Ray engine runs PhotoStages' decode and
+finish in its tasks, so a photo's files are the same bytes whichever engine wrote them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+
+from ..backends.base import Backend
+from ..io.images import atomic_write, photo_size, read_photo
+from ..model import ModelDir
+from ..transforms import Letterbox, guided_filter, guided_radius, letterbox, to_uint8, unletterbox
+from .config import RunConfig
+from .kinds import KINDS, PAINTED, NumpyPixels, photo_output_path
+from .options import DEFAULT_MAX_PIXELS
+from .plan import Failed, Job
+
+
+class Stages(Protocol):
+    """What an engine's loop calls; decode and finish from worker threads, submit and flush from
+    its own thread. submit may hold a batch back (to overlap it with the next) and return an
+    earlier one's pairs; flush returns whatever is still held."""
+
+    def decode(self, job: Job) -> Any: ...
+
+    def submit(self, batch: list) -> list[tuple[Any, Any]]: ...
+
+    def flush(self) -> list[tuple[Any, Any]]: ...
+
+    def finish(self, item: Any, out: Any) -> Failed | None: ...
+
+
+@dataclass
+class Decoded:
+    job: Job
+    x: np.ndarray  # [3, S, S] float32 in [-1, 1], letterboxed
+    box: Letterbox  # maps the model output back to the photo's upright size
+    rgb: np.ndarray | None  # [H, W, 3] uint8, kept only when an output or --refine needs pixels
+
+
+def matte_input(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Letterbox]:
+    """A photo as a matte-only run feeds it to the model: ([3, S, S] float32 in [-1, 1], geometry).
+
+    A matte-only run never looks at full-resolution pixels: the JPEG decoder scales down
+    (1/2, 1/4, 1/8) to about the model size, and the matte's size comes from the header.
+    `hx-infer eval` scores its `full` crop through this too, so its figures are those of the
+    mattes `hx-infer run --outputs alpha` writes. Raises DecodeError / OSError.
+    """
+    data = path.read_bytes()  # once, for the header and the pixels
+    width, height = photo_size(path, data=data)
+    rgb = read_photo(path, max_pixels, data=data, reduce_to=size)
+    return letterbox(rgb, size, src_size=(width, height))
+
+
+def compose_outputs(restored: np.ndarray, rgb: np.ndarray | None, config: RunConfig, target: str,
+                    model_size: int, pixels: NumpyPixels) -> Iterator[tuple[str, np.ndarray]]:
+    """The model's output at the photo's size ([H, W] matte or [H, W, 3] painting, float in
+    [0, 1]) -> (kind, uint8 image) for each kind the run writes. Photos and video frames alike."""
+    if target == "rgb":
+        yield PAINTED, to_uint8(restored)
+        return
+    if config.options.refine == "guided":
+        height, width = rgb.shape[:2]
+        restored = guided_filter(rgb, restored, radius=guided_radius(height, width, model_size),
+                                 model_size=model_size)
+    alpha = to_uint8(restored)
+    for kind in config.outputs:
+        yield kind, KINDS[kind].make(pixels, rgb, alpha)
+
+
+@dataclass(frozen=True)
+class PhotoStages:
+    """decode and finish on numpy, fixed for the run (no backend: Ray ships this to its tasks)."""
+
+    config: RunConfig
+    size: int  # the model's square input
+    target: str  # "alpha" or "rgb"
+    keep_pixels: bool
+    reduced_decode: bool
+
+    @classmethod
+    def for_run(cls, config: RunConfig, model: ModelDir) -> "PhotoStages":
+        return cls(config, model.size, model.target, keep_pixels=config.needs_photo_pixels(model.target),
+                   reduced_decode=config.reduced_decode(model.target))
+
+    def decode(self, job: Job) -> Decoded | Failed:
+        max_pixels = self.config.options.max_pixels
+        try:
+            if self.reduced_decode:
+                x, box = matte_input(job.src, self.size, max_pixels)
+                return Decoded(job, x, box, None)
+            rgb = read_photo(job.src, max_pixels)
+            x, box = letterbox(rgb, self.size)
+            return Decoded(job, x, box, rgb if self.keep_pixels else None)
+        except Exception as e:  # noqa: BLE001 - see Failed.because
+            return Failed.because(job.src, e)
+
+    def finish(self, item: Decoded, out: np.ndarray) -> Failed | None:
+        """out: [C, S, S] float32 in [0, 1] for this photo -> its outputs, written atomically."""
+        config = self.config
+        try:
+            restored = unletterbox(out, item.box)  # [H, W] matte or [H, W, 3] painted photo
+            pixels = NumpyPixels(config.background)
+            for kind, image in compose_outputs(restored, item.rgb, config, self.target, self.size, pixels):
+                atomic_write(photo_output_path(config.output_dir, kind, item.job.rel), KINDS[kind].encode(image))
+            return None
+        except Exception as e:  # noqa: BLE001 - see Failed.because
+            return Failed.because(item.job.src, e)
+
+
+class CpuStages:
+    """The Stages of a local run whose pixel work is numpy: PhotoStages around backend.infer."""
+
+    def __init__(self, config: RunConfig, backend: Backend, model: ModelDir):
+        self.stages = PhotoStages.for_run(config, model)
+        self.backend = backend
+
+    def decode(self, job: Job) -> Decoded | Failed:
+        return self.stages.decode(job)
+
+    def submit(self, batch: list[Decoded]) -> list[tuple[Decoded, np.ndarray]]:
+        x = np.stack([item.x for item in batch])  # [N, 3, S, S] float32
+        out = np.asarray(self.backend.infer(x))  # [N, C, S, S] float32 in [0, 1]
+        return list(zip(batch, out))
+
+    def flush(self) -> list[tuple[Decoded, np.ndarray]]:
+        return []
+
+    def finish(self, item: Decoded, out: np.ndarray) -> Failed | None:
+        return self.stages.finish(item, out)

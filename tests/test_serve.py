@@ -420,3 +420,49 @@ def test_the_listening_socket_says_tcp_so_answers_are_not_held_back():
             accepted, _ = sock.accept()
             with accepted:
                 assert accepted.proto == socket.IPPROTO_TCP
+
+
+def test_a_backend_failure_is_a_500_for_its_batch_only(tiny_model_dir, photos):
+    """In process: the app on uvicorn in a thread, over a backend whose first call fails."""
+    import http.client
+
+    import uvicorn
+
+    from hx_infer import load_model
+    from hx_infer.serve.app import create_app
+    from hx_infer.serve.server import _listen
+
+    class FailsOnce:
+        name, device, calls = "fails-once", "cpu", 0
+
+        def infer(self, x):  # [N, 3, 64, 64] -> [N, 1, 64, 64]
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 1:
+                raise RuntimeError("the device went away")
+            return np.ones((len(x), 1, 64, 64), np.float32)
+
+    logged: list[str] = []
+    app = create_app(load_model(tiny_model_dir), FailsOnce(), ServeOptions(), workers=1, log=logged.append)
+    sock = _listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+        def post() -> tuple[int, bytes]:
+            conn = http.client.HTTPConnection(*sock.getsockname()[:2], timeout=30)
+            conn.request("POST", "/api/remove?output=alpha", body=photos["wide"].read_bytes())
+            response = conn.getresponse()
+            return response.status, response.read()
+
+        status, body = post()
+        assert status == 500 and json.loads(body) == {"error": "internal error: RuntimeError", "kind": "internal"}
+        assert logged == ["hx-infer: internal error on a request: RuntimeError: the device went away"]
+        status, body = post()
+        assert status == 200 and np.asarray(Image.open(io.BytesIO(body))).min() == 255  # the matte of ones
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -40,8 +40,10 @@ def error_response(status: int, kind: str, message: str, headers: dict[str, str]
 class RemoveService:
     """The state behind the routes: the model's batcher, the pixel pool, admission, metrics."""
 
-    def __init__(self, model: ModelDir, backend: Backend, options: ServeOptions, workers: int):
+    def __init__(self, model: ModelDir, backend: Backend, options: ServeOptions, workers: int,
+                 log: Callable[[str], None]):
         self.model, self.backend, self.options = model, backend, options
+        self.log = log  # one line per internal error (a bug or a backend failure)
         self.in_server = 0  # admitted requests; only the event loop's thread changes it
         self.decoded = 0  # of those, the ones whose photo is decoded (at the batcher, or encoding)
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="hx-pixels")
@@ -82,7 +84,7 @@ class RemoveService:
             self.metrics.failed("disconnected")
             return Response(status_code=499)  # nobody reads it; uvicorn drops it
         except Exception as e:  # noqa: BLE001 - a bug or a backend failure: this request only
-            print(f"hx-infer: internal error on a request: {type(e).__name__}: {e}", file=sys.stderr)
+            self.log(f"hx-infer: internal error on a request: {type(e).__name__}: {e}")
             return self.refuse(RequestError(500, "internal", f"internal error: {type(e).__name__}"))
         finally:
             self.in_server -= 1
@@ -168,8 +170,9 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def create_app(model: ModelDir, backend: Backend, options: ServeOptions, workers: int) -> Starlette:
-    service = RemoveService(model, backend, options, workers)
+def create_app(model: ModelDir, backend: Backend, options: ServeOptions, workers: int,
+               log: Callable[[str], None] = print) -> Starlette:
+    service = RemoveService(model, backend, options, workers, log)
     routes = [Route("/api/remove", service.remove, methods=["POST"]),
               Route("/healthz", service.healthz, methods=["GET"]),
               Route("/metrics", service.metrics_text, methods=["GET"])]

@@ -83,7 +83,7 @@ class DynamicBatcher:
             except asyncio.QueueEmpty:
                 pass
             left = deadline - loop.time()
-            if left <= 0 or (self._coming is not None and self._coming() == 0):
+            if left <= 0 or (self._coming is not None and self._coming() <= 0):
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), left))

@@ -58,7 +58,7 @@ def run_server(options: ServeOptions, log: Callable[[str], None] = print) -> Non
     try:
         backend.infer(np.zeros((1, 3, model.size, model.size), np.float32))  # warm-up: lazy init, first-call costs
         workers = options.workers or len(os.sched_getaffinity(0))
-        app = create_app(model, backend, options, workers)
+        app = create_app(model, backend, options, workers, log)
         sock = _listen(options.host, options.port)
         config = uvicorn.Config(app, log_level="warning", access_log=options.access_log, lifespan="on",
                                 timeout_graceful_shutdown=options.drain_timeout_s)

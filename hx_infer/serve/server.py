@@ -64,10 +64,12 @@ def run_server(options: ServeOptions, log: Callable[[str], None] = print) -> Non
                                 timeout_graceful_shutdown=options.drain_timeout_s)
         server = _Server(config)
         server.log = log
-        # uvicorn re-raises the signal it stopped on once it has drained; a handler of ours (not the
-        # default, which would kill the process) makes that a no-op, so a drained stop exits 0.
+        # uvicorn re-raises the signal it stopped on once it has drained, to the handler it found:
+        # with the default one that would kill the process. This one stops the server instead (a
+        # no-op by then, so a drained stop exits 0), and also covers a signal that comes before
+        # uvicorn has put its own in place.
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
+            signal.signal(sig, server.handle_exit)
         host, port = sock.getsockname()[:2]
         where = f"[{host}]" if ":" in host else host
         asyncio.run(_serve(server, sock, lambda: log(

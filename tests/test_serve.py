@@ -130,9 +130,9 @@ def test_an_rgb_target_model_answers_its_painted_composite(tiny_rgb_model_dir, p
     assert r.exit_code == 0, r.output
     served = Served(tiny_rgb_model_dir)
     try:
-        status, _, body = served.post("/api/remove?output=composite", photos["wide"].read_bytes())
+        status, _, body = served.post("/api/remove", photos["wide"].read_bytes())  # composite: its only kind
         assert status == 200 and body == (out / "composite" / "wide.jpg").read_bytes()
-        status, kind, message = _error(served.post("/api/remove", photos["wide"].read_bytes()))
+        status, kind, message = _error(served.post("/api/remove?output=rgba", photos["wide"].read_bytes()))
         assert (status, kind) == (400, "bad_parameter") and "target rgb" in message
     finally:
         served.stop()
@@ -328,7 +328,7 @@ def test_params():
         parse_params([("output", "alpha"), ("output", "rgba")])
     with pytest.raises(RequestError, match="target rgb"):
         parse_params([("output", "rgba")], target="rgb")
-    assert parse_params([("output", "composite")], target="rgb").output == "composite"
+    assert parse_params([], target="rgb").output == "composite"
 
 
 def test_batcher_gathers_up_to_max_batch_and_waits_at_most_max_wait():

@@ -67,7 +67,7 @@ def parse_params(pairs: Iterable[tuple[str, str]], target: str = "alpha") -> Rem
             raise bad(f"parameter {name!r} given twice")
         given[name] = value.strip()
 
-    output = given.get("output", "rgba").lower()
+    output = given.get("output", "rgba" if target == "alpha" else "composite").lower()  # rgb: its only kind
     if output not in OUTPUTS:
         raise bad(f"output={given['output']!r}: choose from {', '.join(OUTPUTS)}")
     background_spec = given.get("background", "white")
@@ -93,7 +93,7 @@ def parse_params(pairs: Iterable[tuple[str, str]], target: str = "alpha") -> Rem
     if fmt not in FORMATS:
         raise bad(f"format={given['format']!r}: choose from png, jpeg")
     if fmt == "jpeg" and output != "composite":
-        raise bad(f"format=jpeg: only output=composite can be a JPEG (output={output} has transparency)")
+        raise bad(f"format=jpeg: only output=composite is written as JPEG (output={output} is PNG)")
     refine = given.get("refine", "none").lower()
     if refine not in REFINES:
         raise bad(f"refine={given['refine']!r}: choose from {', '.join(REFINES)}")

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/cpu_run.py --model DIR --n 290 --outputs alpha,rgba -- --workers 2
 
 Builds N photos (default 290) of 300-1500 px on the longer side in a temporary folder: the ccp
-photos (/work/shared/data/ccp/images) resized, or synthetic ones when that folder is absent.
+photos (`../shared/data/ccp/images`, or $HX_DATA/ccp/images) resized, or synthetic ones when that folder is absent.
 Then runs `python -m hx_infer.cli run PHOTOS OUT --outputs alpha --quiet` (extra arguments after
 `--` are passed on) and prints photos/s. The figures are saved as JSON in benchmarks/results/.
 Never asserted in tests.
@@ -25,9 +25,10 @@ import numpy as np
 from PIL import Image
 
 import record  # benchmarks/record.py
+from shared_data import SHARED_DATA  # benchmarks/shared_data.py
 
 REPO = Path(__file__).resolve().parents[1]
-CCP = Path("/work/shared/data/ccp/images")
+CCP = SHARED_DATA / "ccp" / "images"
 
 
 def make_photos(folder: Path, n: int, seed: int = 0) -> str:

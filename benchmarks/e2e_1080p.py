@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/e2e_1080p.py --model DIR --device cpu --n 8      # a dry run here
 
 Makes N 1920x1080 JPEGs (quality 90; the ccp photos cover-cropped to 1080p when
-/work/shared/data/ccp is there, else 16 synthetic scenes) in a temporary folder. Then, for each
+`../shared/data/ccp` (or $HX_DATA/ccp) is there, else 16 synthetic scenes) in a temporary folder. Then, for each
 output kind, times the stages of `hx-infer run`'s device path (hx_infer.run.device) one at a time over
 the same photos:
 
@@ -46,8 +46,9 @@ from hx_infer.run.kinds import KINDS  # noqa: E402
 from hx_infer.run.options import RunOptions  # noqa: E402
 from hx_infer.run.plan import Job  # noqa: E402
 import record  # noqa: E402  (benchmarks/record.py)
+from shared_data import SHARED_DATA  # noqa: E402  (benchmarks/shared_data.py)
 
-CCP = Path("/work/shared/data/ccp/images")
+CCP = SHARED_DATA / "ccp" / "images"
 WIDTH, HEIGHT = 1920, 1080
 DISTINCT = 16
 KEEP = 64  # outputs kept from the device stage for the encode and write stages
@@ -112,7 +113,7 @@ def time_stages(extractor: Extractor, photos: Path, out: Path, kind: str, worker
         device_s = time.perf_counter() - start
         arrays = [outputs[kind] for outputs in kept]
         start = time.perf_counter()
-        encoded = list(pool.map(KINDS[kind].encode, arrays))
+        encoded = list(pool.map(lambda array: KINDS[kind].encode(array, config.options.png_compression), arrays))
         encode_s = time.perf_counter() - start
         targets = [out / "stages" / kind / f"{i:05d}.bin" for i in range(len(encoded))]
         start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Draw the crops `hx-infer eval` scores on a few photos: the person's mask tinted green, the
 `upper` box red, the `head` box blue (rules in hx_infer/evaluate.py). For checking the rules by eye.
 
-    .venv/bin/python benchmarks/eval_crops.py /work/shared/data/ccp --out /tmp/eval_crops.png --n 6
+    .venv/bin/python benchmarks/eval_crops.py ../shared/data/ccp --out /tmp/eval_crops.png --n 6
 
 Photos are chosen as benchmarks/grid.py chooses them (--n, --seed); tiles are --height px tall,
 in rows of --per-row. Needs no model. Never asserted in tests.

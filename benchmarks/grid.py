@@ -1,7 +1,7 @@
 """A picture of a model's results on held-out photos: one row per photo, (photo | alpha | cutout on white).
 
     .venv/bin/python benchmarks/grid.py MODEL DATA --out docs/results.png
-    .venv/bin/python benchmarks/grid.py MODEL /work/shared/data/ccp --out /tmp/grid.png --n 4 --seed 1
+    .venv/bin/python benchmarks/grid.py MODEL ../shared/data/ccp --out /tmp/grid.png --n 4 --seed 1
 
 DATA is what `hx-infer eval` takes: images/ + masks/ matched by stem, or a `hx-train prepare`
 root (its val/ split). The photos are --n of DATA's pairs drawn by numpy's default_rng(--seed)

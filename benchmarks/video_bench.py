@@ -12,7 +12,7 @@
    alpha on pixels below 0.5 in both frames. With moving people the lagging edge of a smoothed
    matte counts too, so the figure rewards smoothing less than pure flicker would.
 
-Default video: /work/shared/data/video/vtest.avi (768x576, 10 fps, 795 frames). Saves JSON in
+Default video: ../shared/data/video/vtest.avi ($HX_DATA/video/vtest.avi) (768x576, 10 fps, 795 frames). Saves JSON in
 benchmarks/results/. Never asserted in tests.
 """
 from __future__ import annotations
@@ -28,9 +28,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VTEST = Path("/work/shared/data/video/vtest.avi")
 sys.path.insert(0, str(REPO))
 import record  # noqa: E402  (benchmarks/record.py)
+from shared_data import SHARED_DATA  # noqa: E402  (benchmarks/shared_data.py)
+
+VTEST = SHARED_DATA / "video" / "vtest.avi"
 
 
 def hx_run(video: Path, out: Path, model: str, *args: str) -> tuple[float, dict]:

@@ -1,4 +1,4 @@
-"""`hx-infer`: click commands that parse, validate and call hx_infer (run, eval, build, bench;
+"""`hx-infer`: click commands that parse, validate and call hx_infer (run, cut, eval, build, bench;
 info comes later). Kept light: `hx-infer --help` imports no runtime.
 
 Exit codes: 0 all photos done; 1 some photos failed (listed in the report); 2 bad usage (option,
@@ -18,6 +18,8 @@ import click
 from . import __version__
 from .backends.base import BACKENDS
 from .engines import ENGINES, EngineError
+from .io.png_choices import DEFAULT_PNG_COMPRESSION, PNG_COMPRESSIONS
+from .progress import DEFAULT_LOG_EVERY_S
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -75,8 +77,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("input", metavar="INPUT")
-@click.argument("output", metavar="OUTPUT", type=click.Path(path_type=Path))
+@click.argument("paths", metavar="INPUT... OUTPUT", nargs=-1, required=True)
 @click.option("--model", default="default", show_default=True,
               help="'default' (the bundled model) or a model folder made by `hx-train export`.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
@@ -84,6 +85,12 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Photos per inference call.  [default: 8 on CPU, 32 on CUDA]")
+@click.option("--png-compression", type=click.Choice(PNG_COMPRESSIONS), default=DEFAULT_PNG_COMPRESSION,
+              show_default=True, help="PNG outputs: fast (fpng; ~1.3x the bytes of balanced), balanced "
+                                      "(zlib level 1), small (zlib level 6, ~7x slower than balanced).")
+@click.option("--log-every", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_LOG_EVERY_S,
+              show_default=True, help="Without a terminal (logs, cron, CI): a progress line every this "
+                                      "many seconds instead of the bar.")
 @click.option("--outputs", default="rgba", show_default=True,
               help="Comma-separated kinds to write: alpha (matte), rgba (cutout), composite.")
 @click.option("--background", default="white", show_default=True,
@@ -128,24 +135,26 @@ def main() -> None:
               help="--backend trt: folder of built TensorRT engines, one per model, GPU and TensorRT "
                    "version.  [default: $XDG_CACHE_HOME/hx/trt or ~/.cache/hx/trt]")
 @click.pass_context
-def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, device: str,
-        batch_size: int | None, outputs: str, background: str, refine: str, resume: bool,
+def run(ctx: click.Context, paths: tuple[str, ...], model: str, backend: str, device: str,
+        batch_size: int | None, png_compression: str, log_every: float, outputs: str, background: str, refine: str, resume: bool,
         workers: int | None, max_pixels: int, report: Path | None, quiet: bool,
         glob: str | None, temporal: bool, temporal_strength: float | None, lossless: bool,
         video_codec: str, frames: str, engine: str, ray_address: str | None, actors: int | None,
         gpus_per_actor: float | None, cpus_per_actor: float | None, engine_cache: Path | None) -> None:
-    """Write the matte, cutout and/or composite of every photo in INPUT below OUTPUT.
+    """Write the matte, cutout and/or composite of every photo in each INPUT below OUTPUT.
 
     INPUT is a photo, a folder (searched recursively; photos by extension, any case), or '-'
-    for paths on stdin, one per line. Outputs mirror INPUT's tree:
+    for paths on stdin, one per line (one photo's bytes: `hx-infer cut`). Several INPUTs are
+    laid out as each would be alone. Outputs mirror INPUT's tree:
     OUTPUT/alpha/<dir>/<stem>.png, OUTPUT/rgba/<dir>/<stem>.png, OUTPUT/composite/<dir>/<stem>.jpg.
     Paths from stdin keep their path relative to the current directory when inside it, else
     only their file name. When two photos would share an output (a.jpg and a.png), the first in
-    sorted order wins and the other is reported as failed.
+    sorted order (or the earlier INPUT) wins and the other is reported as failed.
 
     A rerun resumes: photos whose outputs all exist are skipped, so an interrupted run (even
     kill -9) finishes with the same files as an uninterrupted one. Exit 0 when every photo was
-    done, 1 when some failed (see the report), 2 on bad usage.
+    done (also when INPUT holds no photo: a warning says so), 1 when some failed (see the
+    report), 2 on bad usage.
 
     Videos (mp4, mov, mkv, avi, webm; needs the `video` extra) are matted frame for frame:
     OUTPUT/alpha/<dir>/<stem>.mp4, OUTPUT/composite/<dir>/<stem>.mp4 (.mkv with --lossless),
@@ -166,12 +175,16 @@ def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, 
     from .run.options import RunOptions, VideoOptions
     from .temporal import DEFAULT_STRENGTH
 
-    inputs = (line for line in sys.stdin) if input == "-" else input
+    if len(paths) < 2:
+        raise click.UsageError("give INPUT... OUTPUT: one or more photos or folders, then the output folder", ctx)
+    *sources, output = paths
+    output = Path(output)
+    inputs = _run_inputs(ctx, sources)
     strength = temporal_strength if temporal_strength is not None else DEFAULT_STRENGTH if temporal else 0.0
     options = RunOptions(
         outputs=outputs, background=background, refine=refine, overwrite=not resume, workers=workers,
-        max_pixels=max_pixels, glob=glob, report=report, progress=not quiet,
-        video=VideoOptions(temporal=strength, lossless=lossless, rgba="png" if frames == "png" else video_codec))
+        max_pixels=max_pixels, glob=glob, report=report, progress=not quiet, log_every=log_every,
+        png_compression=png_compression, video=VideoOptions(temporal=strength, lossless=lossless, rgba="png" if frames == "png" else video_codec))
 
     def log(line: str) -> None:
         tqdm.write(f"hx-infer: {line}", file=sys.stderr)  # above the bar, not through it
@@ -188,8 +201,129 @@ def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, 
                        engine=make_engine(engine, **given), engine_cache=engine_cache) as extractor:
             result = extractor.run(inputs, output, options, log=log)
     report_path = report if report is not None else output / REPORT_NAME
+    if not any(result["counts"].values()):
+        where = "stdin listed" if sources == ["-"] else "INPUT holds"
+        click.echo(f"hx-infer: warning: {where} no photo or video" + (f" matching --glob {glob!r}" if glob else ""),
+                   err=True)
     click.echo(summary_line(result, report_path), err=True)
     ctx.exit(EXIT_FAILED if result["counts"]["failed"] else EXIT_OK)
+
+
+def _peek_stdin(n: int) -> bytes:
+    """Up to n first bytes of stdin, left there for the reader."""
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:
+        return b""
+    if hasattr(raw, "peek"):  # a pipe or file: BufferedReader
+        return raw.peek(n)[:n]
+    if raw.seekable():  # an in-memory stream (tests)
+        at = raw.tell()
+        head = raw.read(n)
+        raw.seek(at)
+        return head
+    return b""
+
+
+def _run_inputs(ctx: click.Context, sources: list[str]):
+    """run's INPUTs -> what make_config takes: one path, SeveralInputs, or stdin's lines for '-'."""
+    from .io.images import sniff_media
+    from .run.config import SeveralInputs
+
+    if "-" in sources:
+        if len(sources) > 1:
+            raise click.UsageError("INPUT '-' (paths on stdin) cannot be given with other INPUTs", ctx)
+        what = sniff_media(_peek_stdin(64))
+        if what is not None:
+            raise click.UsageError(f"stdin holds {what} bytes, but INPUT '-' reads a list of paths, one per "
+                                   f"line; for one photo's bytes use `hx-infer cut - OUT.png`", ctx)
+        return (line for line in sys.stdin)
+    return sources[0] if len(sources) == 1 else SeveralInputs(sources)
+
+
+# OUT's extension -> (file format, the output kind it implies when --output is not given)
+_CUT_FORMATS = {".png": ("png", "rgba"), ".jpg": ("jpeg", "composite"), ".jpeg": ("jpeg", "composite")}
+
+
+@main.command()
+@click.argument("src", metavar="IN")
+@click.argument("dst", metavar="OUT")
+@click.option("--output", type=click.Choice(["rgba", "alpha", "composite"]), default=None,
+              help="What to write.  [default: from OUT: .png rgba, .jpg/.jpeg composite; rgba for '-']")
+@click.option("--model", default="default", show_default=True,
+              help="'default' (the bundled model) or a model folder made by `hx-train export`.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="auto: trt > ort with CUDA > torch on CUDA > ort on CPU.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--background", default="white", show_default=True,
+              help="Composite background: white, black, '#RRGGBB' or an image file.")
+@click.option("--refine", type=click.Choice(["none", "guided"]), default="none", show_default=True,
+              help="guided: sharpen the upsampled matte along the photo's edges.")
+@click.option("--png-compression", type=click.Choice(PNG_COMPRESSIONS), default=DEFAULT_PNG_COMPRESSION,
+              show_default=True, help="As for run.")
+@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
+              help="A composite written as JPEG.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
+              help="Reject larger photos (checked from the header, before decoding).")
+@click.pass_context
+def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, backend: str, device: str,
+        background: str, refine: str, png_compression: str, jpeg_quality: int, max_pixels: int) -> None:
+    """Cut the person out of one photo: IN to OUT, either of them '-' (stdin, stdout).
+
+    `cat me.jpg | hx-infer cut - - > me.png` writes an RGBA PNG. OUT's extension says what to
+    write (.png: the rgba cutout, .jpg: the composite on --background) unless --output says
+    otherwise; OUT '-' is an RGBA PNG, or a JPEG for --output composite. The matte is the one
+    `hx-infer run` writes for that photo. OUT is written atomically (replacing a file there).
+    Exit 0 done, 1 when IN is not a readable photo, 2 on bad usage.
+    """
+    from .api import cut as cut_photo
+    from .backends.base import BackendError
+    from .errors import ConfigError
+    from .io.images import DecodeError, atomic_write
+    from .model import ModelError
+
+    if dst == "-":
+        file_format, kind = ("jpeg", "composite") if output == "composite" else ("png", output or "rgba")
+        if sys.stdout.isatty():
+            raise click.UsageError(f"OUT '-' would write {file_format.upper()} bytes to the terminal; "
+                                   "redirect stdout, or give a file name", ctx)
+    else:
+        suffix = Path(dst).suffix.lower()
+        if suffix not in _CUT_FORMATS:
+            raise click.UsageError(f"OUT {dst}: name a .png (rgba, alpha, composite) or .jpg (composite) "
+                                   "file, or '-' for stdout", ctx)
+        file_format, implied = _CUT_FORMATS[suffix]
+        kind = output or implied
+        if file_format == "jpeg" and kind != "composite":
+            raise click.UsageError(f"OUT {dst}: JPEG has no alpha channel; write a .png for --output {kind}", ctx)
+        if src != "-" and os.path.exists(dst) and os.path.samefile(src, dst):
+            raise click.UsageError(f"OUT {dst} is IN; hx never writes over a photo", ctx)
+    if src == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            data = Path(src).read_bytes()
+        except FileNotFoundError:
+            raise click.UsageError(f"IN {src}: no such file", ctx) from None
+        except IsADirectoryError:
+            raise click.UsageError(f"IN {src} is a folder; `hx-infer run` takes folders", ctx) from None
+    name = "stdin" if src == "-" else src
+    unreadable = None
+    with _exit_on_errors(ctx, ConfigError, ModelError, BackendError, ValueError):
+        try:
+            result = cut_photo(data, output=kind, file_format=file_format, background=background, model=model,
+                               backend=backend, device=device, refine=refine, png_compression=png_compression,
+                               jpeg_quality=jpeg_quality, max_pixels=max_pixels)
+        except DecodeError as e:  # the photo, not the usage: exit 1 as run's failed photos
+            unreadable = f"hx-infer: error: {name}: {e}"
+    if unreadable:
+        click.echo(unreadable, err=True)
+        ctx.exit(EXIT_FAILED)
+    with _exit_on_errors(ctx):
+        if dst == "-":
+            sys.stdout.buffer.write(result)
+            sys.stdout.buffer.flush()
+        else:
+            atomic_write(Path(dst), result)
 
 
 @main.command("eval")
@@ -206,11 +340,13 @@ def run(ctx: click.Context, input: str, output: Path, model: str, backend: str, 
               help="Pixels within which a boundary pixel counts as matched (boundary F).")
 @click.option("--crops", default="full,upper,head", show_default=True,
               help="Comma-separated crops to score: full (photo), upper (upper body), head (head and shoulders).")
+@click.option("--refine", type=click.Choice(["none", "guided"]), default="none", show_default=True,
+              help="Score the mattes `run --refine` writes (guided: sharpened along the photo's edges).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def eval_command(ctx: click.Context, model: str, data: Path, backend: str, device: str,
                  batch_size: int | None, json_path: Path | None, boundary_tolerance: float, crops: str,
-                 quiet: bool) -> None:
+                 refine: str, quiet: bool) -> None:
     """Score MODEL's mattes against the person masks in DATA: IoU, alpha MAE, boundary F.
 
     MODEL is 'default' or a model folder. DATA holds images/ and masks/ matched by stem (or is a
@@ -239,7 +375,7 @@ def eval_command(ctx: click.Context, model: str, data: Path, backend: str, devic
             plan_eval(extractor.model, data, crops, boundary_tolerance)  # bad DATA fails before the backend opens
             results = evaluate(extractor.model, data, extractor.backend, crops=crops,
                                tolerance=boundary_tolerance, batch_size=extractor.batch_size, log=log,
-                               progress=not quiet)
+                               progress=not quiet, refine=refine)
         if json_path is not None:
             write_report(json_path, results)
     click.echo(format_results(results))

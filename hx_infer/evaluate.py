@@ -21,7 +21,9 @@ and reported as skipped for the other crops. The same crop is cut from photo and
 The model sees a crop exactly as `hx-infer run` shows it a photo: letterbox -> backend ->
 unletterbox -> to_uint8. The `full` crop goes through run.photos.matte_input, the decode of
 `hx-infer run --outputs alpha`, so its per-image scores are those of the mattes that run writes;
-the other crops are cut from the full-resolution decode.
+the other crops are cut from the full-resolution decode. With refine="guided" every crop is cut
+from the full-resolution decode, and the matte is refined along that crop's pixels as
+`hx-infer run --refine guided` refines a photo's (the same decode, radius and filter).
 
 Per image and crop (alpha: the matte, uint8; mask: uint8):
     iou         |A & M| / |A | M| with A = alpha > 127 (alpha/255 > 0.5), M = mask > 127;
@@ -47,9 +49,9 @@ from .backends.base import Backend
 from .io.images import DecodeError, is_photo_name, photo_size, read_photo
 from .model import ModelDir
 from .run.config import parse_names
-from .run.options import DEFAULT_MAX_PIXELS
+from .run.options import DEFAULT_MAX_PIXELS, REFINES
 from .run.photos import matte_input
-from .transforms import Letterbox, letterbox, to_uint8, unletterbox
+from .transforms import Letterbox, letterbox, refine_matte, to_uint8, unletterbox
 
 CROPS = ("full", "upper", "head")
 CROP_FRACTIONS = {"upper": 0.55, "head": 0.30}  # of the person's height, from its top
@@ -248,6 +250,7 @@ class _Item:
     x: np.ndarray  # [3, S, S] float32 in [-1, 1], letterboxed
     geometry: Letterbox
     mask: np.ndarray  # [h, w] uint8: the mask cut to `box`
+    guide: np.ndarray | None = None  # [h, w, 3] uint8 RGB of the crop, for refine="guided"
 
 
 class _PairError(Exception):
@@ -261,8 +264,10 @@ def _why(e: Exception) -> str:
     return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
 
 
-def _items(photo: Path, mask_path: Path, crops: tuple[str, ...], size: int) -> tuple[list[_Item], list[str]]:
+def _items(photo: Path, mask_path: Path, crops: tuple[str, ...], size: int,
+           refine: str = "none") -> tuple[list[_Item], list[str]]:
     """The model inputs of one pair, and the person crops it has none for (empty mask)."""
+    guided = refine == "guided"
     try:
         mask = read_mask(mask_path)
     except (DecodeError, OSError) as e:
@@ -273,16 +278,19 @@ def _items(photo: Path, mask_path: Path, crops: tuple[str, ...], size: int) -> t
             raise _PairError(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]}, "
                                         f"photo {photo.name} is {width}x{height}")
         items = []
-        if "full" in crops:
-            x, geometry = matte_input(photo, size, DEFAULT_MAX_PIXELS)
-            items.append(_Item(photo, "full", (0, 0, width, height), x, geometry, mask))
         boxes = {crop: crop_box(mask, crop) for crop in crops if crop != "full"}
+        # run --refine guided decodes at full size for the guide; so does eval then.
+        rgb = read_photo(photo, DEFAULT_MAX_PIXELS) if guided or (boxes and None not in boxes.values()) else None
+        if "full" in crops:
+            x, geometry = letterbox(rgb, size) if guided else matte_input(photo, size, DEFAULT_MAX_PIXELS)
+            items.append(_Item(photo, "full", (0, 0, width, height), x, geometry, mask, rgb if guided else None))
         if not boxes or None in boxes.values():
             return items, list(boxes)
-        rgb = read_photo(photo, DEFAULT_MAX_PIXELS)
         for crop, (x0, y0, x1, y1) in boxes.items():
-            x, geometry = letterbox(np.ascontiguousarray(rgb[y0:y1, x0:x1]), size)
-            items.append(_Item(photo, crop, (x0, y0, x1, y1), x, geometry, mask[y0:y1, x0:x1]))
+            cut = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+            x, geometry = letterbox(cut, size)
+            items.append(_Item(photo, crop, (x0, y0, x1, y1), x, geometry, mask[y0:y1, x0:x1],
+                               cut if guided else None))
         return items, []
     except (DecodeError, OSError) as e:
         raise _PairError(photo, f"cannot read photo ({_why(e)})") from None
@@ -291,9 +299,12 @@ def _items(photo: Path, mask_path: Path, crops: tuple[str, ...], size: int) -> t
 def _score_batch(items: list[_Item], backend: Backend, tolerance: float) -> list[dict]:
     x = np.stack([item.x for item in items])  # [N, 3, S, S] float32
     out = np.asarray(backend.infer(x))  # [N, 1, S, S] float32 in [0, 1]
+    size = x.shape[-1]
     records = []
     for item, item_out in zip(items, out):
-        alpha = to_uint8(unletterbox(item_out, item.geometry))  # [h, w] uint8, as hx-infer run writes it
+        restored = unletterbox(item_out, item.geometry)  # [h, w] float32
+        refine = "guided" if item.guide is not None else "none"
+        alpha = to_uint8(refine_matte(restored, item.guide, refine, size))  # [h, w] uint8, as hx-infer run writes it
         records.append({"path": str(item.photo), "crop": item.crop, "box": list(item.box),
                         **score(alpha, item.mask, tolerance)})
     return records
@@ -321,7 +332,7 @@ def summarise(records: list[dict], skipped: int = 0) -> dict:
 
 def evaluate(model: ModelDir, data: Path, backend: Backend, crops: str | Iterable[str] = CROPS,
              tolerance: float = DEFAULT_TOLERANCE, batch_size: int = 8,
-             log: Callable[[str], None] | None = None, progress: bool = False) -> dict:
+             log: Callable[[str], None] | None = None, progress: bool = False, refine: str = "none") -> dict:
     """Score `model` (run on `backend`) on the (photo, mask) pairs in DATA; return the results.
 
     Returns a JSON-ready dict: model, backend, device, data, pairs, crops {crop: summary},
@@ -329,6 +340,7 @@ def evaluate(model: ModelDir, data: Path, backend: Backend, crops: str | Iterabl
     (photos with no mask, empty masks), failures (unreadable photos or masks, sizes that
     differ), wall_s. Raises EvalError (bad DATA, options or model) before anything runs.
     log: called with one line per pair that failed or was skipped. progress: a tqdm bar.
+    refine: "none" or "guided", as `hx-infer run --refine` (recorded in the results).
     """
     from tqdm import tqdm
 
@@ -337,6 +349,8 @@ def evaluate(model: ModelDir, data: Path, backend: Backend, crops: str | Iterabl
     plan = plan_eval(model, data, crops, tolerance)
     if batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
+    if refine not in REFINES:
+        raise EvalError(f"--refine {refine!r}: choose from {', '.join(REFINES)}")
     say = log or (lambda line: None)
     start = time.perf_counter()
     skipped = [{"path": str(p), "reason": "no mask"} for p in plan.unpaired]
@@ -350,7 +364,7 @@ def evaluate(model: ModelDir, data: Path, backend: Backend, crops: str | Iterabl
     try:
         for photo, mask_path in plan.pairs:
             try:
-                items, missing = _items(photo, mask_path, plan.crops, model.size)
+                items, missing = _items(photo, mask_path, plan.crops, model.size, refine)
             except _PairError as e:
                 failures.append({"path": str(e.path), "reason": e.reason})
                 say(f"{e.path}: {e.reason}")
@@ -378,6 +392,7 @@ def evaluate(model: ModelDir, data: Path, backend: Backend, crops: str | Iterabl
         "backend": backend.name,
         "device": str(backend.device),
         "batch_size": batch_size,
+        "refine": refine,
         "data": str(plan.folder),
         "pairs": len(plan.pairs),
         "boundary_tolerance_px": plan.tolerance,

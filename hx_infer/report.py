@@ -54,9 +54,33 @@ def write_report(path: Path, report: dict) -> None:
     atomic_write(Path(path), (json.dumps(report, indent=2) + "\n").encode())
 
 
+_RGBA_CODECS = {"prores": "ProRes 4444", "vp9": "VP9"}
+
+
 def summary_line(report: dict, report_path: Path | str | None) -> str:
-    """`hx-infer: 290 processed, 0 skipped, 2 failed in 7.1 s (40.8 files/s); report: OUT/hx-report.json`"""
+    """`hx-infer: 290 processed, 0 skipped, 2 failed in 7.1 s (40.8 files/s); report: OUT/hx-report.json`
+
+    With videos, their frames and frames/s replace files/s (a few files an hour say nothing), and
+    the size of the rgba videos is given: ProRes 4444 runs to GBs for minutes of video.
+    """
     c = report["counts"]
-    line = (f"hx-infer: {c['processed']} processed, {c['skipped']} skipped, {c['failed']} failed "
-            f"in {report['wall_s']:.1f} s ({report['files_per_s']:.1f} files/s)")
+    line = f"hx-infer: {c['processed']} processed, {c['skipped']} skipped, {c['failed']} failed in {report['wall_s']:.1f} s"
+    frames = report.get("frames", 0)
+    if frames:
+        line += f" ({frames} video frames, {report['frames_per_s']:.1f} frames/s)"
+    else:
+        line += f" ({report['files_per_s']:.1f} files/s)"
+    rgba_bytes = report.get("rgba_video_bytes", 0)
+    if rgba_bytes:
+        codec = report.get("video", {}).get("rgba", "")
+        hint = "; --video-codec vp9 writes far smaller files" if codec == "prores" else ""
+        line += f"; rgba videos: {_size(rgba_bytes)} of {_RGBA_CODECS.get(codec, codec)}{hint}"
     return f"{line}; report: {report_path}" if report_path else line
+
+
+def _size(n: int) -> str:
+    """1234567 -> '1.2 MB', 5.3e9 -> '5.3 GB' (decimal units, as file managers show them)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"

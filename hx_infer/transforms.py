@@ -162,3 +162,13 @@ def guided_filter(guide_rgb: np.ndarray, alpha: np.ndarray, radius: int | None =
     q += mean_b
     np.clip(q, 0.0, 1.0, out=q)
     return q
+
+
+def refine_matte(restored: np.ndarray, rgb: np.ndarray | None, refine: str, model_size: int) -> np.ndarray:
+    """A matte at the photo's size after --refine: "none" leaves it; "guided" runs guided_filter
+    with the photo as guide (rgb [H, W, 3] uint8) and the radius of guided_radius. The one rule
+    for run, eval and the Python API, so their mattes agree. [H, W] float32 in [0, 1] in and out."""
+    if refine != "guided":
+        return restored
+    height, width = rgb.shape[:2]
+    return guided_filter(rgb, restored, radius=guided_radius(height, width, model_size), model_size=model_size)

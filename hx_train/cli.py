@@ -13,6 +13,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from hx_infer import __version__
+
 from .config import AMP_MODES, DEVICES, GAN_LOSSES, SEG_LOSSES, TARGETS, TrainConfig, TrainError
 
 DEFAULTS = TrainConfig()
@@ -65,7 +67,17 @@ def _io_error(e: OSError) -> CommandError:
     return CommandError(f"{where}{e.strerror or e}")
 
 
+def _require_train(command: str, *modules: str) -> None:
+    """One line and exit 2 when the train extra (torch, onnx, onnxscript) is not installed."""
+    from hx_infer.extras import require
+
+    problem = require(command, "train", *modules)  # shown as "hx-train: fit needs torch ..."
+    if problem:
+        raise CommandError(problem)
+
+
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hx-train", message="%(prog)s %(version)s")
 def main() -> None:
     """Train the pix2pix person extractor: prepare -> fit -> export."""
 
@@ -149,6 +161,7 @@ def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int
 @click.pass_context
 def fit(ctx: click.Context, data: Path, out: Path, resume: bool, quiet: bool, **options) -> None:
     """Train on DATA/train, validate on DATA/val (the output of `hx-train prepare`)."""
+    _require_train("fit", "torch")
     from .train import best_key, resume_config
     from .train import fit as run_fit
 
@@ -179,6 +192,7 @@ def fit(ctx: click.Context, data: Path, out: Path, resume: bool, quiet: bool, **
 @click.option("--overwrite", is_flag=True, help="replace a non-empty --out folder")
 def export(ckpt: Path, out: Path, overwrite: bool) -> None:
     """Write CKPT's generator as a model folder for hx-infer (ONNX fp32 + fp16, weights, model.json)."""
+    _require_train("export", "torch", "onnx", "onnxscript")
     from .export import ExportError
     from .export import export as run_export
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hx_infer.extras import install_hint
 from hx_infer.model import CARD, FORMAT, ONNX_FP16, ONNX_FP32, WEIGHTS, ModelDir, load_model_dir, sha256_file
 from hx_train.models import (UnetGenerator, build_generator, check_size, conv_gflops, count_parameters,
                              get_preset, out_channels_for)
@@ -205,7 +206,7 @@ def _to_onnx(shipped: nn.Module, size: int, target: str, out: Path):
                                         output_names=[target], dynamic_shapes={"image": {0: batch}},
                                         opset_version=OPSET, dynamo=True, verbose=False)
     except ImportError as e:
-        raise ExportError(f"{out}: the ONNX exporter needs onnxscript ({e}); pip install onnxscript") from None
+        raise ExportError(f"{out}: the ONNX exporter needs onnxscript ({e}); {install_hint('train')}") from None
     except Exception as e:
         raise ExportError(f"{out}: torch.onnx.export failed ({type(e).__name__}: {_first_line(e)})") from None
     finally:

@@ -5,7 +5,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 src="${1:-$root/../shared/data/ccp}"
 run="$root/runs/quickstart"
-"$root/scripts/bootstrap.sh" "${HX_EXTRAS:-}"
+"$root/scripts/bootstrap.sh" "train${HX_EXTRAS:+,$HX_EXTRAS}"
 bin="$root/.venv/bin"
 [ -d "$run/data/train" ] || "$bin/hx-train" prepare "$src" "$run/data" --seed 0
 [ -f "$run/train/last.pt" ] || "$bin/hx-train" fit "$run/data" --out "$run/train" --preset lite \

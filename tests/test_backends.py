@@ -179,9 +179,11 @@ def test_ort_precision_choices():
 
 @pytest.mark.skipif(ort_has_cuda(), reason="onnxruntime-gpu is installed here")
 def test_ort_cuda_without_onnxruntime_gpu(tiny_model_dir):
-    with pytest.raises(BackendError, match="onnxruntime-gpu is not installed") as info:
+    with pytest.raises(BackendError, match="has no CUDA provider") as info:
         OrtBackend(load_model_dir(tiny_model_dir), BackendSpec(device="cuda"))
     assert "\n" not in str(info.value)
+    # onnxruntime (CPU) and onnxruntime-gpu share one module: the line says how to keep the GPU one
+    assert "'hx[gpu]'" in str(info.value) and "pip uninstall -y onnxruntime onnxruntime-gpu" in str(info.value)
 
 
 def test_ort_cuda_provider_lists(tiny_model_dir, tmp_path):

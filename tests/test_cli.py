@@ -167,3 +167,70 @@ def test_module_entry_point_runs_without_traceback(tmp_path, tiny_model_dir):
                         "--model", str(tiny_model_dir)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr and "absent" in r.stderr
+
+
+def test_several_inputs_are_each_laid_out_as_alone(tmp_path, tiny_model_dir, small_tree, make_disc_photo):
+    [single] = photos(tmp_path / "loose", make_disc_photo, 1)  # loose/p000.png: collides with in/p000.png
+    [other] = photos(tmp_path / "other", make_disc_photo, 1, height=20)
+    renamed = other.with_name("q.png")
+    other.rename(renamed)
+    r = hx("run", small_tree, renamed, single, tmp_path / "out", "--model", tiny_model_dir, "--outputs", "alpha",
+           "--quiet")
+    assert r.exit_code == 1, r.output  # the collision is a failure, never an overwrite
+    assert f"{single}: output name collides with {small_tree / 'p000.png'}" in r.stderr
+    assert "7 processed, 0 skipped, 1 failed" in r.stderr
+    written = sorted(p.relative_to(tmp_path / "out/alpha").as_posix() for p in (tmp_path / "out/alpha").rglob("*.png"))
+    assert written == ["p000.png", "p001.png", "p002.png", "p003.png", "q.png", "sub/p000.png", "sub/p001.png"]
+    assert Image.open(tmp_path / "out/alpha/q.png").size == (40, 20)
+    assert_one_line_error(hx("run", small_tree, "-", tmp_path / "x", "--model", tiny_model_dir), "'-'")
+    assert_one_line_error(hx("run", small_tree, tmp_path / "absent.jpg", tmp_path / "x", "--model", tiny_model_dir),
+                          "absent.jpg")
+
+
+def test_image_bytes_on_stdin_are_refused_with_one_line(tmp_path, tiny_model_dir, make_disc_photo):
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(make_disc_photo(20, 20)[0]).save(buf, "JPEG")
+    r = CliRunner().invoke(main, ["run", "-", str(tmp_path / "out"), "--model", str(tiny_model_dir)],
+                           input=buf.getvalue())
+    assert_one_line_error(r, "stdin holds JPEG image bytes", "hx-infer cut")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_that_matches_nothing_warns_and_exits_0(tmp_path, tiny_model_dir, small_tree):
+    r = hx("run", small_tree, tmp_path / "out", "--model", tiny_model_dir, "--glob", "*.tiff", "--quiet")
+    assert r.exit_code == 0, r.output
+    warning, summary = r.stderr.strip().splitlines()
+    assert warning == "hx-infer: warning: INPUT holds no photo or video matching --glob '*.tiff'"
+    assert summary.startswith("hx-infer: 0 processed, 0 skipped, 0 failed")
+
+
+def test_progress_lines_without_a_terminal(tmp_path, tiny_model_dir, small_tree):
+    """CliRunner's stderr is no terminal: tqdm would hide itself; the run logs lines instead."""
+    import re
+
+    r = hx("run", small_tree, tmp_path / "out", "--model", tiny_model_dir, "--outputs", "alpha",
+           "--log-every", "0.000001", "--batch-size", "1", "--workers", "1")
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.strip().splitlines()
+    progress = [line for line in lines if "files/s" in line and "processed" not in line]
+    assert progress, lines
+    for line in progress:
+        assert re.fullmatch(r"hx-infer: \d+(/6 files \(\d+%\)| files), \d+\.\d files/s(, ETA \d+ s)?", line), line
+    assert lines[-1].startswith("hx-infer: 6 processed")
+    quiet = hx("run", small_tree, tmp_path / "quiet", "--model", tiny_model_dir, "--outputs", "alpha",
+               "--log-every", "0.000001", "--quiet")
+    assert len(quiet.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("compression", ["fast", "balanced", "small"])
+def test_png_compression_reaches_every_png(tmp_path, tiny_model_dir, small_tree, compression):
+    from hx_infer.io.images import encode_png
+
+    r = hx("run", small_tree, tmp_path / "out", "--model", tiny_model_dir, "--outputs", "alpha,rgba",
+           "--png-compression", compression, "--quiet")
+    assert r.exit_code == 0, r.output
+    for kind in ("alpha", "rgba"):
+        data = (tmp_path / "out" / kind / "p000.png").read_bytes()
+        assert encode_png(np.asarray(Image.open(tmp_path / "out" / kind / "p000.png")), compression) == data

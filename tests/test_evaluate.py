@@ -261,15 +261,18 @@ def test_eval_cli_end_to_end(tmp_path, data_dir, tiny_model_dir):
     assert "Traceback" not in r.output
 
 
-def test_eval_scores_what_run_writes(tmp_path, data_dir, tiny_model_dir):
-    """IoU of each alpha PNG that `hx-infer run --outputs alpha` writes equals eval's full-crop IoU."""
+@pytest.mark.parametrize("refine", ["none", "guided"])
+def test_eval_scores_what_run_writes(tmp_path, data_dir, tiny_model_dir, refine):
+    """IoU of each alpha PNG that `hx-infer run --outputs alpha [--refine R]` writes equals eval's full-crop IoU."""
     run = hx("run", data_dir / "images", tmp_path / "out", "--model", tiny_model_dir, "--backend", "ort",
-             "--device", "cpu", "--outputs", "alpha", "--quiet")
+             "--device", "cpu", "--outputs", "alpha", "--refine", refine, "--quiet")
     assert run.exit_code == 0, run.output
     r = hx("eval", tiny_model_dir, data_dir, "--backend", "ort", "--device", "cpu", "--crops", "full",
-           "--json", tmp_path / "eval.json", "--quiet")
+           "--refine", refine, "--json", tmp_path / "eval.json", "--quiet")
     assert r.exit_code == 0, r.output
-    records = json.loads((tmp_path / "eval.json").read_text())["images"]
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["refine"] == refine
+    records = results["images"]
     assert len(records) == 5
     for record in records:
         stem = Path(record["path"]).stem

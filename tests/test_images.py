@@ -1,9 +1,12 @@
 """hx_infer.io.images on a corpus of odd but valid photos and of broken files, made in tmp_path."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -13,10 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from hx_infer.io.images import (TEMP_MARK, DecodeError, atomic_write, clean_temporaries, encode_jpeg,
-                                encode_png, iter_photos, photo_size, read_photo)
+from hx_infer.io.images import (PNG_COMPRESSIONS, TEMP_MARK, DecodeError, atomic_write, clean_temporaries,
+                                encode_jpeg, encode_png, iter_photos, photo_size, read_photo)
+from shared_data import SHARED_DATA
 
-CCP_IMAGES = Path("/work/shared/data/ccp/images")
+CCP_IMAGES = SHARED_DATA / "ccp" / "images"
 
 
 def quadrants(w: int, h: int) -> np.ndarray:
@@ -247,14 +251,46 @@ def test_ccp_photos_read_upright_if_present():
 
 # ---- encoding ------------------------------------------------------------------------------
 
-def test_encode_png_round_trips_and_is_deterministic():
+def _cutout_like(h: int, w: int) -> np.ndarray:
+    """[h, w, 4] uint8: a smooth photo with a soft-edged disc as alpha, which compresses like a cutout."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 127 // (h + w)], -1)
+    alpha = np.clip(255 - (np.hypot(yy - h / 2, xx - w / 2) - h / 4) * 16, 0, 255)
+    return np.dstack([rgb, alpha]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("compression", PNG_COMPRESSIONS)
+def test_encode_png_round_trips_and_is_deterministic(compression):
     rng = np.random.default_rng(1)
-    for shape in [(23, 17), (23, 17, 3), (23, 17, 4)]:
-        image = rng.integers(0, 256, shape, np.uint8)
-        data = encode_png(image)
-        assert data == encode_png(image.copy())
+    smooth = _cutout_like(40, 30)
+    images = [rng.integers(0, 256, shape, np.uint8) for shape in [(23, 17), (23, 17, 3), (23, 17, 4)]]
+    images += [smooth, smooth[..., :3], smooth[..., 3], smooth[::2, ::3]]  # the last one is a strided view
+    for image in images:
+        data = encode_png(image, compression)
+        assert data == encode_png(image.copy(), compression)
         back = np.asarray(Image.open(io.BytesIO(data)))
         assert np.array_equal(back, image)  # Pillow reads RGB(A) order: no channel swap
+
+
+def test_encode_png_gives_the_same_bytes_in_another_process(tmp_path):
+    """Resume compares nothing but files written by earlier runs: the bytes must not depend on the process."""
+    image = _cutout_like(60, 50)
+    np.save(tmp_path / "image.npy", image)
+    code = ("import sys, hashlib, numpy as np; from hx_infer.io.images import encode_png, PNG_COMPRESSIONS; "
+            "image = np.load(sys.argv[1]); "
+            "print(' '.join(hashlib.sha256(encode_png(image, c)).hexdigest() for c in PNG_COMPRESSIONS))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "image.npy")], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [hashlib.sha256(encode_png(image, c)).hexdigest() for c in PNG_COMPRESSIONS]
+
+
+def test_png_compression_choices_trade_bytes():
+    image = _cutout_like(240, 180)
+    sizes = {c: len(encode_png(image, c)) for c in PNG_COMPRESSIONS}
+    assert sizes["small"] < sizes["balanced"] < sizes["fast"]
+    with pytest.raises(ValueError, match="--png-compression 'tiny'"):
+        encode_png(image, "tiny")
 
 
 def test_encode_jpeg_keeps_rgb_order_and_is_deterministic():

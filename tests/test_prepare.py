@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from hx_train.prepare import PrepareError, ab_target_mask, choose_val, detect_format, prepare
+from shared_data import SHARED_DATA
 
 W, H = 32, 48
-CCP = Path("/work/shared/data/ccp")
+CCP = SHARED_DATA / "ccp"
 
 
 def noise(seed: int, w: int = W, h: int = H) -> np.ndarray:

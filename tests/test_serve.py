@@ -38,6 +38,7 @@ CASES = [
     ("?output=alpha", ["--outputs", "alpha"], "alpha"),
     ("?output=composite&background=%23336699", ["--outputs", "composite", "--background", "#336699"], "composite"),
     ("?output=rgba&refine=guided", ["--outputs", "rgba", "--refine", "guided"], "rgba"),
+    ("?output=alpha&png_compression=small", ["--outputs", "alpha", "--png-compression", "small"], "alpha"),
 ]
 SUFFIX = {"rgba": ".png", "alpha": ".png", "composite": ".jpg"}
 
@@ -164,6 +165,7 @@ BAD = [  # (query, body, headers, status, kind, words in the message)
     ("?output=composite&bgc=1,2,3,255", "PHOTO", {}, 400, "bad_parameter", "not both"),
     ("?bgc=1,2,3,128", "PHOTO", {}, 400, "bad_parameter", "alpha must be 255"),
     ("?refine=sharp", "PHOTO", {}, 400, "bad_parameter", "refine="),
+    ("?png_compression=max", "PHOTO", {}, 400, "bad_parameter", "png_compression="),
     ("", "FORM-WITHOUT-FILE", {}, 400, "bad_parameter", "no field 'file'"),
     ("", b"--x\r\ngarbage", {"Content-Type": "multipart/form-data"}, 400, "bad_form", "multipart"),
 ]

@@ -24,10 +24,11 @@ from hx_infer.io.images import clean_temporaries
 from hx_infer.io.video import PYAV_MISSING, VIDEO_EXTENSIONS, is_video_name
 from hx_infer.temporal import FlickerMeter, SceneCuts, TemporalSmoother, thumbnail
 from hx_infer.run.options import VideoOptions
+from shared_data import SHARED_DATA
 
 HAVE_AV = importlib.util.find_spec("av") is not None
 needs_av = pytest.mark.skipif(not HAVE_AV, reason="PyAV (the video extra) is not installed")
-VTEST = Path("/work/shared/data/video/vtest.avi")
+VTEST = SHARED_DATA / "video" / "vtest.avi"
 RATE = 10
 AUDIO_RATE = 16000
 
@@ -506,3 +507,16 @@ def test_vtest_avi_gives_a_795_frame_10_fps_matte(tmp_path, tiny_model_dir):
         assert sum(1 for _ in container.decode(stream)) == 795
     report = json.loads((tmp_path / "out/hx-report.json").read_text())
     assert report["frames"] == 795 and report["counts"]["processed"] == 1
+
+
+@needs_av
+def test_png_frames_follow_png_compression(tmp_path, tiny_model_dir):
+    from hx_infer.io.images import encode_png
+
+    clip = write_clip(tmp_path / "clip.mp4", disc_frames(3, 64, 48)[0])
+    report, _ = run_api(tiny_model_dir, clip, tmp_path / "out", outputs="rgba", png_compression="small",
+                        video=VideoOptions(rgba="png"))
+    assert report["counts"]["processed"] == 1
+    frame = tmp_path / "out/rgba/clip/000001.png"
+    assert frame.read_bytes() == encode_png(np.asarray(Image.open(frame)), "small")
+    assert frame.read_bytes() != encode_png(np.asarray(Image.open(frame)), "fast")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..extras import require
 from ..model import ModelDir
 
 BACKENDS = ("auto", "trt", "ort", "torch")
@@ -240,6 +241,8 @@ _IMPLEMENTATIONS = {
     "torch": (".torch", "TorchBackend"),
     "trt": (".trt", "TrtBackend"),
 }
+# Backends whose runtime is an extra: name -> (extra, modules). (trt says what it lacks itself.)
+_EXTRAS = {"torch": ("train", ("torch",))}
 
 
 def _no_nvidia_driver() -> bool:
@@ -287,7 +290,18 @@ def resolve_device(device: "str | Device") -> Device:
 
 
 def resolve_backend(name: str, device: "Device | str") -> str:
-    """'auto' -> the fastest available here: trt > ort with CUDA > torch on CUDA > ort on CPU."""
+    """'auto' -> the fastest available here: trt > ort with CUDA > torch on CUDA > ort on CPU.
+    A backend whose extra is not installed (torch without `hx[train]`) is one line naming it."""
+    chosen = _choose_backend(name, device)
+    if chosen in _EXTRAS:
+        extra, modules = _EXTRAS[chosen]
+        problem = require(f"--backend {chosen}", extra, *modules)
+        if problem:
+            raise BackendError(problem)
+    return chosen
+
+
+def _choose_backend(name: str, device: "Device | str") -> str:
     if name != "auto":
         if name not in _IMPLEMENTATIONS:
             raise BackendError(f"--backend {name!r}: choose from {', '.join(BACKENDS)}")

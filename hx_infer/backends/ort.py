@@ -12,13 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..extras import install_hint
 from ..model import ModelDir
 from .base import DEFAULT_BATCH, Backend, BackendError, BackendSpec
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 TRT_PROVIDER = "TensorrtExecutionProvider"
-NO_GPU_ORT = ("--backend ort --device {device}: onnxruntime-gpu is not installed (pip install 'hx[gpu]'); "
-              "use --backend torch, or --device cpu")
+# onnxruntime and onnxruntime-gpu install the same module: the CPU one, installed after, hides the GPU one.
+NO_GPU_ORT = ("--backend ort --device {device}: this ONNX Runtime has no CUDA provider; " + install_hint("gpu")
+              + ", then keep the GPU build alone: pip uninstall -y onnxruntime onnxruntime-gpu && "
+              "pip install onnxruntime-gpu; or use --backend torch, or --device cpu")
 
 
 def cpu_threads(threads: int | None) -> int:

@@ -31,11 +31,12 @@ from types import ModuleType
 from typing import Callable
 
 from .base import DEFAULT_BATCH, BackendError, Device
+from ..extras import install_hint
 from ..io.images import atomic_write
 from ..model import ModelDir, sha256_file
 
 SIDECAR_FORMAT = "hx-trt-engine/1"
-NOT_INSTALLED = "--backend trt: tensorrt is not installed (pip install 'hx[trt]'); use --backend ort or torch"
+NOT_INSTALLED = f"--backend trt: tensorrt is not installed ({install_hint('trt')}); use --backend ort or torch"
 NEEDS_CUDA = "--backend trt: TensorRT needs a CUDA device (--device cuda); use --backend ort on the CPU"
 PRECISIONS = ("fp16", "fp32")  # the two graphs a model folder holds
 

@@ -50,7 +50,8 @@ def make_engine(name: str, **options) -> Engine:
         try:
             from .ray import RayEngine
         except ImportError as e:  # ray, or a part of ray[data] (pyarrow, pandas), is missing
-            raise ConfigError(f"--engine ray: Ray is not installed here ({e}); "
-                              "install it with pip install 'hx[ray]'") from None
+            from ..extras import install_hint
+
+            raise ConfigError(f"--engine ray: Ray is not installed here ({e}); {install_hint('ray')}") from None
         return RayEngine(**options)
     raise ConfigError(f"--engine {name!r}: choose from {', '.join(ENGINES)}")

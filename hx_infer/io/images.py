@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .png_choices import DEFAULT_PNG_COMPRESSION, PNG_COMPRESSIONS
+
 PHOTO_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 TEMP_MARK = ".hx-tmp"
 
@@ -48,14 +50,35 @@ _UPRIGHT = {
 }
 _SWAPS_AXES = {5, 6, 7, 8}
 
-# PNG settings, measured on 40 ccp masks (550x~840, blurred like a model's matte) with OpenCV 5.0:
-#   zlib level 1, "up" filter, Z_FILTERED:   alpha 2.2 ms 22 KiB, RGBA 21 ms 622 KiB
-#   OpenCV default (level 1, sub, Z_RLE):    alpha 2.3 ms 29 KiB, RGBA 23 ms 823 KiB
-#   level 1, 2, 3 with adaptive filters:     alpha 6.5-7.5 ms 21 KiB, RGBA 35-52 ms 600-630 KiB
-# One fixed filter is what makes level 1 fast; the adaptive choice per row costs 3x.
-PNG_COMPRESSION = 1
+# PNG encoders by --png-compression, measured side by side in benchmarks/png_encode.py (ccp
+# photos with soft mattes, 550 x ~830 and x2.3 = ~2 MP, one core of the 2-core development machine;
+# ms per image and bytes against "balanced"):
+#   fast      RGB/RGBA: fpng (one fixed-Huffman deflate pass, no zlib)    RGBA  2.3 ms  1.3x bytes
+#             grey: as balanced (already ~1 ms; no encoder measured was 2x faster at this size)
+#   balanced  OpenCV (libpng + zlib) level 1, "up" filter, Z_FILTERED      RGBA 17 ms    1.0x, grey 1.1 ms
+#   small     OpenCV level 6 with libpng's adaptive filters               RGBA 114 ms   0.9x, grey 4.7 ms 0.84x
+# Every choice gives the same bytes for the same pixels (resume and the Ray engine compare them),
+# and every file is a plain 8-bit PNG any decoder reads.
+# (The choices' names live in png_choices.py, which the CLI imports without OpenCV.)
 # OpenCV before 4.10 has no IMWRITE_PNG_FILTER; there its plain default is the fast choice.
 _PNG_FILTER = getattr(cv2, "IMWRITE_PNG_FILTER", None)
+
+
+def _opencv_params(compression: str) -> list[int]:
+    if compression == "small":
+        return [cv2.IMWRITE_PNG_COMPRESSION, 6]
+    if _PNG_FILTER is None:
+        return []
+    # One fixed filter is what makes level 1 fast; libpng's adaptive choice per row costs 3x.
+    return [cv2.IMWRITE_PNG_COMPRESSION, 1, _PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
+            cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_FILTERED]
+
+
+@functools.cache
+def _fpng():
+    import fpng  # a base dependency; imported on first use, like every encoder's library
+
+    return fpng
 
 
 class DecodeError(Exception):
@@ -187,9 +210,14 @@ def read_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = N
         except Exception as e:
             raise DecodeError(_reason(e)) from None
         # After load(): Pillow's TIFF reader turns TIFFs upright itself and drops the tag then.
-        method = _UPRIGHT.get(exif_orientation(image))
-        upright = image.transpose(method) if method is not None else image
-        return _to_rgb(upright)
+        return upright_rgb(image)
+
+
+def upright_rgb(image: Image.Image) -> np.ndarray:
+    """A loaded Pillow image -> [H, W, 3] uint8 RGB, turned upright by its EXIF orientation, converted
+    from any mode as read_photo converts a file's (alpha dropped)."""
+    method = _UPRIGHT.get(exif_orientation(image))
+    return _to_rgb(image.transpose(method) if method is not None else image)
 
 
 @functools.cache
@@ -219,21 +247,28 @@ def _check_uint8(image: np.ndarray, shapes: str) -> None:
         raise ValueError(f"expected a uint8 array ({shapes}), got {getattr(image, 'dtype', type(image))}")
 
 
-def encode_png(image: np.ndarray, compression: int = PNG_COMPRESSION) -> bytes:
-    """[H, W] grey, [H, W, 3] RGB or [H, W, 4] RGBA uint8 -> PNG bytes; same input, same bytes."""
+def check_png_compression(compression: str) -> str:
+    """ValueError naming --png-compression unless it is one of PNG_COMPRESSIONS."""
+    if compression not in PNG_COMPRESSIONS:
+        raise ValueError(f"--png-compression {compression!r}: choose {', '.join(PNG_COMPRESSIONS)}")
+    return compression
+
+
+def encode_png(image: np.ndarray, compression: str = DEFAULT_PNG_COMPRESSION) -> bytes:
+    """[H, W] grey, [H, W, 3] RGB or [H, W, 4] RGBA uint8 -> PNG bytes; same input, same bytes.
+
+    compression: "fast" (default), "balanced" or "small" (PNG_COMPRESSIONS; sizes and times above).
+    """
     _check_uint8(image, "[H,W], [H,W,3] or [H,W,4]")
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
-    elif image.ndim != 2:
+    check_png_compression(compression)
+    colour = image.ndim == 3 and image.shape[2] in (3, 4)
+    if not colour and image.ndim != 2:
         raise ValueError(f"encode_png: expected [H,W], [H,W,3] or [H,W,4], got {list(image.shape)}")
-    if _PNG_FILTER is not None:
-        params = [cv2.IMWRITE_PNG_COMPRESSION, compression, _PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-                  cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_FILTERED]
-    else:
-        params = [] if compression == PNG_COMPRESSION else [cv2.IMWRITE_PNG_COMPRESSION, compression]
-    ok, buf = cv2.imencode(".png", image, params)
+    if colour and compression == "fast":
+        return _fpng().from_ndarray(np.ascontiguousarray(image))
+    if colour:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, buf = cv2.imencode(".png", image, _opencv_params(compression))
     if not ok:
         raise ValueError(f"encode_png: OpenCV could not encode a {list(image.shape)} image")
     return buf.tobytes()
@@ -333,6 +368,32 @@ def clean_temporaries(root: Path, min_age_s: float = 0.0) -> int:
                 continue
             removed += 1
     return removed
+
+
+# The first bytes of the files people pipe into a tool by mistake -> what to call them.
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG image"), (b"\x89PNG\r\n\x1a\n", "PNG image"), (b"GIF8", "GIF image"),
+               (b"BM", "BMP image"), (b"II*\x00", "TIFF image"), (b"MM\x00*", "TIFF image"),
+               (b"\x1aE\xdf\xa3", "Matroska/WebM video"))
+
+
+def sniff_media(head: bytes) -> str | None:
+    """What binary data starting with `head` is ("JPEG image", "PNG image", ..., "binary data"),
+    or None when it may be text (a list of paths). Looks at the first bytes only."""
+    for magic, what in _SIGNATURES:
+        if head.startswith(magic):
+            return what
+    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI "):
+        return "WebP image" if head[8:12] == b"WEBP" else "AVI video"
+    if head[4:8] == b"ftyp":
+        return "MP4/MOV/HEIF file"
+    if b"\x00" in head:
+        return "binary data"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not merely a character cut at the end of the peek
+            return "binary data"
+    return None
 
 
 def is_photo_name(name: str) -> bool:

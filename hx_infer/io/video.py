@@ -20,14 +20,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
+from ..extras import install_hint
 from .images import _temp_name, encode_png
+from .png_choices import DEFAULT_PNG_COMPRESSION
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm"})
-PYAV_MISSING = "PyAV is not installed (pip install 'hx[video]')"
+PYAV_MISSING = f"PyAV is not installed ({install_hint('video')})"
 
 # A PNG frame folder holds only names like 000123.png; anything else is not ours to replace.
 _FRAME_NAME = re.compile(r"\d{6,}\.png")
@@ -423,14 +425,16 @@ class PngFramesWriter(VideoWriter):
     replaced only when it holds nothing but frame files (a previous run's, under --overwrite).
     """
 
-    def __init__(self, final: Path, encoding: Encoding, info: VideoInfo, audio_template=None):
+    def __init__(self, final: Path, encoding: Encoding, info: VideoInfo, audio_template=None,
+                 png_compression: str = DEFAULT_PNG_COMPRESSION):
         super().__init__(final, encoding, info)  # (no audio: a folder of pictures has nowhere to put it)
         self.temp.mkdir()
         self._index = 0
+        self._compression = png_compression
 
     def write(self, image: np.ndarray, pts: int) -> None:
         self._check(image)
-        (self.temp / f"{self._index:06d}.png").write_bytes(encode_png(image))
+        (self.temp / f"{self._index:06d}.png").write_bytes(encode_png(image, self._compression))
         self._index += 1
 
     def commit(self) -> None:
@@ -451,7 +455,9 @@ class PngFramesWriter(VideoWriter):
             shutil.rmtree(self.temp, ignore_errors=True)
 
 
-def open_writer(final: Path, encoding: Encoding, info: VideoInfo, audio_template=None) -> VideoWriter:
-    """The writer for `encoding`: a container, or a PNG folder."""
-    cls: Callable[..., VideoWriter] = PngFramesWriter if encoding.name == "png" else ContainerWriter
-    return cls(final, encoding, info, audio_template)
+def open_writer(final: Path, encoding: Encoding, info: VideoInfo, audio_template=None,
+                png_compression: str = DEFAULT_PNG_COMPRESSION) -> VideoWriter:
+    """The writer for `encoding`: a container, or a PNG folder (written with `png_compression`)."""
+    if encoding.name == "png":
+        return PngFramesWriter(final, encoding, info, audio_template, png_compression)
+    return ContainerWriter(final, encoding, info, audio_template)

@@ -12,7 +12,7 @@ from typing import Iterable
 
 from ..compose import Background
 from ..errors import ConfigError
-from ..io.images import PHOTO_EXTENSIONS
+from ..io.images import PHOTO_EXTENSIONS, check_png_compression
 from ..io.video import VIDEO_EXTENSIONS
 from ..model import ModelDir
 from ..report import REPORT_NAME
@@ -20,9 +20,22 @@ from .backgrounds import parse_background_or_video
 from .kinds import KINDS, PAINTED
 from .options import REFINES, RunOptions
 
-__all__ = ["ConfigError", "RunConfig", "make_config", "parse_names", "parse_outputs", "default_workers"]
+__all__ = ["ConfigError", "RunConfig", "SeveralInputs", "make_config", "parse_names", "parse_outputs",
+           "default_workers"]
 
 WHITE = ("white", "#ffffff")  # the only background an rgb-target model can honour
+
+
+@dataclass(frozen=True)
+class SeveralInputs:
+    """Several INPUTs (photos, videos or folders), each laid out below OUTPUT as a run of it alone
+    would lay it out: a file by its name, a folder by its tree. An output two INPUTs would both
+    write is written once, for the first; the later photo is reported as failed."""
+
+    paths: tuple[Path, ...]
+
+    def __init__(self, paths: Iterable[str | Path]):
+        object.__setattr__(self, "paths", tuple(Path(p) for p in paths))
 
 
 @dataclass(frozen=True)
@@ -30,8 +43,8 @@ class RunConfig:
     """One run, checked. `source` is a file, a folder, or an iterable of paths; `options` are the
     user's (checked); the other fields are what was settled from them."""
 
-    source: Path | Iterable[str | Path]
-    source_kind: str  # "file", "folder" or "list"
+    source: Path | Iterable[str | Path] | SeveralInputs
+    source_kind: str  # "file", "folder", "list" (paths, as from stdin) or "several" (SeveralInputs)
     output_dir: Path
     options: RunOptions
     outputs: tuple[str, ...]  # options.outputs parsed, in the order given
@@ -40,7 +53,9 @@ class RunConfig:
     report_path: Path
 
     @property
-    def source_label(self) -> str:
+    def source_label(self) -> str | list[str]:
+        if self.source_kind == "several":
+            return [str(path) for path in self.source.paths]
         return "-" if self.source_kind == "list" else str(self.source)
 
     def needs_photo_pixels(self, target: str) -> bool:
@@ -86,26 +101,40 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
                 options: RunOptions = RunOptions()) -> RunConfig:
     """Check every option before any photo is touched; raise ConfigError naming the bad one.
 
-    inputs: a photo, a folder (searched recursively), or an iterable of photo paths (the CLI's
-    `-` passes stdin's lines). output_dir must not be the input folder or inside it.
+    inputs: a photo, a folder (searched recursively), SeveralInputs of those, or an iterable of
+    photo paths (the CLI's `-` passes stdin's lines). output_dir must not be an input folder or
+    inside one.
     """
     output_dir = Path(output_dir)
-    if isinstance(inputs, (str, Path)):
+    if isinstance(inputs, SeveralInputs):
+        source, source_kind, roots = inputs, "several", inputs.paths
+        if not roots:
+            raise ConfigError("INPUT: give at least one photo or folder")
+    elif isinstance(inputs, (str, Path)):
         source = Path(inputs)
-        if not source.exists():
-            raise ConfigError(f"INPUT {source}: no such file or folder")
-        source_kind = "folder" if source.is_dir() else "file"
+        source_kind, roots = None, (source,)
     else:
-        source, source_kind = inputs, "list"
+        source, source_kind, roots = inputs, "list", ()
+    for root in roots:
+        if not root.exists():
+            raise ConfigError(f"INPUT {root}: no such file or folder")
+    if source_kind is None:
+        source_kind = "folder" if source.is_dir() else "file"
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"OUTPUT {output_dir}: exists and is not a folder")
     kinds = parse_outputs(options.outputs)
-    if source_kind != "list":
-        _check_apart(source, output_dir, kinds)
+    for root in roots:
+        _check_apart(root, output_dir, kinds)
 
     report_path = Path(options.report) if options.report is not None else output_dir / REPORT_NAME
     if report_path.is_dir() or report_path.suffix.lower() in PHOTO_EXTENSIONS | VIDEO_EXTENSIONS:
         raise ConfigError(f"--report {report_path}: give the path of a .json file")
+    try:
+        check_png_compression(options.png_compression)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not options.log_every > 0:
+        raise ConfigError(f"--log-every must be more than 0 seconds, got {options.log_every:g}")
     if options.refine not in REFINES:
         raise ConfigError(f"--refine {options.refine!r}: choose from {', '.join(REFINES)}")
     if options.workers is not None and options.workers < 1:

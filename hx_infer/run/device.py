@@ -513,7 +513,8 @@ class DeviceStages:
             return Failed.because(job.src, outputs)
         try:
             for kind, array in outputs.items():
-                atomic_write(photo_output_path(self.config.output_dir, kind, job.rel), KINDS[kind].encode(array))
+                data = KINDS[kind].encode(array, self.config.options.png_compression)
+                atomic_write(photo_output_path(self.config.output_dir, kind, job.rel), data)
             return None
         except Exception as e:  # noqa: BLE001 - see Failed.because
             return Failed.because(job.src, e)

@@ -7,7 +7,7 @@ A row says where a kind's file goes and how it is made:
     needs_photo    whether it needs the photo's full-resolution pixels (else the matte alone)
     needs_background  whether it is drawn on --background (a video background is then read along)
     make           (pixels, rgb, alpha) -> the image to encode: [H, W] / [H, W, 4] / [H, W, 3] uint8
-    encode         that image -> the photo file's bytes
+    encode         (that image, --png-compression) -> the photo file's bytes
 
 `make` is given a `Pixels`: compose.py's numpy functions on the CPU, torch ones on the device,
 so a kind is composed by the same rule on both. Adding a kind is one row here (plus a Pixels
@@ -58,7 +58,7 @@ class OutputKind:
     needs_photo: bool
     needs_background: bool
     make: Callable[[Pixels, Any, Any], Any]
-    encode: Callable[[np.ndarray], bytes]
+    encode: Callable[[np.ndarray, str], bytes]
 
 
 KINDS: dict[str, OutputKind] = {kind.name: kind for kind in (
@@ -69,7 +69,7 @@ KINDS: dict[str, OutputKind] = {kind.name: kind for kind in (
                encode=encode_png),
     OutputKind("composite", ".jpg", lambda options: "ffv1" if options.lossless else "h264",
                needs_photo=True, needs_background=True, make=lambda pixels, rgb, alpha: pixels.composite(rgb, alpha),
-               encode=encode_jpeg),
+               encode=lambda image, png_compression: encode_jpeg(image)),
 )}
 
 # A model with target "rgb" paints the person on white: its output is this kind's image as it

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ..io.png_choices import DEFAULT_PNG_COMPRESSION
+from ..progress import DEFAULT_LOG_EVERY_S
+
 DEFAULT_MAX_PIXELS = 100_000_000  # a 10,000 x 10,000 photo; larger ones are refused from the header
 REFINES = ("none", "guided")
 RGBA_FORMATS = ("prores", "vp9", "png")
@@ -38,7 +41,9 @@ class RunOptions:
     whose outputs exist (else they are skipped: resume). workers: decode and write threads
     (None: one per core). max_pixels: larger photos are refused from their header. glob: only
     inputs whose path below INPUT matches. report: where the JSON report goes (None:
-    OUTPUT/hx-report.json). progress: a progress bar on a terminal. video: how videos are written."""
+    OUTPUT/hx-report.json). progress: a progress bar on a terminal, elsewhere a line every
+    log_every seconds. png_compression: fast, balanced or small (hx_infer.io.images). video: how
+    videos are written."""
 
     outputs: str | Iterable[str] = ("rgba",)
     background: str = "white"
@@ -49,4 +54,6 @@ class RunOptions:
     glob: str | None = None
     report: Path | None = None
     progress: bool = True
+    log_every: float = DEFAULT_LOG_EVERY_S
+    png_compression: str = DEFAULT_PNG_COMPRESSION
     video: VideoOptions = field(default_factory=VideoOptions)

@@ -11,6 +11,7 @@ from typing import Callable
 from ..errors import ConfigError
 from ..io.images import clean_temporaries
 from ..model import ModelDir
+from ..progress import Progress
 from ..report import Tally, build_report, write_report
 from ..version import __version__
 from .config import RunConfig
@@ -18,17 +19,14 @@ from .plan import Failed, iter_jobs
 
 
 class _Progress:
-    """tqdm bar (files/s, and an ETA once a background walk has counted the inputs). With
-    enabled=True, tqdm still hides itself when stderr is not a terminal."""
+    """hx_infer.progress: a tqdm bar on a terminal, else a line every --log-every seconds (files
+    done/total, files/s, and an ETA once a background walk has counted the inputs)."""
 
     def __init__(self, config: RunConfig):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=None, unit="file", disable=None if config.options.progress else True,
-                        dynamic_ncols=True, smoothing=0.1)
+        self.bar = Progress(enabled=config.options.progress, every_s=config.options.log_every)
         self.total: int | None = None
         self._stop = threading.Event()
-        if not self.bar.disable and config.source_kind != "list":
+        if config.options.progress and config.source_kind != "list":
             threading.Thread(target=self._count, args=(config,), daemon=True, name="hx-count").start()
 
     def _count(self, config: RunConfig) -> None:
@@ -41,7 +39,7 @@ class _Progress:
 
     def update(self, n: int = 1) -> None:
         if self.total is not None and self.bar.total is None:
-            self.bar.total = self.total
+            self.bar.set_total(self.total)
         self.bar.update(n)
 
     def close(self) -> None:

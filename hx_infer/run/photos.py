@@ -20,7 +20,7 @@ import numpy as np
 from ..backends.base import Backend
 from ..io.images import atomic_write, photo_size, read_photo
 from ..model import ModelDir
-from ..transforms import Letterbox, guided_filter, guided_radius, letterbox, to_uint8, unletterbox
+from ..transforms import Letterbox, letterbox, refine_matte, to_uint8, unletterbox
 from .config import RunConfig
 from .kinds import KINDS, PAINTED, NumpyPixels, photo_output_path
 from .options import DEFAULT_MAX_PIXELS
@@ -49,15 +49,18 @@ class Decoded:
     rgb: np.ndarray | None  # [H, W, 3] uint8, kept only when an output or --refine needs pixels
 
 
-def matte_input(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Letterbox]:
+def matte_input(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+                data: bytes | None = None) -> tuple[np.ndarray, Letterbox]:
     """A photo as a matte-only run feeds it to the model: ([3, S, S] float32 in [-1, 1], geometry).
 
     A matte-only run never looks at full-resolution pixels: the JPEG decoder scales down
     (1/2, 1/4, 1/8) to about the model size, and the matte's size comes from the header.
     `hx-infer eval` scores its `full` crop through this too, so its figures are those of the
-    mattes `hx-infer run --outputs alpha` writes. Raises DecodeError / OSError.
+    mattes `hx-infer run --outputs alpha` writes. data: the file's bytes when the caller holds them
+    (path is then only a name). Raises DecodeError / OSError.
     """
-    data = path.read_bytes()  # once, for the header and the pixels
+    if data is None:
+        data = path.read_bytes()  # once, for the header and the pixels
     width, height = photo_size(path, data=data)
     rgb = read_photo(path, max_pixels, data=data, reduce_to=size)
     return letterbox(rgb, size, src_size=(width, height))
@@ -70,11 +73,7 @@ def compose_outputs(restored: np.ndarray, rgb: np.ndarray | None, config: RunCon
     if target == "rgb":
         yield PAINTED, to_uint8(restored)
         return
-    if config.options.refine == "guided":
-        height, width = rgb.shape[:2]
-        restored = guided_filter(rgb, restored, radius=guided_radius(height, width, model_size),
-                                 model_size=model_size)
-    alpha = to_uint8(restored)
+    alpha = to_uint8(refine_matte(restored, rgb, config.options.refine, model_size))
     for kind in config.outputs:
         yield kind, KINDS[kind].make(pixels, rgb, alpha)
 
@@ -113,7 +112,7 @@ class PhotoStages:
             restored = unletterbox(out, item.box)  # [H, W] matte or [H, W, 3] painted photo
             pixels = NumpyPixels(config.background)
             for kind, image in compose_outputs(restored, item.rgb, config, self.target, self.size, pixels):
-                atomic_write(photo_output_path(config.output_dir, kind, item.job.rel), KINDS[kind].encode(image))
+                atomic_write(photo_output_path(config.output_dir, kind, item.job.rel), KINDS[kind].encode(image, config.options.png_compression))
             return None
         except Exception as e:  # noqa: BLE001 - see Failed.because
             return Failed.because(item.job.src, e)

@@ -99,15 +99,22 @@ def glob_matches(rel: Path, glob: str) -> bool:
 
 
 def iter_jobs(config: RunConfig, on_error: OnListError | None = None) -> Iterator[Job]:
-    """The photos of the run, lazily, in sorted order. on_error(folder, OSError) hears of folders
-    that cannot be listed (their photos are then missing from the run)."""
-    if config.source_kind == "folder":
-        return _folder_jobs(config.source, config.options.glob, on_error)
-    if config.source_kind == "file":
-        src = config.source
-        job = Job(src, Path(src.name))
-        return iter([job] if config.options.glob is None or glob_matches(job.rel, config.options.glob) else [])
+    """The photos of the run, lazily, in sorted order (several INPUTs: one after the other, in the
+    order given). on_error(folder, OSError) hears of folders that cannot be listed (their photos
+    are then missing from the run)."""
+    if config.source_kind == "several":
+        return (job for root in config.source.paths for job in _root_jobs(root, config.options.glob, on_error))
+    if config.source_kind in ("folder", "file"):
+        return _root_jobs(config.source, config.options.glob, on_error)
     return _list_jobs(config.source, config.options.glob)
+
+
+def _root_jobs(root: Path, glob: str | None, on_error: OnListError | None) -> Iterator[Job]:
+    """One INPUT: a folder's tree, or a file by its name."""
+    if root.is_dir():
+        return _folder_jobs(root, glob, on_error)
+    job = Job(root, Path(root.name))
+    return iter([job] if glob is None or glob_matches(job.rel, glob) else [])
 
 
 class FolderCollisions:
@@ -157,15 +164,17 @@ def plan_jobs(config: RunConfig) -> Iterator[Job | Skipped | Failed]:
     jobs = iter_jobs(config, on_error=lambda folder, e: unlistable.append(
         Failed(folder, f"cannot list folder ({e.strerror or e})")))
     # Videos have guards of their own: a.jpg and a.mp4 write different files (a.png, a.mp4).
+    # Several INPUTs can meet anywhere below OUTPUT, as a list's paths can.
+    by_key = config.source_kind in ("list", "several")
     guards = {video: (FolderCollisions() if config.source_kind == "folder" else None,
-                      ListCollisions() if config.source_kind == "list" else None) for video in (False, True)}
+                      ListCollisions() if by_key else None) for video in (False, True)}
     for job in jobs:
         yield from unlistable
         unlistable.clear()
         video = is_video_name(job.src.name)
         folder_guard, list_guard = guards[video]
         first = folder_guard.check(job.src) if folder_guard else list_guard.check(job) if list_guard else None
-        kind = _inside_outputs(job.src, config) if list_guard else None
+        kind = _inside_outputs(job.src, config) if config.source_kind == "list" else None
         if kind is not None:
             yield Failed(job.src, f"inside OUTPUT/{kind}; hx never writes over a photo")
         elif first is not None:

@@ -34,6 +34,7 @@ from ..backends.base import Backend
 from ..compose import Background
 from ..io.video import AudioPacket, Frame, VideoError, VideoInfo, VideoReader, VideoWriter, open_writer
 from ..model import ModelDir
+from ..progress import Progress
 from ..temporal import TemporalSmoother, thumbnail
 from ..transforms import Letterbox, letterbox, unletterbox
 from .backgrounds import VideoBackground
@@ -65,6 +66,7 @@ class VideoRuns:
         self.jobs: list[Job] = []  # a path each: small beside the photos' stream
         self.frames = 0
         self.seconds = 0.0
+        self.rgba_bytes = 0  # of the rgba videos written (ProRes 4444 runs to GBs a minute)
 
     def add(self, job: Job) -> None:
         self.jobs.append(job)
@@ -78,6 +80,7 @@ class VideoRuns:
                 continue
             self.frames += result.frames
             self.seconds += result.seconds
+            self.rgba_bytes += _rgba_bytes(self.config, job)
             outcomes.processed()
 
     def facts(self) -> dict:
@@ -85,7 +88,18 @@ class VideoRuns:
         options = self.config.options.video
         return {"frames": self.frames,
                 "frames_per_s": round(self.frames / self.seconds, 2) if self.seconds > 0 else 0.0,
+                "rgba_video_bytes": self.rgba_bytes,
                 "video": {"temporal": options.temporal, "lossless": options.lossless, "rgba": options.rgba}}
+
+
+def _rgba_bytes(config: RunConfig, job: Job) -> int:
+    """Bytes of the rgba video `job` wrote (0 without one, or for PNG frames)."""
+    if "rgba" not in config.outputs or config.options.video.rgba == "png":
+        return 0
+    try:
+        return video_output_path(config.output_dir, "rgba", job.rel, config.options.video).stat().st_size
+    except OSError:
+        return 0
 
 
 def run_video(job: Job, config: RunConfig, backend: Backend, model: ModelDir, batch_size: int,
@@ -161,7 +175,7 @@ class _VideoRun:
             for kind in self.config.outputs:
                 path = video_output_path(self.config.output_dir, kind, self.job.rel, self.options)
                 writers[kind] = open_writer(path, video_encoding(kind, self.options), self.info,
-                                            self.reader.audio_stream)
+                                            self.reader.audio_stream, self.config.options.png_compression)
             frames = self._stream(writers)
             for kind, writer in writers.items():
                 writer.commit()
@@ -178,10 +192,10 @@ class _VideoRun:
     # -- the three stages ---------------------------------------------------------------------
 
     def _stream(self, writers: dict[str, VideoWriter]) -> int:
-        from tqdm import tqdm
-
-        bar = tqdm(total=self.info.frames or None, unit="frame", desc=self.job.src.name, leave=False,
-                   disable=None if self.config.options.progress else True, dynamic_ncols=True)
+        options = self.config.options
+        bar = Progress(enabled=options.progress, every_s=options.log_every, unit="frame", label=self.job.src.name)
+        if self.info.frames:
+            bar.set_total(self.info.frames)
         read = threading.Thread(target=self._read, name="hx-video-read", daemon=True)
         write = threading.Thread(target=self._write, args=(writers,), name="hx-video-write", daemon=True)
         read.start()

@@ -1,7 +1,7 @@
 """What one request asks for: the query string and form fields -> a checked RemoveParams.
 
-hx's own parameters are `output`, `background`, `format` and `refine`, named and valued as
-`hx-infer run`'s options. rembg's server form is understood too (`om=true`: only the mask,
+hx's own parameters are `output`, `background`, `format`, `refine` and `png_compression`, named
+and valued as `hx-infer run`'s options. rembg's server form is understood too (`om=true`: only the mask,
 `bgc=R,G,B,A`: the cutout on a colour, as PNG), so its clients work unchanged; its other fields
 (model, a, af, ab, ae, ppm, extras) choose rembg models and post-processing that hx has no
 counterpart for, and are accepted and ignored.
@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ..compose import Background, parse_background
+from ..io.png_choices import DEFAULT_PNG_COMPRESSION, PNG_COMPRESSIONS
 
 OUTPUTS = ("rgba", "alpha", "composite")
 FORMATS = ("png", "jpeg")
 REFINES = ("none", "guided")
-HX_PARAMS = ("output", "background", "format", "refine")
+HX_PARAMS = ("output", "background", "format", "refine", "png_compression")
 REMBG_PARAMS = ("om", "bgc")
 REMBG_IGNORED = ("model", "a", "af", "ab", "ae", "ppm", "extras")
 # Colours only: a path here would let any client read files of the server's machine.
@@ -45,6 +46,7 @@ class RemoveParams:
     background: Background  # behind the person for composite
     format: str  # png or jpeg
     refine: str  # none or guided
+    png_compression: str = DEFAULT_PNG_COMPRESSION  # fast, balanced or small, as run's --png-compression
 
     @property
     def media_type(self) -> str:
@@ -97,9 +99,12 @@ def parse_params(pairs: Iterable[tuple[str, str]], target: str = "alpha") -> Rem
     refine = given.get("refine", "none").lower()
     if refine not in REFINES:
         raise bad(f"refine={given['refine']!r}: choose from {', '.join(REFINES)}")
+    png_compression = given.get("png_compression", DEFAULT_PNG_COMPRESSION).lower()
+    if png_compression not in PNG_COMPRESSIONS:
+        raise bad(f"png_compression={given['png_compression']!r}: choose from {', '.join(PNG_COMPRESSIONS)}")
     if target == "rgb":
         _check_rgb_target(output, background, refine)
-    return RemoveParams(output, background, fmt, refine)
+    return RemoveParams(output, background, fmt, refine, png_compression)
 
 
 def _flag(value: str, name: str) -> bool:

@@ -14,9 +14,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..io.images import DecodeError, encode_png, open_image, photo_size, read_photo
+from ..io.images import DecodeError, encode_png, open_image, read_photo
 from ..run.kinds import KINDS, PAINTED, NumpyPixels
-from ..transforms import Letterbox, guided_filter, guided_radius, letterbox, to_uint8, unletterbox
+from ..run.photos import matte_input
+from ..transforms import Letterbox, letterbox, refine_matte, to_uint8, unletterbox
 from .params import RemoveParams, RequestError
 
 _NAME = Path("request")  # read_photo and photo_size take a name beside the bytes
@@ -45,10 +46,8 @@ def decode(body: bytes, params: RemoveParams, size: int, target: str, max_pixels
     keep = target == "alpha" and (params.refine != "none" or KINDS[params.output].needs_photo)
     try:
         if target == "alpha" and not keep:
-            # A matte alone, as `hx-infer run --outputs alpha` makes it: a reduced JPEG decode and
-            # the geometry of the full photo.
-            rgb = read_photo(_NAME, max_pixels, data=body, reduce_to=size)
-            x, box = letterbox(rgb, size, src_size=photo_size(_NAME, data=body))
+            # A matte alone, as `hx-infer run --outputs alpha` makes it: a reduced JPEG decode.
+            x, box = matte_input(_NAME, size, max_pixels, data=body)
             return Decoded(x, box, None)
         rgb = read_photo(_NAME, max_pixels, data=body)
     except DecodeError as e:
@@ -61,9 +60,9 @@ def _decode_status(reason: str) -> tuple[int, str]:
     return (415, "not_image") if reason == "not an image" else (400, "bad_image")
 
 
-def _encoder(kind: str, fmt: str) -> Callable[[np.ndarray], bytes]:
-    """A kind in its own format is encoded as `hx-infer run` writes it; a composite may also be asked
-    for as PNG (rembg's bgc=, or format=png)."""
+def _encoder(kind: str, fmt: str) -> Callable[[np.ndarray, str], bytes]:
+    """(image, png compression) -> bytes. A kind in its own format is encoded as `hx-infer run`
+    writes it; a composite may also be asked for as PNG (rembg's bgc=, or format=png)."""
     own = KINDS[kind]
     return own.encode if _FORMAT_OF_SUFFIX[own.photo_suffix] == fmt else encode_png
 
@@ -72,9 +71,7 @@ def encode(item: Decoded, out: np.ndarray, params: RemoveParams, size: int, targ
     """out: [C, S, S] float32 in [0, 1], the model's output for this photo -> the answer's bytes."""
     restored = unletterbox(out, item.box)  # [H, W] matte, or [H, W, 3] photo painted on white
     if target == "rgb":
-        return _encoder(PAINTED, params.format)(to_uint8(restored))
-    if params.refine == "guided":
-        height, width = item.rgb.shape[:2]
-        restored = guided_filter(item.rgb, restored, radius=guided_radius(height, width, size), model_size=size)
-    image = KINDS[params.output].make(NumpyPixels(params.background), item.rgb, to_uint8(restored))
-    return _encoder(params.output, params.format)(image)
+        return _encoder(PAINTED, params.format)(to_uint8(restored), params.png_compression)
+    alpha = to_uint8(refine_matte(restored, item.rgb, params.refine, size))
+    image = KINDS[params.output].make(NumpyPixels(params.background), item.rgb, alpha)
+    return _encoder(params.output, params.format)(image, params.png_compression)

@@ -468,3 +468,14 @@ def test_a_backend_failure_is_a_500_for_its_batch_only(tiny_model_dir, photos):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.mark.parametrize("query, output", [("", "rgba"), ("?output=alpha", "alpha"),
+                                           ("?output=composite&background=%23336699", "composite")])
+def test_answers_are_the_bytes_hx_infer_cut_writes(server, photos, tiny_model_dir, tmp_path, query, output):
+    out = tmp_path / ("cut.jpg" if output == "composite" else "cut.png")
+    r = CliRunner().invoke(main, ["cut", str(photos["tall"]), str(out), "--output", output, "--model",
+                                  str(tiny_model_dir), "--backend", "ort", "--device", "cpu", "--background", "#336699"])
+    assert r.exit_code == 0, r.output
+    status, _, body = server.post("/api/remove" + query, photos["tall"].read_bytes())
+    assert status == 200 and body == out.read_bytes()

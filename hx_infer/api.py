@@ -113,7 +113,7 @@ def decode_and_matte(extractor: "Extractor", data: bytes, keep_pixels: bool, ref
                      max_pixels: int = 100_000_000) -> tuple[np.ndarray | None, np.ndarray]:
     """A photo file's bytes -> (its upright pixels or None, its matte), decoded as `hx-infer run`
     decodes a file: reduced JPEG decode when only the matte is wanted and nothing refines it."""
-    from .io.images import read_photo
+    from .io.images import read_photo_and_view
     from .run.photos import matte_input
     from .transforms import letterbox
 
@@ -122,9 +122,9 @@ def decode_and_matte(extractor: "Extractor", data: bytes, keep_pixels: bool, ref
     if not keep_pixels and refine == "none":
         x, box = matte_input(name, size, max_pixels, data=data)
         rgb = None
-    else:
-        rgb = read_photo(name, max_pixels, data=data)
-        x, box = letterbox(rgb, size)
+    else:  # shown the matte-only decode, as `hx-infer run` shows it: the same matte
+        rgb, view, photo_size = read_photo_and_view(name, max_pixels, size, data=data)
+        x, box = letterbox(view, size, src_size=photo_size)
     return rgb, extractor.mattes([(x, box, rgb)], refine)[0]
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -39,9 +41,25 @@ class _OneLineErrors(click.Group):
             click.echo(f"hx-infer: error: {e.format_message()}{hint}", err=True)
             code = e.exit_code
         except click.Abort:
-            click.echo("hx-infer: interrupted; run the same command again to resume", err=True)
-            code = 130
+            how, code = ("terminated", 143) if _terminated.is_set() else ("interrupted", 130)
+            click.echo(f"hx-infer: {how}; run the same command again to resume", err=True)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+_terminated = threading.Event()
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (kill, systemd, a batch scheduler) unwinds like Ctrl-C: the same clean-up of
+    temporaries in `finally` blocks, one line, exit 143 (128 + 15)."""
+    _terminated.set()
+    raise KeyboardInterrupt
+
+
+def entry_point() -> None:
+    """The `hx-infer` console script: main() with SIGTERM handled like SIGINT."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    main(prog_name="hx-infer")
 
 
 @contextlib.contextmanager
@@ -94,7 +112,8 @@ def main() -> None:
 @click.option("--outputs", default="rgba", show_default=True,
               help="Comma-separated kinds to write: alpha (matte), rgba (cutout), composite.")
 @click.option("--background", default="white", show_default=True,
-              help="Composite background: white, black, '#RRGGBB', an image file, or a video file "
+              help="Composite background: a CSS colour name (white, black, teal...), '#RRGGBB', an image "
+                   "file, or a video file "
                    "(looped behind videos; photos get its first frame).")
 @click.option("--refine", type=click.Choice(["none", "guided"]), default="none", show_default=True,
               help="guided: sharpen the upsampled matte along the photo's edges.")
@@ -171,7 +190,7 @@ def run(ctx: click.Context, paths: tuple[str, ...], model: str, backend: str, de
     from .engines import make_engine
     from .errors import ConfigError
     from .model import ModelError
-    from .report import REPORT_NAME, summary_line
+    from .report import REPORT_NAME, ReportError, summary_line
     from .run.options import RunOptions, VideoOptions
     from .temporal import DEFAULT_STRENGTH
 
@@ -196,17 +215,22 @@ def run(ctx: click.Context, paths: tuple[str, ...], model: str, backend: str, de
         flag = "--ray-address" if "address" in given else "--" + next(iter(given)).replace("_", "-")
         raise click.UsageError(f"{flag} is an option of --engine ray", ctx)
 
+    report_path = report if report is not None else output / REPORT_NAME
+    unwritten = None
     with _exit_on_errors(ctx, ConfigError, ModelError, BackendError):
         with Extractor(model, backend=backend, device=device, batch_size=batch_size,
                        engine=make_engine(engine, **given), engine_cache=engine_cache) as extractor:
-            result = extractor.run(inputs, output, options, log=log)
-    report_path = report if report is not None else output / REPORT_NAME
+            try:
+                result = extractor.run(inputs, output, options, log=log)
+            except ReportError as e:  # the run is done; say where its report is not, then sum up
+                click.echo(f"hx-infer: error: {e}", err=True)
+                result, unwritten = e.report, e
     if not any(result["counts"].values()):
         where = "stdin listed" if sources == ["-"] else "INPUT holds"
         click.echo(f"hx-infer: warning: {where} no photo or video" + (f" matching --glob {glob!r}" if glob else ""),
                    err=True)
-    click.echo(summary_line(result, report_path), err=True)
-    ctx.exit(EXIT_FAILED if result["counts"]["failed"] else EXIT_OK)
+    click.echo(summary_line(result, None if unwritten else report_path), err=True)
+    ctx.exit(EXIT_FAILED if result["counts"]["failed"] or unwritten else EXIT_OK)
 
 
 def _peek_stdin(n: int) -> bytes:
@@ -255,7 +279,7 @@ _CUT_FORMATS = {".png": ("png", "rgba"), ".jpg": ("jpeg", "composite"), ".jpeg":
               help="auto: trt > ort with CUDA > torch on CUDA > ort on CPU.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--background", default="white", show_default=True,
-              help="Composite background: white, black, '#RRGGBB' or an image file.")
+              help="Composite background: a CSS colour name (white, black, teal...), '#RRGGBB' or an image file.")
 @click.option("--refine", type=click.Choice(["none", "guided"]), default="none", show_default=True,
               help="guided: sharpen the upsampled matte along the photo's edges.")
 @click.option("--png-compression", type=click.Choice(PNG_COMPRESSIONS), default=DEFAULT_PNG_COMPRESSION,
@@ -419,7 +443,7 @@ def build(ctx: click.Context, model_dir: str, out: Path | None, precision: str, 
         click.echo(f"hx-infer: {line}", err=True)
 
     with _exit_on_errors(ctx, ModelError, BackendError):
-        engine = build_for_model(load_model_dir(model_dir), precision=precision,
+        engine = build_for_model(load_model_dir(model_dir, verify=True), precision=precision,
                                  profile=Profile(min_batch, opt_batch, max_batch), out=out,
                                  timing_cache=timing_cache, workspace_gib=workspace, cache_dir=engine_cache,
                                  device=device, log=log)
@@ -535,4 +559,4 @@ def serve(ctx: click.Context, **options) -> None:
 
 
 if __name__ == "__main__":
-    main(prog_name="hx-infer")
+    entry_point()

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import ImageColor
 
-from .io.images import DecodeError, read_photo
+from .io.images import PHOTO_EXTENSIONS, DecodeError, read_photo
+from .io.video import VIDEO_EXTENSIONS
 from .transforms import to_uint8
 
-_NAMED = {"white": (255, 255, 255), "black": (0, 0, 0)}
 _HEX = re.compile(r"#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})")
+BACKGROUND_HELP = "use white, black, a CSS colour name, '#RRGGBB' or an image file"
 
 
 class Background:
@@ -65,10 +67,9 @@ def _cover(image: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def parse_background(spec: str) -> Background:
-    """'white', 'black', '#RRGGBB' or '#RGB' (any case), or the path of an image file."""
+    """A CSS colour name ('white', 'black', 'teal', any case), '#RRGGBB' or '#RGB', or the path
+    of an image file. Raises ValueError with one line that starts with --background."""
     text = spec.strip()
-    if text.lower() in _NAMED:
-        return Background(color=_NAMED[text.lower()], label=text.lower())
     match = _HEX.fullmatch(text)
     if match:
         digits = match.group(1)
@@ -76,13 +77,19 @@ def parse_background(spec: str) -> Background:
             digits = "".join(c * 2 for c in digits)
         color = (int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16))
         return Background(color=color, label=f"#{digits.lower()}")
+    if text.isalpha() and text.lower() in ImageColor.colormap:  # Pillow's table: the CSS3 names
+        red, green, blue = ImageColor.getrgb(text.lower())[:3]
+        return Background(color=(red, green, blue), label=text.lower())
     path = Path(spec)
     if text and path.is_file():
         try:
             return Background(image=read_photo(path), label=str(path))
         except DecodeError as e:
             raise ValueError(f"--background {spec!r}: {e}") from None
-    raise ValueError(f"--background {spec!r}: use white, '#RRGGBB' or an image path")
+    if text and (path.suffix.lower() in PHOTO_EXTENSIONS | VIDEO_EXTENSIONS or "/" in text or path.exists()):
+        reason = "not a file" if path.exists() else "no such file"
+        raise ValueError(f"--background {spec!r}: {reason}")
+    raise ValueError(f"--background {spec!r}: {BACKGROUND_HELP}")
 
 
 def _alpha_and_check(rgb: np.ndarray, alpha: np.ndarray, what: str) -> np.ndarray:
@@ -94,13 +101,17 @@ def _alpha_and_check(rgb: np.ndarray, alpha: np.ndarray, what: str) -> np.ndarra
 
 
 def rgba_cutout(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """rgb [H, W, 3] uint8 + alpha [H, W] uint8 -> [H, W, 4] uint8: the photo's own pixels, untouched,
-    with alpha as the fourth channel (straight, not premultiplied). A float alpha in [0, 1] is
-    rounded as to_uint8 does."""
+    """rgb [H, W, 3] uint8 + alpha [H, W] uint8 -> [H, W, 4] uint8: the photo's own pixels with
+    alpha as the fourth channel (straight, not premultiplied), and RGB 0 where alpha is 0.
+
+    Cleared because the removed background must stay removed: a viewer or script that drops the
+    alpha channel would otherwise show the whole photo again (rembg clears it too), and flat
+    zeros compress, so the files are smaller. A float alpha in [0, 1] is rounded as to_uint8 does."""
     _alpha_and_check(rgb, alpha, "rgba_cutout")
     if alpha.dtype != np.uint8:
         alpha = to_uint8(alpha)
-    r, g, b = cv2.split(rgb)
+    kept = cv2.bitwise_and(rgb, rgb, mask=alpha)  # rgb where alpha != 0, else 0
+    r, g, b = cv2.split(kept)
     return cv2.merge([r, g, b, alpha])  # 20x faster than numpy's strided [..., 3] = alpha
 
 

@@ -21,8 +21,9 @@ and reported as skipped for the other crops. The same crop is cut from photo and
 The model sees a crop exactly as `hx-infer run` shows it a photo: letterbox -> backend ->
 unletterbox -> to_uint8. The `full` crop goes through run.photos.matte_input, the decode of
 `hx-infer run --outputs alpha`, so its per-image scores are those of the mattes that run writes;
-the other crops are cut from the full-resolution decode. With refine="guided" every crop is cut
-from the full-resolution decode, and the matte is refined along that crop's pixels as
+the other crops are cut from the full-resolution decode. With refine="guided" the `full` crop's
+model input is that same decode (as `hx-infer run` shows the model a photo whatever it writes),
+and every matte is refined along the full-resolution pixels of its crop, as
 `hx-infer run --refine guided` refines a photo's (the same decode, radius and filter).
 
 Per image and crop (alpha: the matte, uint8; mask: uint8):
@@ -279,10 +280,10 @@ def _items(photo: Path, mask_path: Path, crops: tuple[str, ...], size: int,
                                         f"photo {photo.name} is {width}x{height}")
         items = []
         boxes = {crop: crop_box(mask, crop) for crop in crops if crop != "full"}
-        # run --refine guided decodes at full size for the guide; so does eval then.
+        # run --refine guided decodes at full size too, for the guide; so does eval then.
         rgb = read_photo(photo, DEFAULT_MAX_PIXELS) if guided or (boxes and None not in boxes.values()) else None
         if "full" in crops:
-            x, geometry = letterbox(rgb, size) if guided else matte_input(photo, size, DEFAULT_MAX_PIXELS)
+            x, geometry = matte_input(photo, size, DEFAULT_MAX_PIXELS)  # what run shows the model, any outputs
             items.append(_Item(photo, "full", (0, 0, width, height), x, geometry, mask, rgb if guided else None))
         if not boxes or None in boxes.values():
             return items, list(boxes)

@@ -20,13 +20,14 @@ if TYPE_CHECKING:
 
 
 def load_model(model: str | Path) -> "ModelDir":
-    """"default" (the bundled model), a bundled model's name, or a model folder -> ModelDir."""
+    """"default" (the bundled model), a bundled model's name, or a model folder -> ModelDir, its
+    files checked against the sha256 in its card (ModelError, one line, on a mismatch)."""
     from .model import CARD, ModelError, default_model_dir, load_model_dir
 
     if str(model) == "default" and not (default_model_dir() / CARD).is_file():
         raise ModelError("--model default: this installation has no bundled model yet; "
                          "pass --model DIR, a folder made by `hx-train export`")
-    return load_model_dir(model)
+    return load_model_dir(model, verify=True)
 
 
 class Extractor:
@@ -136,7 +137,9 @@ class Extractor:
         (outputs=, background=, refine=, overwrite=, workers=, max_pixels=, glob=, report=,
         progress=, log_every=, png_compression=, video=), and a name that is not one of them is a TypeError.
         Returns the report (also written to `report`, default OUTPUT/hx-report.json). Photos
-        that cannot be read are counted in it, with their reason, and passed to `log`.
+        that cannot be read are counted in it, with their reason, and passed to `log`. A report
+        that cannot be written raises hx_infer.report.ReportError, which carries it (`.report`).
+        OUTPUT is locked for the run and records what made it (see hx_infer.run.claim).
         Videos among the inputs are written as `video` says (RunOptions.video, a VideoOptions:
         temporal smoothing, lossless, rgba codec); each counts as one file.
         """

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import os
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 FORMAT = "hx-model/1"
@@ -33,10 +35,71 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# Hashing a model folder costs ~30 ms for the bundled model and about a second for a `base`
+# 256 px one, on every run; so a file's hash is kept (in this process and in the user's cache)
+# under what identifies its content: path, device, inode, size, mtime and ctime. ctime cannot
+# be set back by hand, so a file rewritten and `touch`ed to its old mtime is still hashed again.
+_HASH_CACHE_MAX = 256
+_hashes_seen: dict[str, dict] = {}
+
+
+def _hash_cache_path() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "hx" / "sha256-cache.json"
+
+
+def _identity(path: Path) -> tuple[str, list[int]]:
+    st = os.stat(path)
+    return str(path.resolve()), [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _read_hash_cache() -> dict[str, dict]:
+    try:
+        cache = json.loads(_hash_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_hash_cache(cache: dict[str, dict]) -> None:
+    """Best effort (a read-only home must not stop a run), atomic (two runs may write at once)."""
+    path = _hash_cache_path()
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.hx-tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp.write_text(json.dumps(dict(list(cache.items())[-_HASH_CACHE_MAX:])))
+        os.replace(temp, path)
+    except OSError:
+        try:
+            temp.unlink()
+        except OSError:
+            pass
+
+
+def cached_sha256(paths: list[Path]) -> dict[Path, str]:
+    """sha256 of each file, hashed again only when its path, size, mtime or ctime changed."""
+    if not _hashes_seen:
+        _hashes_seen.update(_read_hash_cache())
+    result, changed = {}, False
+    for path in paths:
+        key, identity = _identity(path)
+        entry = _hashes_seen.get(key)
+        if not isinstance(entry, dict) or entry.get("identity") != identity:
+            entry = {"identity": identity, "sha256": sha256_file(path)}
+            _hashes_seen.pop(key, None)  # re-inserted last: the newest entries are the ones kept
+            _hashes_seen[key] = entry
+            changed = True
+        result[path] = entry["sha256"]
+    if changed:
+        _write_hash_cache(_hashes_seen)
+    return result
+
+
 @dataclass(frozen=True)
 class ModelDir:
     root: Path
     card: dict
+    hashes: dict[str, str] = field(default_factory=dict, compare=False)  # file name -> sha256, once verified
 
     @property
     def size(self) -> int:
@@ -72,17 +135,51 @@ class ModelDir:
 
     @property
     def sha256(self) -> str:
-        """Identity of the model: the fp32 ONNX graph's hash, as recorded in the card."""
-        return self.card["sha256"][ONNX_FP32]
+        """Identity of the model: the fp32 ONNX graph's hash (the file's own, once verified)."""
+        return self.hashes.get(ONNX_FP32) or self.card["sha256"][ONNX_FP32]
 
-    def verify(self) -> None:
-        """Raise ModelError unless every file named in the card exists with its recorded sha256."""
-        for name, expected in self.card["sha256"].items():
+    def verify(self) -> dict[str, str]:
+        """Every file named in the card, hashed -> {name: sha256}; ModelError unless each exists
+        with the sha256 the card records."""
+        recorded = self.card.get("sha256")
+        if not isinstance(recorded, dict) or ONNX_FP32 not in recorded:
+            raise ModelError(f"{self.root / CARD}: records no sha256 for {ONNX_FP32}")
+        paths = {}
+        for name in recorded:
             path = self.root / name
             if not path.is_file():
                 raise ModelError(f"{path}: missing from the model folder")
-            if sha256_file(path) != expected:
-                raise ModelError(f"{path}: sha256 does not match {CARD}")
+            paths[name] = path
+        try:
+            found = cached_sha256(list(paths.values()))
+        except OSError as e:
+            raise ModelError(f"{e.filename}: cannot read ({e.strerror})") from None
+        hashes = {name: found[path] for name, path in paths.items()}
+        for name, expected in recorded.items():
+            if hashes[name] != expected:
+                raise ModelError(f"{paths[name]}: sha256 {hashes[name][:16]}... does not match the "
+                                 f"{expected[:16]}... recorded in {CARD}; the file was changed after export")
+        return hashes
+
+    def check_graph(self, input_shape: list, outputs: dict[str, list]) -> None:
+        """ModelError unless the graph takes [N, 3, size, size] and has the card's output with
+        1 (alpha) or 3 (rgb) channels. input_shape and outputs' shapes as a runtime reports
+        them (a dimension may be a name, as the batch axis is)."""
+        where = f"{self.root / CARD} contradicts {self.onnx_path.name}"
+        if len(input_shape) != 4 or input_shape[1:] != [3, self.size, self.size]:
+            raise ModelError(f"{where}: the card says size {self.size} (input [N, 3, {self.size}, "
+                             f"{self.size}]), the graph takes {_shape(input_shape)}")
+        if self.output_name not in outputs:
+            raise ModelError(f"{where}: the card says target {self.target}, the graph has no "
+                             f"{self.output_name!r} output (it has {', '.join(outputs) or 'none'})")
+        shape = outputs[self.output_name]
+        if len(shape) != 4 or shape[1] != self.out_channels:
+            raise ModelError(f"{where}: target {self.target} needs {self.out_channels} output channel(s), "
+                             f"the graph gives {_shape(shape)}")
+
+
+def _shape(dims: list) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
 
 
 def default_model_dir() -> Path:
@@ -91,7 +188,11 @@ def default_model_dir() -> Path:
 
 
 def load_model_dir(model: str | Path, verify: bool = False) -> ModelDir:
-    """Open a model folder; `model` is "default", a bundled model's name, or a path."""
+    """Open a model folder; `model` is "default", a bundled model's name, or a path.
+
+    verify: hash every file the card names and raise ModelError on a mismatch (hx_infer.load_model,
+    which every command goes through, does this); the returned ModelDir then quotes the files'
+    own hashes."""
     if isinstance(model, str) and not Path(model).exists() and "/" not in model:
         root = Path(__file__).parent / "models" / model
         if not root.is_dir():
@@ -107,7 +208,9 @@ def load_model_dir(model: str | Path, verify: bool = False) -> ModelDir:
         raise ModelError(f"{card_path}: unreadable model card ({e})") from None
     if card.get("format") != FORMAT:
         raise ModelError(f"{card_path}: format {card.get('format')!r} is not {FORMAT!r}")
+    if not isinstance(card.get("size"), int) or card.get("target") not in ("alpha", "rgb"):
+        raise ModelError(f"{card_path}: needs an integer size and a target of alpha or rgb")
     md = ModelDir(root.resolve(), card)
     if verify:
-        md.verify()
+        md = ModelDir(md.root, card, md.verify())
     return md

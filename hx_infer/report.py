@@ -31,7 +31,38 @@ class Tally:
         return self.processed + self.skipped + self.failed
 
     def fail(self, path: str, reason: str) -> None:
-        self.failures.append((path, reason))
+        self.failures.append((printable(path), printable(reason)))
+
+
+def printable(text: str) -> str:
+    """A path (or a line naming one) as valid UTF-8 text: the bytes of a name that is not UTF-8
+    (legal on Linux; Python keeps them as lone surrogates) become \\xNN escapes, as `ls -b` shows
+    them, so the JSON report is valid UTF-8 for any JSON reader."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class ReportError(OSError):
+    """The run finished but its report could not be written. str(e) is one line naming the
+    report's path; `report` is the report that was to be written."""
+
+    def __init__(self, path: Path, cause: OSError, report: dict):
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        self.message = f"cannot write report {path}: {cause.strerror or cause}"
+        self.report = report
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def is_report(path: Path) -> bool:
+    """Whether the existing file `path` is an hx-infer run report (so a rerun may replace it)."""
+    try:
+        if path.stat().st_size > 64 << 20:
+            return False
+        report = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"counts", "failures", "wall_s"} <= report.keys()
 
 
 def build_report(tally: Tally, wall_s: float, **run_facts) -> dict:
@@ -50,8 +81,12 @@ def build_report(tally: Tally, wall_s: float, **run_facts) -> dict:
 
 
 def write_report(path: Path, report: dict) -> None:
-    """Write the report atomically (a killed run never leaves half a JSON file)."""
-    atomic_write(Path(path), (json.dumps(report, indent=2) + "\n").encode())
+    """Write the report atomically (a killed run never leaves half a JSON file). ReportError
+    (naming `path`, not the temporary) when it cannot be written."""
+    try:
+        atomic_write(Path(path), (json.dumps(report, indent=2) + "\n").encode())
+    except OSError as e:
+        raise ReportError(Path(path), e, report) from None
 
 
 _RGBA_CODECS = {"prores": "ProRes 4444", "vp9": "VP9"}

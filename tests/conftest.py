@@ -133,3 +133,13 @@ def make_disc_photo():
         return (rgb * 255).round().astype(np.uint8), inside.astype(np.uint8) * 255
 
     return make
+
+
+@pytest.fixture
+def own_hash_cache(tmp_path, monkeypatch):
+    """An empty sha256 cache of model files (hx_infer.model), in the test's folder and in this
+    process: `pytestmark = pytest.mark.usefixtures("own_hash_cache")`."""
+    from hx_infer import model as model_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(model_module, "_hashes_seen", {}, raising=False)

@@ -1,4 +1,13 @@
 """Assertions shared by the hx-infer CLI tests (pytest puts tests/ on sys.path)."""
+from click.testing import CliRunner
+
+
+def hx(*args, stdin: str | None = None):
+    """Run `hx-infer ARGS` in this process -> click Result (exit_code, stdout, stderr, output)."""
+    from hx_infer.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], input=stdin)
+
 
 
 def assert_one_line_error(result, *needles: str) -> None:

@@ -61,7 +61,7 @@ def test_run_writes_outputs_and_a_summary(tmp_path, tiny_model_dir, small_tree):
     assert not (tmp_path / "out/rgba").exists()
 
     again = hx("run", small_tree, tmp_path / "out", "--model", tiny_model_dir, "--outputs", "alpha,composite",
-               "--quiet", "--report", tmp_path / "second.json")
+               "--background", "#102030", "--quiet", "--report", tmp_path / "second.json")
     assert again.exit_code == 0 and "0 processed, 6 skipped" in again.stderr
     assert (tmp_path / "second.json").is_file()
 

@@ -24,11 +24,25 @@ def test_parse_colours(spec, color):
     assert np.all(rendered == color)
 
 
-@pytest.mark.parametrize("spec", ["red", "#12345", "#GGGGGG", "", "nowhere.png", "#1234567"])
+@pytest.mark.parametrize("spec", ["reddish", "#12345", "#GGGGGG", "", "#1234567", "rgb(1,2,3)"])
 def test_parse_rejects_with_one_line(spec):
     with pytest.raises(ValueError) as info:
         parse_background(spec)
-    assert str(info.value) == f"--background {spec!r}: use white, '#RRGGBB' or an image path"
+    assert str(info.value) == f"--background {spec!r}: use white, black, a CSS colour name, '#RRGGBB' or an image file"
+
+
+@pytest.mark.parametrize("spec", ["nowhere.png", "photos/bg", "clip.mp4"])
+def test_a_missing_background_file_says_so(spec):
+    with pytest.raises(ValueError) as info:
+        parse_background(spec)
+    assert str(info.value) == f"--background {spec!r}: no such file"
+
+
+@pytest.mark.parametrize("spec, color", [("teal", (0, 128, 128)), ("Crimson", (220, 20, 60)),
+                                         ("rebeccapurple", (102, 51, 153))])
+def test_css_colour_names(spec, color):
+    background = parse_background(spec)
+    assert background.color == color and background.label == spec.lower()
 
 
 def test_parse_rejects_a_broken_image(tmp_path):
@@ -64,11 +78,14 @@ def test_background_needs_exactly_one_source():
         Background(color=(0, 0, 0), image=np.zeros((2, 2, 3), np.uint8))
 
 
-def test_rgba_keeps_original_pixels():
+def test_rgba_keeps_original_pixels_and_clears_the_removed_background():
     rgb, alpha = random_photo()
+    alpha[:5] = 0
     rgba = rgba_cutout(rgb, alpha)
     assert rgba.shape == (23, 17, 4) and rgba.dtype == np.uint8
-    assert np.array_equal(rgba[..., :3], rgb)  # even where alpha is 0: straight, not premultiplied
+    seen = alpha > 0
+    assert np.array_equal(rgba[seen][:, :3], rgb[seen])  # straight, not premultiplied
+    assert not rgba[~seen].any()  # the background is gone, not only transparent
     assert np.array_equal(rgba[..., 3], alpha)
     as_float = rgba_cutout(rgb, alpha.astype(np.float32) / 255)
     assert np.array_equal(as_float, rgba)

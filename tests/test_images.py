@@ -353,8 +353,9 @@ def test_atomic_write_long_name_fits(tmp_path):
 
 def test_clean_temporaries_removes_only_ours(tmp_path):
     (tmp_path / "sub").mkdir()
-    keep = [tmp_path / "photo.jpg", tmp_path / "sub" / "a.png", tmp_path / "sub" / "hx-tmp.txt"]
-    stale = [tmp_path / f".photo.png.abc{TEMP_MARK}", tmp_path / "sub" / f".a.png.def{TEMP_MARK}"]
+    keep = [tmp_path / "photo.jpg", tmp_path / "sub" / "a.png", tmp_path / "sub" / "hx-tmp.txt",
+            tmp_path / f"notes{TEMP_MARK}", tmp_path / f".photo.png.abc{TEMP_MARK}"]  # not names hx makes
+    stale = [tmp_path / f".photo.png.0123456789ab{TEMP_MARK}", tmp_path / "sub" / f".a.png.ba9876543210{TEMP_MARK}"]
     for path in keep + stale:
         path.write_bytes(b"x")
     assert clean_temporaries(tmp_path, min_age_s=3600) == 0  # all fresh: another run may own them

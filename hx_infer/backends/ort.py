@@ -110,6 +110,8 @@ class OrtBackend(Backend):
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise BackendError(f"{path}: onnxruntime cannot open it ({first})") from None
+        model.check_graph(self._session.get_inputs()[0].shape,  # a card edited by hand: one line, not ORT's error
+                          {o.name: o.shape for o in self._session.get_outputs()})
         self._input = self._session.get_inputs()[0].name
         self._output = model.output_name
 

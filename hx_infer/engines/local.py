@@ -25,7 +25,8 @@ from ..backends.base import Backend, BackendHandle, default_batch_size
 from ..io.video import is_video_name
 from ..model import ModelDir
 from ..run.config import RunConfig
-from ..run.outcomes import Outcomes, finish_report, prepare_output
+from ..run.claim import claim_output
+from ..run.outcomes import Outcomes, finish_report
 from ..run.photos import CpuStages, Stages
 from ..run.plan import Failed, Skipped, plan_jobs
 from ..run.videos import VideoRuns
@@ -49,33 +50,52 @@ class LocalEngine:
 
     def run(self, config: RunConfig, handle: BackendHandle, log: Callable[[str], None] | None = None) -> dict:
         start = time.perf_counter()
-        prepare_output(config)
-        backend, model = handle.backend, handle.model
+        backend, model = handle.backend, handle.model  # a backend that cannot open leaves OUTPUT untouched
         batch_size = backend.batch_size or default_batch_size(backend.device)
-        outcomes = Outcomes(config, log)
-        videos = VideoRuns(config, backend, model, batch_size, log)  # run after the photos, one at a time
-        try:
-            _PhotoLoop(choose_stages(config, backend, model), batch_size, config.workers, outcomes).run(
-                config, videos)
-            videos.run(outcomes)
-        finally:
-            outcomes.close()
-        return finish_report(config, model, outcomes.tally, time.perf_counter() - start, engine=self.name,
-                             backend=backend.name, device=str(backend.device), batch_size=batch_size,
-                             **videos.facts())
+        with claim_output(config, model):  # writable, locked, same settings, cleaned
+            outcomes = Outcomes(config, log)
+            videos = VideoRuns(config, backend, model, batch_size, log)  # run after the photos, one at a time
+            try:
+                _PhotoLoop(choose_stages(config, backend, model), batch_size, config.workers, outcomes).run(
+                    config, videos)
+                videos.run(outcomes)
+            finally:
+                outcomes.close()
+            return finish_report(config, model, outcomes.tally, time.perf_counter() - start, engine=self.name,
+                                 backend=backend.name, device=str(backend.device), batch_size=batch_size,
+                                 **videos.facts())
+
+
+# What decoded photos waiting for the model or their writer may hold at once. A count alone
+# (batch + workers) is no bound: --batch-size 10**9 would keep every photo of the run, and one
+# 24-megapixel photo is 72 MB. 512 MiB holds a few thousand ordinary photos, or seven huge ones.
+IN_FLIGHT_BYTES = 512 << 20
+# Threads per pool, whatever --workers says: past this, more threads add memory, not speed.
+MAX_THREADS = 256
+
+
+def _nbytes(item: Any) -> int:
+    """Bytes of the arrays a decoded photo carries (its model input, and its pixels if kept)."""
+    return sum(getattr(getattr(item, name, None), "nbytes", 0) for name in ("x", "rgb"))
 
 
 class _PhotoLoop:
-    """Planned photos through decode pool -> batches -> write pool, each stage bounded."""
+    """Planned photos through decode pool -> batches -> write pool, each stage bounded by count
+    and, all stages together, by IN_FLIGHT_BYTES (a decode still running counts as the largest
+    photo seen so far)."""
 
     def __init__(self, stages: Stages, batch_size: int, workers: int, outcomes: Outcomes):
         self.stages, self.batch_size, self.outcomes = stages, batch_size, outcomes
         self.max_in_flight = batch_size + workers
-        self.decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="hx-decode")
-        self.write_pool = ThreadPoolExecutor(workers, thread_name_prefix="hx-write")
+        threads = min(workers, MAX_THREADS)
+        self.decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="hx-decode")
+        self.write_pool = ThreadPoolExecutor(threads, thread_name_prefix="hx-write")
         self.decoding: deque[Future] = deque()
-        self.writing: deque[Future] = deque()
+        self.writing: deque[tuple[Future, int]] = deque()  # (finish future, bytes it holds)
         self.batch: list[Any] = []
+        self.batch_bytes = 0
+        self.held = 0  # bytes of decoded photos not yet written (in the batch or being written)
+        self.largest = 0  # the largest decoded photo so far: what a running decode may bring
 
     def run(self, config: RunConfig, videos: VideoRuns) -> None:
         try:
@@ -89,41 +109,54 @@ class _PhotoLoop:
                 else:
                     self.decoding.append(self.decode_pool.submit(self.stages.decode, planned))
                     # Consume in submission order: the batches do not depend on thread timing.
-                    while len(self.decoding) > self.max_in_flight:
+                    while self.decoding and self._over_budget():
                         self._collect_decode(self.decoding.popleft())
+                    if self.held > IN_FLIGHT_BYTES and self.batch:
+                        self._submit()  # a batch this large is inferred as it is
             while self.decoding:
                 self._collect_decode(self.decoding.popleft())
             if self.batch:
                 self._submit()
             self._queue_writes(self.stages.flush())
             while self.writing:
-                self._collect_write(self.writing.popleft())
+                self._collect_write(*self.writing.popleft())
         finally:
             # On an error or Ctrl-C: drop queued work, let running writes finish (each is atomic).
             self.decode_pool.shutdown(wait=True, cancel_futures=True)
             self.write_pool.shutdown(wait=True, cancel_futures=True)
+
+    def _over_budget(self) -> bool:
+        if self.largest == 0:  # nothing measured yet: learn a photo's size before decoding more
+            return len(self.decoding) > 1
+        expected = self.held + len(self.decoding) * self.largest
+        return len(self.decoding) > self.max_in_flight or expected > IN_FLIGHT_BYTES
 
     def _collect_decode(self, future: Future) -> None:
         result = future.result()
         if isinstance(result, Failed):
             self.outcomes.failed(result)
             return
+        size = _nbytes(result)
+        self.largest = max(self.largest, size)
+        self.held += size
         self.batch.append(result)
-        if len(self.batch) == self.batch_size:
+        self.batch_bytes += size
+        if len(self.batch) == self.batch_size or self.batch_bytes >= IN_FLIGHT_BYTES // 2:
             self._submit()
 
     def _submit(self) -> None:
-        batch, self.batch = self.batch, []
+        batch, self.batch, self.batch_bytes = self.batch, [], 0
         self._queue_writes(self.stages.submit(batch))
 
     def _queue_writes(self, results: Iterable[tuple[Any, Any]]) -> None:
         for item, out in results:
-            self.writing.append(self.write_pool.submit(self.stages.finish, item, out))
-        while len(self.writing) > self.max_in_flight:
-            self._collect_write(self.writing.popleft())
+            self.writing.append((self.write_pool.submit(self.stages.finish, item, out), _nbytes(item)))
+        while self.writing and (len(self.writing) > self.max_in_flight or self.held > IN_FLIGHT_BYTES):
+            self._collect_write(*self.writing.popleft())
 
-    def _collect_write(self, future: Future) -> None:
+    def _collect_write(self, future: Future, size: int) -> None:
         failure = future.result()
+        self.held -= size
         if failure is None:
             self.outcomes.processed()
         else:

@@ -17,6 +17,7 @@ made absolute on the driver) and have the same hx and model folder installed at 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -36,7 +37,8 @@ from ..errors import ConfigError, EngineError
 from ..io.video import is_video_name
 from ..model import ModelDir, ModelError
 from ..run.config import RunConfig
-from ..run.outcomes import Outcomes, finish_report, prepare_output
+from ..run.claim import claim_output
+from ..run.outcomes import Outcomes, finish_report
 from ..run.photos import Decoded, PhotoStages
 from ..run.plan import Failed, Job, Skipped, plan_jobs
 
@@ -233,46 +235,47 @@ class RayEngine:
         self.cpus_per_actor = cpus_per_actor
 
     def run(self, config: RunConfig, handle: BackendHandle, log: Callable[[str], None] | None = None) -> dict:
-        start = time.perf_counter()
-        model, spec = handle.model, handle.spec
-        connected_here = self._connect()
-        try:
-            resources = ray.cluster_resources()
-            cluster = {"cpus": resources.get("CPU", 0.0), "gpus": resources.get("GPU", 0.0),
-                       "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
-            plan = plan_actors(cluster["cpus"], cluster["gpus"], self.actors, self.gpus_per_actor,
-                               self.cpus_per_actor)
-            # the local engine's defaults, for the device the actors hold
-            batch_size = spec.batch_size or default_batch_size(Device("cuda" if plan.gpus_per_actor > 0 else "cpu"))
-            actor_spec = replace(spec, batch_size=batch_size, threads=plan.threads)
-            prepare_output(config)
-            # Workers run in other folders, maybe on other machines: absolute paths only, and no
-            # stdin iterator (the driver plans the jobs; workers never list anything).
-            shipped = replace(config, source=(), output_dir=Path(os.path.abspath(config.output_dir)),
-                              background=_PortableBackground.of(config.background))
-            stages = PhotoStages.for_run(shipped, model)
-            outcomes = Outcomes(config, log)
-            ran_on: set[tuple[str, str]] = set()
+        with contextlib.ExitStack() as claims:  # OUTPUT stays locked until the report is written
+            start = time.perf_counter()
+            model, spec = handle.model, handle.spec
+            connected_here = self._connect()
             try:
-                with _quiet_ray_data():
-                    for chunk in _chunks(config, outcomes):
-                        dataset = self._dataset(chunk, stages, model, actor_spec, plan)
-                        ran_on |= _collect(dataset, outcomes)
+                resources = ray.cluster_resources()
+                cluster = {"cpus": resources.get("CPU", 0.0), "gpus": resources.get("GPU", 0.0),
+                           "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
+                plan = plan_actors(cluster["cpus"], cluster["gpus"], self.actors, self.gpus_per_actor,
+                                   self.cpus_per_actor)
+                # the local engine's defaults, for the device the actors hold
+                batch_size = spec.batch_size or default_batch_size(Device("cuda" if plan.gpus_per_actor > 0 else "cpu"))
+                actor_spec = replace(spec, batch_size=batch_size, threads=plan.threads)
+                claims.enter_context(claim_output(config, model))  # writable, locked, same settings, cleaned
+                # Workers run in other folders, maybe on other machines: absolute paths only, and no
+                # stdin iterator (the driver plans the jobs; workers never list anything).
+                shipped = replace(config, source=(), output_dir=Path(os.path.abspath(config.output_dir)),
+                                  background=_PortableBackground.of(config.background))
+                stages = PhotoStages.for_run(shipped, model)
+                outcomes = Outcomes(config, log)
+                ran_on: set[tuple[str, str]] = set()
+                try:
+                    with _quiet_ray_data():
+                        for chunk in _chunks(config, outcomes):
+                            dataset = self._dataset(chunk, stages, model, actor_spec, plan)
+                            ran_on |= _collect(dataset, outcomes)
+                finally:
+                    outcomes.close()
+            except ray.exceptions.RayError as e:
+                raise _one_line(e) from None
             finally:
-                outcomes.close()
-        except ray.exceptions.RayError as e:
-            raise _one_line(e) from None
-        finally:
-            if connected_here:
-                ray.shutdown()
+                if connected_here:
+                    ray.shutdown()
 
-        backends = sorted(ran_on) or [(spec.name, str(spec.device))]  # nothing inferred: what was asked for
-        return finish_report(
-            config, model, outcomes.tally, time.perf_counter() - start, engine="ray",
-            backend=",".join(sorted({b for b, _ in backends})), device=",".join(sorted({d for _, d in backends})),
-            batch_size=batch_size,
-            ray={"address": self.address, "actors": plan.actors, "gpus_per_actor": plan.gpus_per_actor,
-                 "cpus_per_actor": plan.cpus_per_actor, "cluster": cluster})
+            backends = sorted(ran_on) or [(spec.name, str(spec.device))]  # nothing inferred: what was asked for
+            return finish_report(
+                config, model, outcomes.tally, time.perf_counter() - start, engine="ray",
+                backend=",".join(sorted({b for b, _ in backends})), device=",".join(sorted({d for _, d in backends})),
+                batch_size=batch_size,
+                ray={"address": self.address, "actors": plan.actors, "gpus_per_actor": plan.gpus_per_actor,
+                     "cpus_per_actor": plan.cpus_per_actor, "cluster": cluster})
 
     def _connect(self) -> bool:
         """Connect to (or start) Ray unless this process already is; True when it was done here."""

@@ -11,8 +11,10 @@ import fnmatch
 import functools
 import io
 import os
+import re
 import secrets
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -85,13 +87,49 @@ class DecodeError(Exception):
     """A photo that cannot be read. str(e) is the reason only; the caller names the file."""
 
 
+class WriteError(OSError):
+    """An output that could not be written (read-only, disk full, a name too long, a file where
+    its folder goes). str(e) is one line, "cannot write PATH: reason"; filename is PATH."""
+
+    def __init__(self, path: Path, cause: OSError):
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        self.message = f"cannot write {path}: {cause.strerror or cause}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder"))
+
+
+def regular_file_problem(path: Path) -> str | None:
+    """Why `path` is not a regular file one can read to its end ("not a regular file (a named
+    pipe)", "broken symlink", ...), or None. Asked of the file system only: a FIFO or a device
+    is never opened, since opening a FIFO blocks until a writer comes, and /dev/zero never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) and os.path.islink(path):
+            return "broken symlink"
+        return f"cannot read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    what = next((name for test, name in _NOT_REGULAR if test(mode)), "not a file")
+    return f"not a regular file ({what})"
+
+
 def open_image(source: Path | bytes) -> Image.Image:
-    """Open the header of a photo (no pixels decoded). Raises DecodeError."""
+    """Open the header of a photo (no pixels decoded; Pillow reads only as far as the header
+    goes). Raises DecodeError."""
     if isinstance(source, bytes):
         if not source:
             raise DecodeError("zero bytes")
         fp: object = io.BytesIO(source)
     else:
+        problem = regular_file_problem(source)
+        if problem is not None:
+            raise DecodeError(problem)
         fp = source
     try:
         return Image.open(fp, formats=_FORMATS)
@@ -128,7 +166,14 @@ def check_pixels(image: Image.Image, max_pixels: int) -> None:
     """DecodeError if the opened image's header declares more than max_pixels pixels."""
     w, h = image.size
     if w * h > max_pixels:
-        raise DecodeError(f"{w}x{h} = {w * h / 1e6:.0f} megapixels over --max-pixels {max_pixels}")
+        raise DecodeError(f"{w}x{h} = {_pixels(w * h)} over --max-pixels {max_pixels}")
+
+
+def _pixels(n: int) -> str:
+    """135 megapixels, 0.3 megapixels, 4 pixels: never a size that rounds to 0."""
+    if n >= 10_000_000:
+        return f"{n / 1e6:.0f} megapixels"
+    return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n} pixels"
 
 
 def exif_orientation(image: Image.Image) -> int:
@@ -146,15 +191,101 @@ def exif_orientation(image: Image.Image) -> int:
     return value if value in _UPRIGHT else 1
 
 
-def _draft(image: Image.Image, reduce_to: int) -> None:
-    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the longer side stays >= reduce_to."""
+def _draft_size(image: Image.Image, reduce_to: int) -> tuple[int, int] | None:
+    """The size to ask libjpeg for when the longer side may shrink to about reduce_to, or None."""
     w, h = image.size
     longer = max(w, h)
     if image.format not in ("JPEG", "MPO") or longer <= reduce_to:
-        return
+        return None
     # draft() picks the largest scale that keeps BOTH sides at least the requested size,
     # so ask for the photo's own aspect ratio, not a square.
-    image.draft("RGB", (max(1, w * reduce_to // longer), max(1, h * reduce_to // longer)))
+    return max(1, w * reduce_to // longer), max(1, h * reduce_to // longer)
+
+
+def _draft(image: Image.Image, reduce_to: int) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the longer side stays >= reduce_to."""
+    size = _draft_size(image, reduce_to)
+    if size is not None:
+        image.draft("RGB", size)
+
+
+# --- strict JPEG decoding ---------------------------------------------------------------------
+# libjpeg only *warns* about damaged entropy data ("Corrupt JPEG data: premature end of data
+# segment") and fills the rest of the photo with grey; Pillow ignores those warnings, so a photo
+# damaged in the middle decodes "fine" with a wrong bottom half. simplejpeg (libjpeg-turbo, the
+# same library Pillow's wheels carry) raises on them with strict=True, and gives the same pixels
+# as Pillow for the same file and scale, a little faster (benchmarks/jpeg_decode.py).
+_JPEG_COLOURS = {"RGB": "RGB", "L": "GRAY"}  # Pillow's mode -> simplejpeg's; CMYK stays with Pillow
+# What a valid JPEG of w x h pixels can hold beyond its pixels' worth of bytes (EXIF, ICC, XMP, an
+# MPO's later pictures); a larger file is read only this far: libjpeg needs the first picture only.
+_JPEG_SLACK = 32 << 20
+
+
+def _jpeg_scale(image: Image.Image, reduce_to: int | None) -> int:
+    """1, 2, 4 or 8: the scale Image.draft would pick (so both decoders give the same pixels)."""
+    size = _draft_size(image, reduce_to) if reduce_to is not None else None
+    if size is None:
+        return 1
+    ratio = min(image.size[0] // size[0], image.size[1] // size[1])
+    return next(s for s in (8, 4, 2, 1) if ratio >= s)
+
+
+# A few stray bytes before the end-of-image marker are padding some cameras and editors write,
+# after the last pixel was decoded; hundreds are what is left when damaged data ran out the
+# image's blocks early (a damaged bottom half that libjpeg reports only this way).
+_PADDING = re.compile(r"Corrupt JPEG data: (\d+) extraneous bytes before marker 0xd9")
+_MAX_PADDING = 64
+
+
+def _jpeg_problem(message: str) -> str | None:
+    """The reason for a libjpeg warning that means lost pixels, or None for a harmless one."""
+    if message.startswith("Premature end of JPEG file"):
+        return "truncated image"
+    padding = _PADDING.match(message)
+    if padding is not None and int(padding.group(1)) <= _MAX_PADDING:
+        return None
+    if message.startswith("Corrupt JPEG data"):
+        return f"corrupt JPEG data ({message.split(':', 1)[1].strip()})"
+    return None
+
+
+def _decode_jpeg_strict(image: Image.Image, data: bytes | None, reduce_to: int | None) -> np.ndarray | None:
+    """[h, w, 3] uint8 RGB of an opened JPEG, or None to let Pillow decode it (a mode or a
+    harmless warning that strict decoding refuses). DecodeError for lost pixels."""
+    import simplejpeg
+
+    colour = _JPEG_COLOURS.get(image.mode)
+    if colour is None:
+        return None
+    if data is None:
+        w, h = image.size
+        image.fp.seek(0)
+        data = image.fp.read(w * h * 4 + _JPEG_SLACK)  # bounded, whatever the file's size
+    scale = _jpeg_scale(image, reduce_to)
+    w, h = image.size
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace=colour, min_width=-(-w // scale),
+                                        min_height=-(-h // scale), strict=True)
+    except ValueError as e:
+        problem = _jpeg_problem(str(e))
+        if problem is not None:
+            raise DecodeError(problem) from None
+        return None
+    if colour == "GRAY":
+        return cv2.cvtColor(pixels[:, :, 0], cv2.COLOR_GRAY2RGB)
+    return pixels
+
+
+# EXIF orientation -> the same pixel permutation as _UPRIGHT's Pillow transpose, on arrays
+_UPRIGHT_ARRAY: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -180,23 +311,37 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 def read_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = None,
                reduce_to: int | None = None) -> np.ndarray:
-    """Decode a photo upright -> [H, W, 3] uint8 RGB (a read-only array; copy before writing in place).
+    """Decode a photo upright -> [H, W, 3] uint8 RGB (may be read-only; copy before writing in place).
 
     Orientation from EXIF is applied, so H, W are the size a viewer shows. Grey, palette,
     RGBA (alpha dropped), CMYK, 16-bit and LA photos are converted. The pixel count is checked
     against max_pixels from the header, before any pixel is decoded. A file cut short raises
-    DecodeError("truncated image"); it is never padded with grey.
+    DecodeError("truncated image"), a JPEG damaged midway DecodeError("corrupt JPEG data (...)");
+    neither is ever padded with grey. Only regular files are opened.
 
     data: the file's bytes when the caller has already read them (path is then only a name).
     reduce_to: the caller needs only an image whose longer side is about this many pixels;
     JPEGs are then decoded at 1/2, 1/4 or 1/8 scale (longer side stays >= reduce_to), other
     formats at full size. The caller resizes; the result's size is NOT the photo's size
-    (photo_size gives that).
+    (photo_size gives that, as does decode_photo).
     """
+    return decode_photo(path, max_pixels, data, reduce_to)[0]
+
+
+def decode_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = None,
+                 reduce_to: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """read_photo, plus the photo's upright (width, height) from the same opening of the file."""
     # From a path Pillow reads the header first and the rest as it decodes, so a 4 GB video
     # named .jpg costs one small read, not 4 GB of memory.
     with open_image(data if data is not None else Path(path)) as image:
         check_pixels(image, max_pixels)
+        size = _upright_size(image)
+        orientation = exif_orientation(image)
+        if image.format in ("JPEG", "MPO"):
+            pixels = _decode_jpeg_strict(image, data, reduce_to)
+            if pixels is not None:
+                turn = _UPRIGHT_ARRAY.get(orientation)
+                return (np.ascontiguousarray(turn(pixels)) if turn else pixels), size
         if reduce_to is not None:
             _draft(image, reduce_to)
         try:
@@ -210,7 +355,44 @@ def read_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = N
         except Exception as e:
             raise DecodeError(_reason(e)) from None
         # After load(): Pillow's TIFF reader turns TIFFs upright itself and drops the tag then.
-        return upright_rgb(image)
+        return upright_rgb(image), size
+
+
+def read_photo_bytes(path: Path, max_pixels: int = 100_000_000) -> bytes:
+    """A photo file's bytes, for decoders that take bytes (nvJPEG): only a regular file, only
+    after its header was read and its pixel count checked (DecodeError otherwise), and never more
+    than a photo of that size can hold (a 16-bit RGBA PNG stored uncompressed: 8 bytes a pixel)."""
+    with open_image(Path(path)) as image:
+        check_pixels(image, max_pixels)
+        w, h = image.size
+        image.fp.seek(0)
+        return image.fp.read(w * h * 8 + _JPEG_SLACK)
+
+
+def read_photo_and_view(path: Path, max_pixels: int, reduce_to: int, data: bytes | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """A photo at full size, the same photo as read_photo(..., reduce_to=reduce_to) gives it, and
+    its upright (width, height): (rgb [H, W, 3], view [h, w, 3], size), both uint8 RGB.
+
+    For the runs that need the photo's pixels: the model is shown `view`, exactly what a
+    matte-only run shows it, so a photo's matte is the same whatever else is written. A JPEG's
+    bytes are read once (bounded, after its header) and decoded twice, the second time at the
+    reduced scale, which costs about a third of the full decode; other formats are decoded once.
+    data: the file's bytes when the caller holds them (path is then only a name).
+    """
+    with open_image(data if data is not None else Path(path)) as image:
+        check_pixels(image, max_pixels)
+        reduces = image.format in ("JPEG", "MPO") and _jpeg_scale(image, reduce_to) > 1
+        if reduces and data is None:
+            w, h = image.size
+            image.fp.seek(0)
+            data = image.fp.read(w * h * 4 + _JPEG_SLACK)
+    if not reduces:
+        rgb, size = decode_photo(path, max_pixels, data=data)
+        return rgb, rgb, size
+    rgb, size = decode_photo(path, max_pixels, data=data)
+    view, _ = decode_photo(path, max_pixels, data=data, reduce_to=reduce_to)
+    return rgb, view, size
 
 
 def upright_rgb(image: Image.Image) -> np.ndarray:
@@ -234,12 +416,16 @@ def _tiff_size_is_upright() -> bool:
 def photo_size(path: Path, data: bytes | None = None) -> tuple[int, int]:
     """Upright (width, height) of a photo, read from its header without decoding pixels."""
     with open_image(data if data is not None else Path(path)) as image:
-        w, h = image.size
-        if image.format == "TIFF" and _tiff_size_is_upright():
-            return w, h
-        if exif_orientation(image) in _SWAPS_AXES:
-            w, h = h, w
+        return _upright_size(image)
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    w, h = image.size
+    if image.format == "TIFF" and _tiff_size_is_upright():
         return w, h
+    if exif_orientation(image) in _SWAPS_AXES:
+        w, h = h, w
+    return w, h
 
 
 def _check_uint8(image: np.ndarray, shapes: str) -> None:
@@ -287,10 +473,21 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
+# What _temp_name makes: "." + (part of) the final name + "." + 12 hex digits + ".hx-tmp". Only
+# such names are ever removed by clean_temporaries: a user's own "notes.hx-tmp" is not ours.
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}" + re.escape(TEMP_MARK), re.DOTALL)
+
+
 def _temp_name(final: str) -> str:
-    # NAME_MAX is 255 bytes on every common file system; keep room for the mark and token.
-    stem = final.encode()[:200].decode(errors="ignore")
+    # NAME_MAX is 255 bytes on every common file system; keep room for the mark and token. The
+    # name's bytes as the file system has them (a name that is not UTF-8 is legal on Linux).
+    stem = os.fsdecode(os.fsencode(final)[:200])
     return f".{stem}.{secrets.token_hex(6)}{TEMP_MARK}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is one hx made for a temporary (atomic_write, video writers)."""
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 def atomic_write(path: Path, data: bytes, replace: bool = True) -> None:
@@ -305,9 +502,12 @@ def atomic_write(path: Path, data: bytes, replace: bool = True) -> None:
     per file costs milliseconds, a large share of the per-photo budget.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / _temp_name(path.name)
-    f = open(temp, "xb")  # "x": never write into, or later delete, someone else's file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.parent / _temp_name(path.name)
+        f = open(temp, "xb")  # "x": never write into, or later delete, someone else's file
+    except OSError as e:
+        raise WriteError(path, e) from None
     try:
         with f:
             f.write(data)
@@ -315,11 +515,13 @@ def atomic_write(path: Path, data: bytes, replace: bool = True) -> None:
             os.replace(temp, path)
         else:
             _link_no_clobber(temp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             temp.unlink()
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and not isinstance(e, FileExistsError):
+            raise WriteError(path, e) from None
         raise
 
 
@@ -336,38 +538,39 @@ def _link_no_clobber(temp: Path, path: Path) -> None:
     temp.unlink()
 
 
-def clean_temporaries(root: Path, min_age_s: float = 0.0) -> int:
-    """Remove *.hx-tmp files and folders left below `root` by killed runs; return how many were removed.
+def clean_temporaries(root: Path, min_age_s: float = 0.0, keep_out: tuple[Path, ...] = ()) -> int:
+    """Remove the temporaries killed runs left below `root` (files and folders named as hx names
+    them: `.<name>.<12 hex>.hx-tmp`); return how many were removed.
 
     (Folders: a video's PNG frame sequence is written into one and renamed when complete.)
     min_age_s: keep temporaries younger than this, when another hx run may be writing into
-    the same folder right now. Symlinked folders are not followed; nothing else is touched.
+    the same folder right now. keep_out: folders never walked into (the run's INPUT, when it
+    lies inside OUTPUT: what is there is the user's). Symlinked folders are not followed;
+    nothing else is touched.
     """
     removed = 0
     cutoff = time.time() - min_age_s
+    fenced = {os.path.realpath(p) for p in keep_out}
     for folder, dirs, names in os.walk(root):
-        for name in [d for d in dirs if d.endswith(TEMP_MARK)]:
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(folder, d)) not in fenced]
+        for name in [d for d in dirs if is_temp_name(d)]:
             dirs.remove(name)  # removed whole, not walked into
-            temp = os.path.join(folder, name)
-            try:
-                if os.path.islink(temp) or (min_age_s > 0 and os.stat(temp).st_mtime > cutoff):
-                    continue
-                shutil.rmtree(temp)
-            except FileNotFoundError:
-                continue
-            removed += 1
+            if _remove_temporary(os.path.join(folder, name), min_age_s, cutoff, shutil.rmtree):
+                removed += 1
         for name in names:
-            if not name.endswith(TEMP_MARK):
-                continue
-            temp = os.path.join(folder, name)
-            try:
-                if os.path.islink(temp) or (min_age_s > 0 and os.stat(temp).st_mtime > cutoff):
-                    continue
-                os.unlink(temp)
-            except FileNotFoundError:  # its writer finished or cleaned it meanwhile
-                continue
-            removed += 1
+            if is_temp_name(name) and _remove_temporary(os.path.join(folder, name), min_age_s, cutoff, os.unlink):
+                removed += 1
     return removed
+
+
+def _remove_temporary(temp: str, min_age_s: float, cutoff: float, remove: Callable[[str], None]) -> bool:
+    try:
+        if os.path.islink(temp) or (min_age_s > 0 and os.stat(temp).st_mtime > cutoff):
+            return False
+        remove(temp)
+    except FileNotFoundError:  # its writer finished or cleaned it meanwhile
+        return False
+    return True
 
 
 # The first bytes of the files people pipe into a tool by mistake -> what to call them.
@@ -419,10 +622,11 @@ def iter_photos(root: Path, glob: str | None = None, include_hidden: bool = Fals
     include_hidden: names starting with "." are skipped by default (macOS "._x.jpg" forks).
     on_error: called with a folder that cannot be listed; by default its OSError is raised.
     extensions: the suffixes (lower case, with the dot) to list; hx-infer run adds videos.
-    A `root` that is a file is yielded as is.
+    A `root` that is a file is yielded as is. Entries named like a photo that are not regular
+    files (FIFOs, devices, broken symlinks) are yielded too: read_photo reports them, unopened.
     """
     root = Path(root)
-    if root.is_file():
+    if os.path.lexists(root) and not root.is_dir():  # a file, or a FIFO / broken link to report
         yield root
         return
     if not root.is_dir():
@@ -450,7 +654,9 @@ def _walk(folder: Path, prefix: str, glob: str | None, include_hidden: bool,
                 try:
                     if entry.is_dir():  # follows symlinks; d_type answers without a stat
                         kept.append((name, True))
-                    elif os.path.splitext(name)[1].lower() in extensions and entry.is_file():
+                    elif os.path.splitext(name)[1].lower() in extensions:
+                        # Regular or not: a FIFO, a device or a broken symlink named like a photo
+                        # is yielded too, so that reading it reports it instead of a silent skip.
                         kept.append((name, False))
                 except OSError:
                     continue  # vanished or unreadable entry; nothing to yield

@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from ..extras import install_hint
-from .images import _temp_name, encode_png
+from .images import _temp_name, encode_png, regular_file_problem
 from .png_choices import DEFAULT_PNG_COMPRESSION
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm"})
@@ -103,6 +103,9 @@ class VideoReader:
     def __init__(self, path: Path, audio: bool = True):
         av = import_av()
         self.path = Path(path)
+        problem = regular_file_problem(self.path)  # a FIFO would block FFmpeg's open for ever
+        if problem is not None:
+            raise VideoError(problem)
         try:
             if self.path.stat().st_size == 0:
                 raise VideoError("zero bytes")
@@ -140,6 +143,7 @@ class VideoReader:
         self._rotation = 0
         self._count = 0
         self._last_pts: int | None = None
+        self._gap: tuple[Fraction, Fraction] = (Fraction(0), Fraction(0))  # (longest gap, where), seconds
 
     def _peek_first_frame(self) -> Frame:
         try:
@@ -179,6 +183,10 @@ class VideoReader:
             self._rotation = self._rotation - 360 if self._rotation > 180 else self._rotation
         # Timestamps as 1/N ticks; a missing or repeated one (broken muxers) becomes the next tick.
         pts = None if frame.pts is None else frame.pts * self._tb.numerator
+        if pts is not None and self._last_pts is not None:
+            gap = Fraction(pts - self._last_pts, self._tb.denominator)
+            if gap > self._gap[0]:
+                self._gap = (gap, Fraction(self._last_pts, self._tb.denominator))
         if pts is None or (self._last_pts is not None and pts <= self._last_pts):
             pts = 0 if self._last_pts is None else self._last_pts + self._frame_ticks * self._tb.numerator
         self._last_pts = pts
@@ -189,19 +197,32 @@ class VideoReader:
 
     def _check_complete(self) -> None:
         """A file cut short mostly decodes without an error, just fewer frames: compare with what
-        the header promised, by time (dropped-frame AVIs keep their timestamps, not their count)."""
-        expected_s = None
+        the header promised, by time (dropped-frame AVIs keep their timestamps, not their count).
+
+        Matroska and WebM store no frame count and mostly no stream duration, only the file's
+        (Segment Info); the demuxer also skips a damaged cluster without an error and goes on
+        at the next, which leaves a hole in the timestamps: longer than a second (and ten frames)
+        there means frames were lost. (Not for mp4/mov: screen recordings there hold a frame for
+        seconds on a still screen.)"""
+        if self._last_pts is None:
+            return
+        expected_s, slack = None, 2 / self._rate  # two frames' slack for rounding in the header
         if self._video.frames:
             expected_s = self._video.frames / self._rate
         elif self._video.duration:
             expected_s = self._video.duration * self._tb
-        if expected_s is None or self._last_pts is None:
-            return
+        elif self._container.duration:  # microseconds (AV_TIME_BASE): the longest stream's, and
+            expected_s = Fraction(self._container.duration, 1_000_000)  # audio may outlast video a little
+            slack = max(slack, Fraction(1, 2))
         start = self._video.start_time or 0
         got_s = (self._last_pts / self._tb.denominator) - start * self._tb + 1 / self._rate
-        if got_s < expected_s - 2 / self._rate:  # two frames' slack for rounding in the header
+        if expected_s is not None and got_s < expected_s - slack:
             raise VideoError(f"truncated video ({self._count} frames, {float(got_s):.2f} of "
                              f"{float(expected_s):.2f} s)")
+        gap, where = self._gap
+        if "matroska" in self._container.format.name and gap > max(1, 10 / self._rate):
+            raise VideoError(f"corrupt video ({self._count} frames; {float(gap - 1 / self._rate):.2f} s "
+                             f"missing after {float(where - start * self._tb):.2f} s)")
 
     @property
     def audio_stream(self):
@@ -318,7 +339,7 @@ class ContainerWriter(VideoWriter):
             # The muxer is named, so the temporary needs no video suffix of its own.
             self._out = av.open(str(self.temp), "w", format=encoding.muxer, options=options)
         except OSError as e:
-            raise VideoError(f"cannot write {self.temp} ({_av_reason(e)})") from None
+            raise VideoError(f"cannot write {self.final}: {_av_reason(e)}") from None
         try:
             self._stream = self._add_video_stream(info)
             self._audio = self._add_audio_stream(audio_template)
@@ -395,7 +416,7 @@ class ContainerWriter(VideoWriter):
         try:
             self._out.mux(packets)
         except self._av.FFmpegError as e:
-            raise VideoError(f"cannot write {self.final.name} ({_av_reason(e)})") from None
+            raise VideoError(f"cannot write {self.final}: {_av_reason(e)}") from None
 
     def commit(self) -> None:
         self._mux(self._stream.encode(None))  # flush the encoder's delayed frames

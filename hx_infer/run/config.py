@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..io.images import PHOTO_EXTENSIONS, check_png_compression
 from ..io.video import VIDEO_EXTENSIONS
 from ..model import ModelDir
-from ..report import REPORT_NAME
+from ..report import REPORT_NAME, is_report
 from .backgrounds import parse_background_or_video
 from .kinds import KINDS, PAINTED
 from .options import REFINES, RunOptions
@@ -127,8 +127,7 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
         _check_apart(root, output_dir, kinds)
 
     report_path = Path(options.report) if options.report is not None else output_dir / REPORT_NAME
-    if report_path.is_dir() or report_path.suffix.lower() in PHOTO_EXTENSIONS | VIDEO_EXTENSIONS:
-        raise ConfigError(f"--report {report_path}: give the path of a .json file")
+    _check_report_path(report_path, tuple(root for root in roots if root.is_dir()))
     try:
         check_png_compression(options.png_compression)
     except ValueError as e:
@@ -143,8 +142,8 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
         raise ConfigError(f"--max-pixels must be at least 1, got {options.max_pixels}")
     try:
         background = parse_background_or_video(options.background)
-    except ValueError as e:
-        raise ConfigError(f"--background: {e}") from None
+    except ValueError as e:  # the message names --background already
+        raise ConfigError(str(e)) from None
     if model.target == "rgb":
         # The generator paints the person on white: there is no matte to cut out with.
         if kinds != (PAINTED,):
@@ -158,6 +157,19 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
     return RunConfig(source=source, source_kind=source_kind, output_dir=output_dir, options=options,
                      outputs=kinds, background=background, workers=options.workers or default_workers(),
                      report_path=report_path)
+
+
+def _check_report_path(report_path: Path, input_folders: tuple[Path, ...]) -> None:
+    """The report replaces only an earlier report: never the user's notes, a model file or a
+    photo, and never a file among the photos (a rerun would find it there)."""
+    if report_path.is_dir() or report_path.suffix.lower() in PHOTO_EXTENSIONS | VIDEO_EXTENSIONS:
+        raise ConfigError(f"--report {report_path}: give the path of a .json file")
+    for folder in input_folders:
+        if folder.resolve() in report_path.resolve().parents:
+            raise ConfigError(f"--report {report_path}: inside INPUT {folder}; write it elsewhere")
+    if (report_path.exists() or report_path.is_symlink()) and not is_report(report_path):
+        raise ConfigError(f"--report {report_path}: exists and is not an hx-infer report; not replaced "
+                          f"(remove it, or choose another path)")
 
 
 def _check_apart(source: Path, output_dir: Path, kinds: tuple[str, ...]) -> None:

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 from ..backends.base import Backend
 from ..compose import Background
-from ..io.images import DecodeError, atomic_write, check_pixels, exif_orientation, open_image, photo_size, read_photo
+from ..io.images import (DecodeError, atomic_write, check_pixels, exif_orientation, open_image, photo_size, read_photo,
+                         read_photo_and_view, read_photo_bytes)
 from ..model import ModelDir
 from ..transforms import Letterbox, fit
 from .config import RunConfig
@@ -138,8 +139,8 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def rgba(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """rgb [H, W, 3] uint8 + alpha [H, W] uint8 -> [H, W, 4] uint8 (compose.rgba_cutout)."""
-    return torch.cat([rgb, alpha[:, :, None]], dim=2)
+    """rgb [H, W, 3] uint8 + alpha [H, W] uint8 -> [H, W, 4] uint8, RGB 0 where alpha is 0 (compose.rgba_cutout)."""
+    return torch.cat([rgb * (alpha != 0)[:, :, None], alpha[:, :, None]], dim=2)
 
 
 def composite(rgb: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
@@ -233,6 +234,8 @@ class HostPhoto:
 
     size: tuple[int, int]  # the upright photo's (width, height): the size of every output
     rgb: np.ndarray | None = None  # [h, w, 3] uint8, upright; h, w < size for a reduced decode
+    shown: np.ndarray | None = None  # [h, w, 3] uint8: what the model is shown, when not rgb (a matte-only
+    #                                  run's reduced decode of a JPEG whose full pixels are also needed)
     jpeg: bytes | None = None  # or the file, for decode_jpegs
     header: JpegHeader | None = None
 
@@ -357,13 +360,17 @@ class DeviceBatches:
         for i, pixels in host.items():
             if isinstance(pixels, Exception):
                 images[i] = pixels
+        shown: dict[int, torch.Tensor] = {}  # what the model sees, where it is not the photo itself
         if upload:
-            for i, view in zip(upload, self._upload([host[i] for i in upload])):
+            also = [i for i in upload if photos[i].shown is not None]
+            uploaded = self._upload([host[i] for i in upload] + [photos[i].shown for i in also])
+            for i, view in zip(upload, uploaded):
                 images[i] = view
+            shown.update(zip(also, uploaded[len(upload):]))
         good = [i for i, image in enumerate(images) if isinstance(image, torch.Tensor)]
         if not good:
             return images, None, []
-        x, boxes = letterbox_batch([images[i] for i in good], self.size, [photos[i].size for i in good])
+        x, boxes = letterbox_batch([shown.get(i, images[i]) for i in good], self.size, [photos[i].size for i in good])
         return images, x, boxes
 
     # -- stage 2: infer, post-process, device -> host -----------------------------------------
@@ -467,6 +474,7 @@ class DeviceStages:
         self.config = config
         self.size = model.size
         self.reduced_decode = config.reduced_decode(model.target)
+        self.model_target = model.target
         self.batches = DeviceBatches(backend, model.size, model.target, made_by(model.target, config.outputs),
                                      config.background, str(backend.device))
         if gpu_decode is None:
@@ -477,7 +485,7 @@ class DeviceStages:
     def decode(self, job: Job) -> tuple[Job, HostPhoto] | Failed:
         max_pixels = self.config.options.max_pixels
         try:
-            data = job.src.read_bytes()
+            data = read_photo_bytes(job.src, max_pixels)  # header first, bounded; never a FIFO
             if self.reduced_decode:  # matte only: as the CPU path, a reduced decode and the header's size
                 size = photo_size(job.src, data=data)
                 return job, HostPhoto(size, rgb=read_photo(job.src, max_pixels, data=data, reduce_to=self.size))
@@ -486,6 +494,9 @@ class DeviceStages:
                 swap = header.orientation in (5, 6, 7, 8)
                 size = (header.height, header.width) if swap else (header.width, header.height)
                 return job, HostPhoto(size, jpeg=data, header=header)
+            if self.model_target == "alpha":  # shown what a matte-only run shows: the same matte
+                rgb, view, size = read_photo_and_view(job.src, max_pixels, self.size)
+                return job, HostPhoto(size, rgb=rgb, shown=None if view is rgb else view)
             rgb = read_photo(job.src, max_pixels, data=data)
             return job, HostPhoto((rgb.shape[1], rgb.shape[0]), rgb=rgb)
         except Exception as e:  # noqa: BLE001 - see Failed.because

@@ -8,11 +8,9 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from ..errors import ConfigError
-from ..io.images import clean_temporaries
 from ..model import ModelDir
 from ..progress import Progress
-from ..report import Tally, build_report, write_report
+from ..report import Tally, build_report, printable, write_report
 from ..version import __version__
 from .config import RunConfig
 from .plan import Failed, iter_jobs
@@ -67,20 +65,11 @@ class Outcomes:
     def failed(self, failure: Failed) -> None:
         self.tally.fail(str(failure.src), failure.reason)
         if self._log is not None:
-            self._log(f"{failure.src}: {failure.reason}")
+            self._log(printable(f"{failure.src}: {failure.reason}"))
         self._progress.update()
 
     def close(self) -> None:
         self._progress.close()
-
-
-def prepare_output(config: RunConfig) -> None:
-    """Create OUTPUT and remove what a killed run left half-written in it, before any photo."""
-    try:
-        config.output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"OUTPUT {config.output_dir}: cannot create ({e.strerror})") from None
-    clean_temporaries(config.output_dir)  # left by a run that was killed mid-write
 
 
 def finish_report(config: RunConfig, model: ModelDir, tally: Tally, wall_s: float, *, engine: str,
@@ -90,8 +79,9 @@ def finish_report(config: RunConfig, model: ModelDir, tally: Tally, wall_s: floa
     report = build_report(
         tally, wall_s,
         hx_version=__version__,
-        input=config.source_label,
-        output=str(config.output_dir),
+        input=(printable(config.source_label) if isinstance(config.source_label, str)
+               else [printable(label) for label in config.source_label]),
+        output=printable(str(config.output_dir)),
         outputs=list(config.outputs),
         background=config.options.background,
         refine=config.options.refine,
@@ -107,5 +97,5 @@ def finish_report(config: RunConfig, model: ModelDir, tally: Tally, wall_s: floa
         glob=config.options.glob,
         **engine_facts,
     )
-    write_report(config.report_path, report)
+    write_report(config.report_path, report)  # ReportError, carrying the report, when it cannot be written
     return report

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from ..backends.base import Backend
-from ..io.images import atomic_write, photo_size, read_photo
+from ..io.images import atomic_write, decode_photo, read_photo, read_photo_and_view
 from ..model import ModelDir
 from ..transforms import Letterbox, letterbox, refine_matte, to_uint8, unletterbox
 from .config import RunConfig
@@ -59,10 +59,7 @@ def matte_input(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
     mattes `hx-infer run --outputs alpha` writes. data: the file's bytes when the caller holds them
     (path is then only a name). Raises DecodeError / OSError.
     """
-    if data is None:
-        data = path.read_bytes()  # once, for the header and the pixels
-    width, height = photo_size(path, data=data)
-    rgb = read_photo(path, max_pixels, data=data, reduce_to=size)
+    rgb, (width, height) = decode_photo(path, max_pixels, data=data, reduce_to=size)  # one opening, header first
     return letterbox(rgb, size, src_size=(width, height))
 
 
@@ -99,9 +96,15 @@ class PhotoStages:
             if self.reduced_decode:
                 x, box = matte_input(job.src, self.size, max_pixels)
                 return Decoded(job, x, box, None)
-            rgb = read_photo(job.src, max_pixels)
+            if self.keep_pixels:
+                # The model sees what a matte-only run shows it, so a photo's matte is the same
+                # whatever else is written (and `hx-infer eval` scores that very path).
+                rgb, view, size = read_photo_and_view(job.src, max_pixels, self.size)
+                x, box = letterbox(view, self.size, src_size=size)
+                return Decoded(job, x, box, rgb)
+            rgb = read_photo(job.src, max_pixels)  # a painting model (target rgb): full size in and out
             x, box = letterbox(rgb, self.size)
-            return Decoded(job, x, box, rgb if self.keep_pixels else None)
+            return Decoded(job, x, box, None)
         except Exception as e:  # noqa: BLE001 - see Failed.because
             return Failed.because(job.src, e)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..io.images import PHOTO_EXTENSIONS, DecodeError, iter_photos
+from ..io.images import PHOTO_EXTENSIONS, DecodeError, WriteError, iter_photos
 from ..io.video import VIDEO_EXTENSIONS, is_video_name
 from .config import RunConfig
 from .kinds import photo_output_path, video_output_path
@@ -42,7 +42,7 @@ class Failed:
     def because(cls, src: Path, e: Exception) -> "Failed":
         """The one line the report gives for `e`. A photo archive holds every kind of broken file;
         whatever one raises must not end a run of a million, so unexpected errors are named by type."""
-        if isinstance(e, DecodeError):
+        if isinstance(e, (DecodeError, WriteError)):  # WriteError: "cannot write OUTPUT/...: reason"
             return cls(src, str(e))
         if isinstance(e, OSError):  # worded as read_photo words it
             return cls(src, f"cannot read ({e.strerror or e})" if e.strerror else str(e))
@@ -56,14 +56,37 @@ def output_paths(config: RunConfig, job: Job) -> list[Path]:
     return [photo_output_path(config.output_dir, kind, job.rel) for kind in config.outputs]
 
 
-def _inside_outputs(src: Path, config: RunConfig) -> str | None:
-    """For listed paths (not checked up front): the OUTPUT/<kind> folder holding `src`, if any."""
-    path = Path(os.path.abspath(src))
-    for kind in config.outputs:
-        folder = Path(os.path.abspath(config.output_dir / kind))
-        if folder in path.parents:
-            return kind
-    return None
+class _OutputFolders:
+    """Finds inputs that lie in OUTPUT/<kind>: listed there (lexically), or reached through a
+    symlink (a photo, or a folder of a walk, that links into OUTPUT), which up-front checks of
+    INPUT cannot see. Writing such a photo's outputs could overwrite the photo itself."""
+
+    def __init__(self, config: RunConfig):
+        self._lexical = {kind: os.path.abspath(config.output_dir / kind) for kind in config.outputs}
+        self._real = {kind: os.path.realpath(config.output_dir / kind) for kind in config.outputs}
+
+    def holding(self, src: Path) -> str | None:
+        """The reason `src` must not run, or None."""
+        lexical, real = os.path.abspath(src), os.path.realpath(src)
+        for kind in self._lexical:
+            if lexical.startswith(self._lexical[kind] + os.sep):
+                return f"inside OUTPUT/{kind}; hx never writes over a photo"
+            if real.startswith(self._real[kind] + os.sep):
+                return f"inside OUTPUT/{kind} (through a link, {real}); hx never writes over a photo"
+        return None
+
+
+def _frames_collision(config: RunConfig, job: Job) -> str | None:
+    """--frames png writes a video's cutout as the folder OUTPUT/rgba/<dir>/<stem>/, which is
+    exactly where the photos of INPUT/<dir>/<stem>/ have theirs: the video must not run."""
+    if (config.options.video.rgba != "png" or "rgba" not in config.outputs or config.source_kind != "folder"
+            or not is_video_name(job.src.name)):
+        return None
+    photos = job.src.parent / job.src.stem
+    if not photos.is_dir():
+        return None
+    frames = video_output_path(config.output_dir, "rgba", job.rel, config.options.video)
+    return f"its PNG frames folder {frames} collides with the outputs of the photo folder {photos}"
 
 
 OnListError = Callable[[Path, OSError], None]
@@ -168,15 +191,16 @@ def plan_jobs(config: RunConfig) -> Iterator[Job | Skipped | Failed]:
     by_key = config.source_kind in ("list", "several")
     guards = {video: (FolderCollisions() if config.source_kind == "folder" else None,
                       ListCollisions() if by_key else None) for video in (False, True)}
+    outputs_folders = _OutputFolders(config)
     for job in jobs:
         yield from unlistable
         unlistable.clear()
         video = is_video_name(job.src.name)
         folder_guard, list_guard = guards[video]
         first = folder_guard.check(job.src) if folder_guard else list_guard.check(job) if list_guard else None
-        kind = _inside_outputs(job.src, config) if config.source_kind == "list" else None
-        if kind is not None:
-            yield Failed(job.src, f"inside OUTPUT/{kind}; hx never writes over a photo")
+        refused = outputs_folders.holding(job.src) or _frames_collision(config, job)
+        if refused is not None:
+            yield Failed(job.src, refused)
         elif first is not None:
             same = os.path.abspath(first) == os.path.abspath(job.src)
             yield Failed(job.src, "listed more than once" if same else f"output name collides with {first}")

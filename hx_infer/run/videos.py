@@ -32,6 +32,7 @@ import numpy as np
 
 from ..backends.base import Backend
 from ..compose import Background
+from ..io.images import WriteError
 from ..io.video import AudioPacket, Frame, VideoError, VideoInfo, VideoReader, VideoWriter, open_writer
 from ..model import ModelDir
 from ..progress import Progress
@@ -145,6 +146,8 @@ _END = object()
 
 def _failure_reason(e: BaseException) -> str:
     if isinstance(e, VideoError):
+        return str(e)
+    if isinstance(e, WriteError):
         return str(e)
     if isinstance(e, OSError):
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
@@ -281,7 +284,10 @@ class _VideoRun:
                 background = (Background(image=next(background_frames)) if background_frames is not None
                               else self.config.background)
                 for kind, image in self._images(item, background):
-                    writers[kind].write(image, item.frame.pts)
+                    try:
+                        writers[kind].write(image, item.frame.pts)
+                    except OSError as e:  # named by the output it was for, not its temporary
+                        raise WriteError(writers[kind].final, e) from None
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             self.write_error = e
             self.stop.set()

@@ -323,6 +323,9 @@ def test_params():
     p = parse_params([("output", "composite"), ("background", "336699")])
     assert p.format == "jpeg" and p.background.color == (0x33, 0x66, 0x99) and p.media_type == "image/jpeg"
     assert parse_params([("output", "composite"), ("format", "png")]).format == "png"
+    assert parse_params([("background", "Teal")]).background.color == (0, 128, 128)  # CSS names, as run
+    with pytest.raises(RequestError, match="CSS colour name"):
+        parse_params([("background", "README.md")])  # a file of the server's is never read
     assert parse_params([("om", "false")]).output == "rgba"
     p = parse_params([("bgc", "255,255,255,255")])
     assert (p.output, p.format, p.background.color) == ("composite", "png", (255, 255, 255))

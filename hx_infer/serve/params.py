@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from PIL import ImageColor
+
 from ..compose import Background, parse_background
 from ..io.png_choices import DEFAULT_PNG_COMPRESSION, PNG_COMPRESSIONS
 
@@ -22,7 +24,7 @@ HX_PARAMS = ("output", "background", "format", "refine", "png_compression")
 REMBG_PARAMS = ("om", "bgc")
 REMBG_IGNORED = ("model", "a", "af", "ab", "ae", "ppm", "extras")
 # Colours only: a path here would let any client read files of the server's machine.
-_COLOUR = re.compile(r"white|black|#?(?:[0-9a-f]{3}|[0-9a-f]{6})", re.IGNORECASE)
+_HEX = re.compile(r"#?(?:[0-9a-f]{3}|[0-9a-f]{6})", re.IGNORECASE)
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -85,10 +87,7 @@ def parse_params(pairs: Iterable[tuple[str, str]], target: str = "alpha") -> Rem
         output, background_spec = _rembg_colour(given["bgc"])
         default_format = "png"  # rembg always answers PNG
 
-    if not _COLOUR.fullmatch(background_spec):
-        raise bad(f"background={background_spec!r}: use white, black or #RRGGBB (write # as %23 in a URL)")
-    hex_digits = background_spec.lower() not in ("white", "black") and not background_spec.startswith("#")
-    background = parse_background("#" + background_spec if hex_digits else background_spec)
+    background = _colour(background_spec)
 
     fmt = given.get("format", default_format).lower()
     fmt = "jpeg" if fmt == "jpg" else fmt
@@ -105,6 +104,14 @@ def parse_params(pairs: Iterable[tuple[str, str]], target: str = "alpha") -> Rem
     if target == "rgb":
         _check_rgb_target(output, background, refine)
     return RemoveParams(output, background, fmt, refine, png_compression)
+
+
+def _colour(spec: str) -> Background:
+    """A CSS colour name, #RRGGBB / #RGB, or the same hex digits without '#' (awkward in a URL)."""
+    named = spec.isalpha() and spec.lower() in ImageColor.colormap
+    if not (named or _HEX.fullmatch(spec)):
+        raise bad(f"background={spec!r}: use a CSS colour name or #RRGGBB (write # as %23 in a URL)")
+    return parse_background(spec if named or spec.startswith("#") else "#" + spec)
 
 
 def _flag(value: str, name: str) -> bool:

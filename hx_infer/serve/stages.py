@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..io.images import DecodeError, encode_png, open_image, read_photo
+from ..io.images import DecodeError, encode_png, open_image, read_photo, read_photo_and_view
 from ..run.kinds import KINDS, PAINTED, NumpyPixels
 from ..run.photos import matte_input
 from ..transforms import Letterbox, letterbox, refine_matte, to_uint8, unletterbox
@@ -49,11 +49,16 @@ def decode(body: bytes, params: RemoveParams, size: int, target: str, max_pixels
             # A matte alone, as `hx-infer run --outputs alpha` makes it: a reduced JPEG decode.
             x, box = matte_input(_NAME, size, max_pixels, data=body)
             return Decoded(x, box, None)
-        rgb = read_photo(_NAME, max_pixels, data=body)
+        if keep:
+            # The pixels at full size, and the model shown what a matte-only run shows it, as run does.
+            rgb, view, photo = read_photo_and_view(_NAME, max_pixels, size, data=body)
+            x, box = letterbox(view, size, src_size=photo)
+            return Decoded(x, box, rgb)
+        rgb = read_photo(_NAME, max_pixels, data=body)  # a painting model (target rgb): full size in and out
     except DecodeError as e:
         raise RequestError(*_decode_status(str(e)), f"image: {e}") from None
     x, box = letterbox(rgb, size)
-    return Decoded(x, box, rgb if keep else None)
+    return Decoded(x, box, None)
 
 
 def _decode_status(reason: str) -> tuple[int, str]:

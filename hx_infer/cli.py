@@ -514,5 +514,49 @@ def bench(ctx: click.Context, model: str, backends: tuple[str, ...], precisions:
     ctx.exit(EXIT_FAILED if any(row["error"] for row in result["rows"]) else EXIT_OK)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; there is no authentication, so keep it on loopback behind a proxy.")
+@click.option("--port", type=click.IntRange(0, 65535), default=7000, show_default=True, help="0: any free port.")
+@click.option("--model", default="default", show_default=True, help="'default' or a model folder.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Photos of concurrent requests per backend call.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a photo waits for others to share its backend call.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Decode and encode threads.  [default: number of cores]")
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=32.0, show_default=True,
+              help="Larger bodies are refused (413) before they are read. MiB.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
+              help="Larger images are refused (413) from their header, before decoding.")
+@click.option("--queue", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Requests in the server at once; one more is answered 503 with Retry-After.")
+@click.option("--drain-timeout", "drain_timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On SIGTERM, seconds that requests in flight may take to finish.")
+@click.option("--access-log", is_flag=True, help="Log every request to stdout.")
+@click.pass_context
+def serve(ctx: click.Context, **options) -> None:
+    """Answer POST /api/remove with the cutout, batching concurrent requests onto the model.
+
+    The image is the request body, or the multipart field `file` (rembg's form, with its om and
+    bgc fields); ?output=rgba|alpha|composite, &background=, &format=png|jpeg, &refine=. Also
+    GET /healthz and GET /metrics (Prometheus). Needs the `serve` extra. SIGTERM drains the
+    requests in flight and exits 0. See the README for a reverse proxy in front.
+    """
+    from .serve import ServeError, ServeOptions, missing_extra, serve as serve_forever
+
+    if missing_extra():
+        click.echo(f"hx-infer: error: serve needs the `serve` extra ({missing_extra()} is missing): "
+                   "pip install 'hx[serve]'", err=True)
+        ctx.exit(EXIT_USAGE)
+    from .backends.base import BackendError
+    from .model import ModelError
+
+    with _exit_on_errors(ctx, ServeError, ModelError, BackendError):
+        serve_forever(ServeOptions(**options), log=lambda line: click.echo(line, err=True))
+
+
 if __name__ == "__main__":
     entry_point()

@@ -73,7 +73,9 @@ class BackendSpec:
     fp32 on the CPU). batch_size: the batch the caller will mostly send (graph capture, engine
     profiles, the ort CUDA split), None for the default. engine_cache: the trt backend's folder
     of built engines. threads: ort's CPU threads (None: every core). cuda_graphs: torch and trt
-    on CUDA replay captured graphs (None: torch yes, trt no).
+    on CUDA replay captured graphs (None: torch yes, trt no). spin: ort's CPU threads spin-wait
+    for the next call, fastest back to back; hx-infer serve turns it off, since between requests
+    the spinning takes the cores that decode and encode (49 -> 11 CPU ms a request at concurrency 1).
     """
 
     name: str = "auto"
@@ -83,6 +85,7 @@ class BackendSpec:
     engine_cache: Path | None = None
     threads: int | None = None
     cuda_graphs: bool | None = None
+    spin: bool = True
 
     def __post_init__(self) -> None:
         if self.name not in BACKENDS:

@@ -87,6 +87,8 @@ class OrtBackend(Backend):
         options.log_severity_level = 3  # errors only; the Cast/fallback warnings are expected
         if not self.device.cuda:
             options.intra_op_num_threads = cpu_threads(spec.threads)
+            if not spec.spin:
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             path, providers = model.onnx_path, [("CPUExecutionProvider", {})]
         else:
             self.works_on = "torch"  # IO binding on torch's CUDA buffers

@@ -1,0 +1,89 @@
+"""Open the model, listen, serve with uvicorn until SIGTERM / SIGINT, drain, return.
+
+uvicorn does the HTTP and the graceful stop: on SIGTERM it stops accepting, closes idle
+connections, lets requests in flight finish (at most --drain-timeout), then runs the app's
+shutdown. The model is loaded and warmed up before the socket opens, so a client never meets a
+server that is still loading.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from typing import Callable
+
+import numpy as np
+import uvicorn
+
+from .app import create_app
+from .options import ServeError, ServeOptions
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind here, not in uvicorn, so a taken port is one line (ServeError) and port 0 is known."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so, and without it
+    # every answer waited ~40 ms for the client's delayed ACK (44 ms for /healthz on keep-alive).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ServeError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+    return sock
+
+
+class _Server(uvicorn.Server):
+    log: Callable[[str], None] = print
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if not self.should_exit:
+            service = self.config.app.state.service
+            self.log(f"hx-infer: {signal.Signals(sig).name}: finishing {service.in_server} request(s) "
+                     "in flight, then stopping")
+        super().handle_exit(sig, frame)
+
+
+def run_server(options: ServeOptions, log: Callable[[str], None] = print) -> None:
+    from .. import load_model
+    from ..backends.base import BackendSpec, open_backend
+
+    options.check()
+    model = load_model(options.model)
+    # spin=False (ort on CPU): idle threads spinning between requests would take the decoders' cores.
+    backend = open_backend(model, BackendSpec(options.backend, options.device, batch_size=options.max_batch,
+                                              spin=False))
+    try:
+        backend.infer(np.zeros((1, 3, model.size, model.size), np.float32))  # warm-up: lazy init, first-call costs
+        workers = options.workers or len(os.sched_getaffinity(0))
+        app = create_app(model, backend, options, workers, log)
+        sock = _listen(options.host, options.port)
+        config = uvicorn.Config(app, log_level="warning", access_log=options.access_log, lifespan="on",
+                                timeout_graceful_shutdown=options.drain_timeout_s)
+        server = _Server(config)
+        server.log = log
+        # uvicorn re-raises the signal it stopped on once it has drained, to the handler it found:
+        # with the default one that would kill the process. This one stops the server instead (a
+        # no-op by then, so a drained stop exits 0), and also covers a signal that comes before
+        # uvicorn has put its own in place.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, server.handle_exit)
+        host, port = sock.getsockname()[:2]
+        where = f"[{host}]" if ":" in host else host
+        asyncio.run(_serve(server, sock, lambda: log(
+            f"hx-infer: serving {model.root} ({backend.describe()}; batches of up to {options.max_batch}, "
+            f"waiting up to {options.max_wait_ms:g} ms; {workers} pixel threads) on http://{where}:{port}")))
+        log("hx-infer: stopped")
+    finally:
+        backend.close()
+
+
+async def _serve(server: uvicorn.Server, sock: socket.socket, announce: Callable[[], None]) -> None:
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.02)
+    if server.started:
+        announce()
+    await task

@@ -120,7 +120,7 @@ def guided_filter(guide_rgb: np.ndarray, alpha: np.ndarray, radius: int | None =
     a step cannot tell where the edge is (it re-shapes the blur), so a, b are fitted against
     I blurred the same way -- shrunk to the model's scale (INTER_AREA) and grown back
     (bilinear), as letterbox/unletterbox treat the matte -- and applied to the sharp I.
-    On a synthetic person shape (tests/test_transforms.py::person_scene, model at 1/2 to 1/8
+    On a synthetic person shape (tests/hx_infer/test_transforms.py::person_scene, model at 1/2 to 1/8
     of the photo) this cuts the matte's mean error 4-8x; the classic filter (model_size=None,
     or a photo no larger than the model) cuts it by at most 15%.
     a and b vary slowly, so they are fitted at 1/ceil(r/2) of the photo's resolution and

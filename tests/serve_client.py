@@ -1,4 +1,4 @@
-"""Start `hx-infer serve` on a free loopback port and talk to it (tests/test_serve.py).
+"""Start `hx-infer serve` on a free loopback port and talk to it (tests/hx_infer/serve/test_serve.py).
 
 Everything here targets 127.0.0.1 only.
 """

@@ -7,7 +7,7 @@ than the engine's profile are run in pieces. Optional CUDA graphs: one capture p
 (up to MAX_GRAPHS), each with its own context and static buffers.
 
 Nothing here has run on a GPU with TensorRT yet (see README, "GPU and TensorRT"); its decisions
-are tested on the CPU in tests/test_trt.py.
+are tested on the CPU in tests/hx_infer/backends/test_trt.py.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from hx_infer.backends.trt_build import (DEFAULT_PROFILE, NEEDS_CUDA, NOT_INSTAL
                                 onnx_for, profile_for_batch, read_sidecar, sidecar_path,
                                 stale_reason, timing_cache_path)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 H100 = Gpu("NVIDIA H100 80GB HBM3", "9.0")
 
 

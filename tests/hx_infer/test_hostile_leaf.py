@@ -22,7 +22,7 @@ from hx_infer.io.images import (DecodeError, atomic_write, clean_temporaries, de
 from hx_infer.model import ModelError, load_model_dir, sha256_file
 from hx_infer_asserts import assert_one_line_error, hx
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("own_hash_cache")

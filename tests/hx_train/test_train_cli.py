@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from hx_train.cli import main
 from hx_train.models import PRESETS
-from tests.test_train import make_dataset
+from tests.hx_train.test_train import make_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--preset", "lite", "--epochs", "1", "--epochs-decay", "0", "--size", "64", "--batch-size", "4",
         "--device", "cpu"]
 

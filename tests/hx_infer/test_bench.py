@@ -139,7 +139,7 @@ def test_random_model_without_onnxscript_falls_back_to_a_torchscript_export(tmp_
     from hx_infer.backends.ort import OrtBackend
     from hx_infer.backends.torch import TorchBackend
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from random_model import write_random_model
 
     real_export = torch.onnx.export

@@ -279,7 +279,7 @@ def test_encode_png_gives_the_same_bytes_in_another_process(tmp_path):
     code = ("import sys, hashlib, numpy as np; from hx_infer.io.images import encode_png, PNG_COMPRESSIONS; "
             "image = np.load(sys.argv[1]); "
             "print(' '.join(hashlib.sha256(encode_png(image, c)).hexdigest() for c in PNG_COMPRESSIONS))")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "image.npy")], env=env,
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == [hashlib.sha256(encode_png(image, c)).hexdigest() for c in PNG_COMPRESSIONS]

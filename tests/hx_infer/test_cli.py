@@ -18,7 +18,7 @@ from PIL import Image
 from hx_infer.cli import main
 from hx_infer_asserts import assert_one_line_error
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def hx(*args: str, stdin: str | None = None):

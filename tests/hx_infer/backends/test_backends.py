@@ -20,7 +20,7 @@ from hx_infer.backends.trt import NEEDS_CUDA, NOT_INSTALLED, TrtBackend
 from hx_infer.model import load_model_dir
 
 TOLERANCE = 2 / 255  # two 8-bit grey levels
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 cuda = pytest.mark.gpu
 needs_ort_cuda = pytest.mark.skipif(not ort_has_cuda(), reason="needs onnxruntime-gpu")

@@ -21,7 +21,7 @@ from PIL import Image
 
 from hx_infer_asserts import assert_one_line_error, hx
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 READ_ONLY = Path("/sys/kernel/mm")  # a folder even root cannot write into (sysfs)
 
 

@@ -16,7 +16,7 @@ import hx_infer
 from hx_infer.cli import main
 from hx_infer_asserts import assert_one_line_error
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def hx(*args, stdin: bytes | None = None):

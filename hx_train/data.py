@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hx_infer.crops import BANDS, band_boxes, crop_box
-from hx_infer.io.images import PHOTO_EXTENSIONS, DecodeError
+from hx_infer.io.images import DecodeError
 from hx_infer.io.images import read_photo as decode_photo
-from hx_infer.io.pairs import find_pairs
+from hx_infer.io.pairs import find_pairs, photo_files
 from hx_infer.io.pairs import read_mask as decode_mask
 from hx_infer.transforms import fit as letterbox_geometry
 
 from .config import TrainConfig, TrainError
 from .prepare import source_of
 
-IMAGE_SUFFIXES = PHOTO_EXTENSIONS  # what hx-infer reads as a photo
 MAX_CANVAS = 1024
 # ITU-R BT.601 luma weights, for grey in contrast and saturation jitter.
 LUMA = (0.299, 0.587, 0.114)
@@ -166,8 +166,7 @@ def find_backgrounds(folder: Path) -> list[Path]:
     """The person-free photos directly in `folder`, sorted by name."""
     if not Path(folder).is_dir():
         raise DataError(f"--backgrounds {folder}: no such folder")
-    photos = sorted(p for p in Path(folder).iterdir()
-                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    photos = photo_files(Path(folder), DataError)
     if not photos:
         raise DataError(f"--backgrounds {folder}: no photos in it")
     return photos
@@ -251,9 +250,7 @@ def source_weights(split: Split, balance: float) -> torch.Tensor | None:
     then an epoch is a plain permutation."""
     if split.sources is None or balance == 0 or len(set(split.sources)) < 2:
         return None
-    counts: dict[str, int] = {}
-    for name in split.sources:
-        counts[name] = counts.get(name, 0) + 1
+    counts = Counter(split.sources)
     return torch.tensor([counts[name] ** -balance for name in split.sources], dtype=torch.float64)
 
 
@@ -406,13 +403,13 @@ class Augmenter:
         if on_plate.any():
             # The same view of the clean plate, for those rows only (resampling canvases is most
             # of a CPU step).
-            rows = torch.nonzero(on_plate).squeeze(1).to(device)
-            plate, _ = self.warp(plates[rows].float() / 255.0, theta[rows.cpu()], half_extent[rows.cpu()],
-                                 validity=None)
-            row_colour = tuple(t[rows] if t.shape[0] == photos.shape[0] else t for t in colour)
+            rows = torch.nonzero(on_plate).squeeze(1)  # CPU, for theta; rows_d indexes the device tensors
+            rows_d = rows.to(device)
+            plate, _ = self.warp(plates[rows_d].float() / 255.0, theta[rows], half_extent[rows], validity=None)
+            row_valid = valid[rows_d]
             photo, mask = photo.clone(), mask.clone()
-            photo[rows] = (self.jitter(plate, valid[rows], *row_colour) * 2.0 - 1.0) * valid[rows]
-            mask[rows] = 0.0
+            photo[rows_d] = (self.jitter(plate, row_valid, *(t[rows_d] for t in colour)) * 2.0 - 1.0) * row_valid
+            mask[rows_d] = 0.0
         pasted = on_plate | (draws[:, 16] < self.config.p_paste)
         if pasted.any():
             photo, mask = self.paste(photo, mask, person, person_mask, valid, pasted, draws)
@@ -474,8 +471,7 @@ class Augmenter:
                             box_mask(boxes[:, PHOTO], self.canvas, device).float()], 1)
         warped, valid = self.warp(source, theta, half_extent, validity=3)
         rows_d = rows.to(device)
-        colour = tuple(t[rows_d] if t.shape[0] == B else t for t in colour)
-        scene_photo = (self.jitter(warped[:, :3], valid, *colour) * 2.0 - 1.0) * valid
+        scene_photo = (self.jitter(warped[:, :3], valid, *(t[rows_d] for t in colour)) * 2.0 - 1.0) * valid
         scene_mask = torch.zeros((R, 1, *mask.shape[2:]), device=device, dtype=mask.dtype)
 
         heights = person_heights(person_mask).cpu().double()  # [B] share of S; .cpu(): a sync on CUDA

@@ -284,11 +284,14 @@ def evaluate(G: nn.Module, val: hxdata.Split, config: TrainConfig, device: torch
 
     With several sources (Split.sources) iou and mae are the mean over sources of each source's
     mean, so one large source does not hide a small one."""
-    values = per_photo(G, val, config, device, autocast)
-    values.pop("fp", None)
+    return source_means(per_photo(G, val, config, device, autocast), val)
+
+
+def source_means(values: dict[str, torch.Tensor], val: hxdata.Split) -> dict[str, float]:
+    """per_photo's values of `val` -> evaluate's figures (fp, for person-free photos, left out)."""
     groups = _groups(val)
     return {name: round(float(np.mean([v[index].mean().item() for index in groups.values()])), 6)
-            for name, v in values.items()}
+            for name, v in values.items() if name != "fp"}
 
 
 def _groups(split: hxdata.Split) -> dict[str, torch.Tensor]:
@@ -301,14 +304,16 @@ def _groups(split: hxdata.Split) -> dict[str, torch.Tensor]:
 
 def evaluate_detail(G: nn.Module, crops: dict[str, hxdata.Split], backgrounds: hxdata.Split | None,
                     config: TrainConfig, device: torch.device,
-                    autocast: Callable[[], contextlib.AbstractContextManager]) -> dict:
+                    autocast: Callable[[], contextlib.AbstractContextManager],
+                    known: dict[str, dict[str, torch.Tensor]] | None = None) -> dict:
     """Per source and crop (hx-infer eval's full / upper / head): n, mean iou and mae; and on the
-    held-out person-free photos, n and the mean share of each photo called person (fp)."""
+    held-out person-free photos, n and the mean share of each photo called person (fp).
+    known: per_photo's values of crops already scored (fit passes the full split's), not rerun."""
     detail: dict = {}
     for crop, split in crops.items():
         if len(split) == 0:
             continue
-        values = per_photo(G, split, config, device, autocast)
+        values = (known or {}).get(crop) or per_photo(G, split, config, device, autocast)
         for source, index in _groups(split).items():
             detail.setdefault(source, {})[crop] = {"n": len(index), "iou": round(values["iou"][index].mean().item(), 6),
                                                   "mae": round(values["mae"][index].mean().item(), 6)}
@@ -593,8 +598,9 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         losses = {name: round(total.item() / steps, 6) for name, total in sums.items()}  # GPU sync
         train_seconds = time.perf_counter() - started
 
-        metrics = evaluate(run.G, val, config, device, autocast)
-        detail = evaluate_detail(run.G, crops, background_val, config, device, autocast) \
+        full = per_photo(run.G, val, config, device, autocast)
+        metrics = source_means(full, val)
+        detail = evaluate_detail(run.G, crops, background_val, config, device, autocast, known={"full": full}) \
             if config.target == "alpha" else {}
         grid = sample_grid(run.G, val, config, device, autocast)
         if grid is not None:

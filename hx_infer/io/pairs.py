@@ -18,7 +18,7 @@ from .images import is_photo_name, read_photo
 Pair = tuple[Path, Path]  # (photo, mask)
 
 
-def _photos_in(folder: Path, error: type[Exception]) -> list[Path]:
+def photo_files(folder: Path, error: type[Exception] = ValueError) -> list[Path]:
     """The photo files directly in `folder` by extension, sorted by name; hidden files (macOS's
     "._name.jpg" forks) and folders are left out."""
     try:
@@ -34,12 +34,12 @@ def find_pairs(folder: Path, error: type[Exception] = ValueError) -> tuple[list[
     stem raise `error` (one line naming the file); what a caller does without pairs is its own."""
     folder = Path(folder)
     masks: dict[str, Path] = {}
-    for path in _photos_in(folder / "masks", error):
+    for path in photo_files(folder / "masks", error):
         if path.stem in masks:
             raise error(f"{path}: a second mask for {path.stem!r} (also {masks[path.stem].name})")
         masks[path.stem] = path
     pairs, unpaired = [], []
-    for photo in _photos_in(folder / "images", error):
+    for photo in photo_files(folder / "images", error):
         if photo.stem in masks:
             pairs.append((photo, masks[photo.stem]))
         else:

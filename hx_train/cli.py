@@ -93,9 +93,12 @@ def main() -> None:
 @click.option("--category", default="person", show_default=True,
               help="coco: the category whose annotations are person")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the train/val split")
+@click.option("--max-side", type=click.IntRange(16), default=None,
+              help="shrink pairs longer than this (px) to it, photos as JPEG: a smaller copy of the set "
+                   "(fit --size S sees at most 2*S px, so 2*S loses nothing)")
 @click.option("--overwrite", is_flag=True, help="replace an existing DST")
 def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int, category: str, seed: int,
-            overwrite: bool) -> None:
+            max_side: int | None, overwrite: bool) -> None:
     """Turn photos + person masks in each SRC into DST/{train,val}/{images,masks}.
 
     Several SRCs make one set: names get each source's name as a prefix, the split is drawn per
@@ -109,7 +112,7 @@ def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int
     *sources, dst = paths
     try:
         summary = run_prepare(sources, dst, fmt, val_fraction, seed, _log, overwrite=overwrite,
-                              min_val=min_val, category=category)
+                              min_val=min_val, category=category, max_side=max_side or 0)
     except PrepareError as e:
         raise CommandError(str(e)) from None
     except OSError as e:

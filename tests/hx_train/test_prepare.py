@@ -450,3 +450,45 @@ def test_a_photo_over_the_pixel_limit_is_skipped_not_left_for_fit_to_refuse(tmp_
     summary = prepare(tmp_path / "src2", tmp_path / "dst2", log=logs.append, workers=1)
     assert [(Path(s.source).name, s.reason) for s in summary.skipped] == [
         ("p00.jpg", f"unusable size {W}x{H} (over 0 megapixels)")]
+
+
+# ------------------------------------------------------------------------------ --max-side
+
+
+def test_max_side_shrinks_large_pairs_to_jpeg_and_binary_masks_and_copies_small_ones(tmp_path):
+    src = tmp_path / "src"
+    save(noise(0, 64, 96), src / "images" / "big.jpg")
+    big_mask = np.zeros((96, 64), np.uint8)
+    big_mask[20:60, 16:48] = 255  # 40x32 -> 20x16 at half size
+    big_mask[81, 1] = 255  # a stray pixel: a quarter of its shrunk pixel, so it goes
+    big_mask[84:, 40:42] = 255  # a 2 px limb on even columns covers its shrunk pixels: it stays
+    save(big_mask, src / "masks" / "big.png")
+    save(noise(1, 64, 96), src / "images" / "speck.jpg")
+    speck = np.zeros((96, 64), np.uint8)
+    speck[50, 30] = 255  # one pixel of person: nothing is left of it at half size
+    save(speck, src / "masks" / "speck.png")
+    save(noise(2, 40, 24), src / "images" / "small.png")
+    save(person(40, 24, top=2, left=2)[:24, :40], src / "masks" / "small.png")
+
+    summary = prepare(src, tmp_path / "dst", val_fraction=0, max_side=48, workers=1)
+
+    assert [(s.source.rsplit("/", 1)[-1], s.reason) for s in summary.skipped] == \
+        [("speck.jpg", "empty mask at --max-side 48")]
+    train = tmp_path / "dst" / "train"
+    with Image.open(train / "images" / "big.jpg") as im:
+        assert (im.format, im.size) == ("JPEG", (32, 48))
+    mask = read(train / "masks" / "big.png")
+    assert mask.shape == (48, 32) and set(np.unique(mask)) == {0, 255}
+    expected = np.zeros((48, 32), np.uint8)
+    expected[10:30, 8:24] = 255
+    expected[42:, 20] = 255
+    np.testing.assert_array_equal(mask, expected)
+    assert (train / "images" / "small.png").read_bytes() == (src / "images" / "small.png").read_bytes()
+    assert json.loads((tmp_path / "dst" / "sources.json").read_text())["max_side"] == 48
+
+
+def test_max_side_below_the_smallest_usable_photo_is_refused(tmp_path):
+    src = make_folders(tmp_path / "src", 3)
+    with pytest.raises(PrepareError, match="--max-side: must be at least 16"):
+        prepare(src, tmp_path / "dst", max_side=8)
+    assert not (tmp_path / "dst").exists()

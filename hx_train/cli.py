@@ -96,9 +96,11 @@ def main() -> None:
 @click.option("--max-side", type=click.IntRange(16), default=None,
               help="shrink pairs longer than this (px) to it, photos as JPEG: a smaller copy of the set "
                    "(fit --size S sees at most 2*S px, so 2*S loses nothing)")
+@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=92, show_default=True,
+              help="of the photos --max-side shrinks")
 @click.option("--overwrite", is_flag=True, help="replace an existing DST")
 def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int, category: str, seed: int,
-            max_side: int | None, overwrite: bool) -> None:
+            max_side: int | None, jpeg_quality: int, overwrite: bool) -> None:
     """Turn photos + person masks in each SRC into DST/{train,val}/{images,masks}.
 
     Several SRCs make one set: names get each source's name as a prefix, the split is drawn per
@@ -112,7 +114,8 @@ def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int
     *sources, dst = paths
     try:
         summary = run_prepare(sources, dst, fmt, val_fraction, seed, _log, overwrite=overwrite,
-                              min_val=min_val, category=category, max_side=max_side or 0)
+                              min_val=min_val, category=category, max_side=max_side or 0,
+                              jpeg_quality=jpeg_quality)
     except PrepareError as e:
         raise CommandError(str(e)) from None
     except OSError as e:

@@ -76,8 +76,9 @@ AB_SAMPLE = 8  # images `detect_format` decodes to recognise an AB folder
 PHOTO_PNG_LEVEL = 3  # zlib level for photos written as PNG: level 6 is 3x slower for 7 % less
 MASK_PNG_LEVEL = 6  # masks are tiny and compress well; the slower level costs ~5 ms each
 # --max-side re-encodes shrunk photos as JPEG: the sources are JPEGs, and a PNG of a photo is
-# 5-10x larger, which defeats a copy made to be small. 92 leaves no visible blocking.
-SHRUNK_JPEG_QUALITY = 92
+# 5-10x larger, which defeats a copy made to be small. 92 leaves no visible blocking; 80 is ~40 %
+# smaller (the general set at 384 px: 23 MiB at 80, 36 at 92).
+JPEG_QUALITY = 92
 
 # What Pillow and zlib raise on files that are not (complete) images. Pillow does not set
 # LOAD_TRUNCATED_IMAGES here, so a truncated file raises OSError instead of loading grey.
@@ -525,9 +526,9 @@ def _save(sample: _Sample, key: str, pool: Path) -> str:
     return name
 
 
-def shrink(sample: _Sample, max_side: int) -> _Sample:
+def shrink(sample: _Sample, max_side: int, quality: int = JPEG_QUALITY) -> _Sample:
     """The sample with its longer side at most `max_side` px: photo by area averaging, re-encoded
-    as JPEG; mask by area averaging thresholded at half, so it stays 0/255 and a thin limb keeps
+    as JPEG of `quality`; mask by area averaging thresholded at half, so it stays 0/255 and a thin limb keeps
     the pixels it covers at least half of. Unchanged when it is small enough. _Skip when too little is left."""
     height, width = sample.photo.shape[:2]
     if max(height, width) <= max_side:
@@ -540,20 +541,21 @@ def shrink(sample: _Sample, max_side: int) -> _Sample:
     if not mask.any():
         raise _Skip(f"empty mask at --max-side {max_side}")
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, SHRUNK_JPEG_QUALITY])
+                            [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok, "OpenCV could not encode a JPEG"  # an [H, W, 3] uint8 array always encodes
     return _Sample(photo, jpeg.tobytes(), ".jpg", mask)
 
 
-def _process(pair: _Pair, load: Callable[[_Pair], _Sample], pool: Path, max_side: int = 0) -> str | Skipped:
+def _process(pair: _Pair, load: Callable[[_Pair], _Sample], pool: Path, max_side: int = 0,
+             quality: int = JPEG_QUALITY) -> str | Skipped:
     """-> the photo's output name, or why the pair was skipped. Write errors propagate: a full disk
-    is fatal, not a bad pair. max_side > 0: shrink larger pairs to it."""
+    is fatal, not a bad pair. max_side > 0: shrink larger pairs to it, as JPEGs of `quality`."""
     try:
         sample = load(pair)
         if not sample.mask.any():
             return Skipped(str(pair.photo), "empty mask")
         if max_side:
-            sample = shrink(sample, max_side)
+            sample = shrink(sample, max_side, quality)
     except _Skip as e:
         return Skipped(str(pair.photo), str(e))
     return _save(sample, pair.key, pool)
@@ -635,7 +637,7 @@ def _list_source(src: Path, fmt: str, category: str) -> tuple[list[_Pair], list[
 def prepare(src: Path | list[Path], dst: Path, fmt: str = "auto", val_fraction: float = VAL_FRACTION,
             seed: int = 0, log: Callable[[str], None] = lambda s: None, *, overwrite: bool = False,
             workers: int = 0, min_val: int = MIN_VAL, category: str = "person",
-            max_side: int = 0) -> PrepareSummary:
+            max_side: int = 0, jpeg_quality: int = JPEG_QUALITY) -> PrepareSummary:
     """Read the pairs in SRC (one path or several; layout `fmt`, or detected per source), write
     DST/{train,val}/{images,masks} and DST/sources.json.
 
@@ -648,7 +650,7 @@ def prepare(src: Path | list[Path], dst: Path, fmt: str = "auto", val_fraction: 
     category: the COCO category whose annotations are person.
     max_side: > 0 shrinks every pair whose longer side exceeds it (`shrink`): a smaller copy of a
     set, e.g. to carry to another machine. fit at --size S decodes onto a 2*S canvas, so
-    max_side 2*S loses nothing it would see.
+    max_side 2*S loses nothing it would see. jpeg_quality (1-100): of the photos it shrinks.
     log: receives the detected format, progress, one line per skipped pair, and the counts.
     Raises PrepareError when nothing can be prepared; bad pairs are skipped and reported instead.
     """
@@ -664,6 +666,8 @@ def prepare(src: Path | list[Path], dst: Path, fmt: str = "auto", val_fraction: 
         raise PrepareError(f"--min-val: must be at least 0, got {min_val}")
     if max_side and max_side < MIN_SIDE:
         raise PrepareError(f"--max-side: must be at least {MIN_SIDE}, got {max_side}")
+    if not 1 <= jpeg_quality <= 100:
+        raise PrepareError(f"--jpeg-quality: must be from 1 to 100, got {jpeg_quality}")
     _check_paths(sources, dst, overwrite)
     names = source_names(sources)
     several = len(sources) > 1
@@ -694,7 +698,7 @@ def prepare(src: Path | list[Path], dst: Path, fmt: str = "auto", val_fraction: 
         raise PrepareError(f"{dst}: cannot write ({e.strerror or e})") from None
     try:
         summary = _run(pairs, skipped, records, staging, dst, val_fraction, min_val, seed, log,
-                       workers or min(8, os.cpu_count() or 1), overwrite, max_side)
+                       workers or min(8, os.cpu_count() or 1), overwrite, max_side, jpeg_quality)
     except OSError as e:
         raise PrepareError(f"{e.filename or dst}: cannot write ({e.strerror or e})") from None
     finally:
@@ -707,7 +711,7 @@ def prepare(src: Path | list[Path], dst: Path, fmt: str = "auto", val_fraction: 
 
 def _run(pairs: list[_Pair], skipped: list[Skipped], records: list[dict], staging: Path, dst: Path,
          val_fraction: float, min_val: int, seed: int, log: Callable[[str], None], workers: int,
-         overwrite: bool, max_side: int = 0) -> PrepareSummary | None:
+         overwrite: bool, max_side: int = 0, jpeg_quality: int = JPEG_QUALITY) -> PrepareSummary | None:
     """Decode and write every pair into staging/pool, split each source, and swap the splits and
     sources.json into DST. -> None when no pair was usable (DST untouched)."""
     pool = staging / "pool"
@@ -717,7 +721,7 @@ def _run(pairs: list[_Pair], skipped: list[Skipped], records: list[dict], stagin
     source_of = {pair.key: pair.source for pair in pairs}
     step = max(len(pairs) // 10, 1000)
     with ThreadPoolExecutor(workers) as executor:
-        results = _bounded_map(executor, lambda p: (p.key, _process(p, _LOADERS[p.fmt], pool, max_side)), pairs,
+        results = _bounded_map(executor, lambda p: (p.key, _process(p, _LOADERS[p.fmt], pool, max_side, jpeg_quality)), pairs,
                                window=4 * workers)
         # Results come back in input (sorted) order, so the log reads the same on every run.
         for done, (key, result) in enumerate(results, 1):
@@ -748,7 +752,8 @@ def _run(pairs: list[_Pair], skipped: list[Skipped], records: list[dict], stagin
         os.replace(pool / "images" / name, part / "images" / name)
         os.replace(pool / "masks" / f"{key}.png", part / "masks" / f"{key}.png")
     sources_json = {"format": "hx-sources/1", "seed": seed, "val_fraction": val_fraction, "min_val": min_val,
-                    "max_side": max_side or None, "sources": records}
+                    "max_side": max_side or None,
+                    "jpeg_quality": jpeg_quality if max_side else None, "sources": records}
     atomic_write(staging / SOURCES_JSON, json.dumps(sources_json, indent=2).encode())
     # Swap the finished splits in; an old split goes to staging, which the caller deletes.
     for part in ("train", "val"):

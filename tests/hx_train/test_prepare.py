@@ -470,7 +470,7 @@ def test_max_side_shrinks_large_pairs_to_jpeg_and_binary_masks_and_copies_small_
     save(noise(2, 40, 24), src / "images" / "small.png")
     save(person(40, 24, top=2, left=2)[:24, :40], src / "masks" / "small.png")
 
-    summary = prepare(src, tmp_path / "dst", val_fraction=0, max_side=48, workers=1)
+    summary = prepare(src, tmp_path / "dst", val_fraction=0, max_side=48, jpeg_quality=60, workers=1)
 
     assert [(s.source.rsplit("/", 1)[-1], s.reason) for s in summary.skipped] == \
         [("speck.jpg", "empty mask at --max-side 48")]
@@ -484,11 +484,18 @@ def test_max_side_shrinks_large_pairs_to_jpeg_and_binary_masks_and_copies_small_
     expected[42:, 20] = 255
     np.testing.assert_array_equal(mask, expected)
     assert (train / "images" / "small.png").read_bytes() == (src / "images" / "small.png").read_bytes()
-    assert json.loads((tmp_path / "dst" / "sources.json").read_text())["max_side"] == 48
+    record = json.loads((tmp_path / "dst" / "sources.json").read_text())
+    assert (record["max_side"], record["jpeg_quality"]) == (48, 60)
+    # The JPEG is encoded at the quality asked for: a higher one is a larger file.
+    finer = prepare(src, tmp_path / "finer", val_fraction=0, max_side=48, jpeg_quality=95, workers=1)
+    assert finer.train == 2
+    assert (tmp_path / "finer/train/images/big.jpg").stat().st_size > (train / "images" / "big.jpg").stat().st_size
 
 
-def test_max_side_below_the_smallest_usable_photo_is_refused(tmp_path):
+def test_bad_max_side_and_jpeg_quality_are_refused(tmp_path):
     src = make_folders(tmp_path / "src", 3)
     with pytest.raises(PrepareError, match="--max-side: must be at least 16"):
         prepare(src, tmp_path / "dst", max_side=8)
+    with pytest.raises(PrepareError, match="--jpeg-quality: must be from 1 to 100"):
+        prepare(src, tmp_path / "dst", max_side=16, jpeg_quality=0)
     assert not (tmp_path / "dst").exists()

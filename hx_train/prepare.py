@@ -59,8 +59,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from hx_infer.io.images import (PHOTO_EXTENSIONS, DecodeError, atomic_write, exif_orientation, open_image,
-                               read_photo)
+from hx_infer.io.images import (PHOTO_EXTENSIONS, DecodeError, atomic_write, encode_jpeg, exif_orientation,
+                               open_image, read_photo)
 from hx_infer.run.options import DEFAULT_MAX_PIXELS
 
 FORMATS = ("folders", "supervisely", "ab", "coco")
@@ -526,24 +526,29 @@ def _save(sample: _Sample, key: str, pool: Path) -> str:
     return name
 
 
-def shrink(sample: _Sample, max_side: int, quality: int = JPEG_QUALITY) -> _Sample:
-    """The sample with its longer side at most `max_side` px: photo by area averaging, re-encoded
-    as JPEG of `quality`; mask by area averaging thresholded at half, so it stays 0/255 and a thin limb keeps
-    the pixels it covers at least half of. Unchanged when it is small enough. _Skip when too little is left."""
-    height, width = sample.photo.shape[:2]
+def fit_within(image: np.ndarray, max_side: int) -> np.ndarray:
+    """[H, W, ...] -> the same shrunk by area averaging so its longer side is at most `max_side`
+    px (aspect kept); unchanged when it already is."""
+    height, width = image.shape[:2]
     if max(height, width) <= max_side:
-        return sample
+        return image
     scale = max_side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    _check_size(*size)
-    photo = cv2.resize(sample.photo, size, interpolation=cv2.INTER_AREA)
-    mask = np.where(cv2.resize(sample.mask, size, interpolation=cv2.INTER_AREA) >= 128, 255, 0).astype(np.uint8)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def shrink(sample: _Sample, max_side: int, quality: int = JPEG_QUALITY) -> _Sample:
+    """The sample with its longer side at most `max_side` px (`fit_within`): the photo re-encoded
+    as JPEG of `quality`; the mask thresholded at half, so it stays 0/255 and a thin limb keeps
+    the pixels it covers at least half of. Unchanged when it is small enough. _Skip when too little is left."""
+    if max(sample.photo.shape[:2]) <= max_side:
+        return sample
+    photo = fit_within(sample.photo, max_side)
+    _check_size(*_size(photo))
+    mask = np.where(fit_within(sample.mask, max_side) >= 128, 255, 0).astype(np.uint8)
     if not mask.any():
         raise _Skip(f"empty mask at --max-side {max_side}")
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, quality])
-    assert ok, "OpenCV could not encode a JPEG"  # an [H, W, 3] uint8 array always encodes
-    return _Sample(photo, jpeg.tobytes(), ".jpg", mask)
+    return _Sample(photo, encode_jpeg(photo, quality), ".jpg", mask)
 
 
 def _process(pair: _Pair, load: Callable[[_Pair], _Sample], pool: Path, max_side: int = 0,
@@ -721,8 +726,9 @@ def _run(pairs: list[_Pair], skipped: list[Skipped], records: list[dict], stagin
     source_of = {pair.key: pair.source for pair in pairs}
     step = max(len(pairs) // 10, 1000)
     with ThreadPoolExecutor(workers) as executor:
-        results = _bounded_map(executor, lambda p: (p.key, _process(p, _LOADERS[p.fmt], pool, max_side, jpeg_quality)), pairs,
-                               window=4 * workers)
+        results = _bounded_map(executor,
+                               lambda p: (p.key, _process(p, _LOADERS[p.fmt], pool, max_side, jpeg_quality)),
+                               pairs, window=4 * workers)
         # Results come back in input (sorted) order, so the log reads the same on every run.
         for done, (key, result) in enumerate(results, 1):
             if isinstance(result, Skipped):

@@ -19,18 +19,13 @@ rm -rf "$out"
 "$py" - "$data/backgrounds" "$out/backgrounds" "$side" "$quality" <<'PY'
 import sys
 from pathlib import Path
-import cv2
-from hx_infer.io.images import read_photo
+from hx_infer.io.images import atomic_write, encode_jpeg, read_photo
 from hx_infer.io.pairs import photo_files
+from hx_train.prepare import fit_within
 src, dst, side, quality = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 dst.mkdir(parents=True)
 for path in photo_files(src):
-    rgb = read_photo(path)
-    scale = min(1.0, side / max(rgb.shape[:2]))
-    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-    cv2.imwrite(str(dst / (path.stem + ".jpg")), cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
-                [cv2.IMWRITE_JPEG_QUALITY, quality])
+    atomic_write(dst / (path.stem + ".jpg"), encode_jpeg(fit_within(read_photo(path), side), quality))
 print(f"{dst}: {len(list(dst.iterdir()))} person-free photos")
 PY
 "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -148,12 +148,12 @@ def test_prepare_and_export_forward_and_report_errors(monkeypatch, tmp_path):
     result = invoke("prepare", tmp_path / "src", tmp_path / "dst", "--val-fraction", "0.2", "--overwrite")
     assert result.exit_code == 0, result.output
     assert calls["prepare"] == ([tmp_path / "src"], tmp_path / "dst", "auto", 0.2, 0, True, 30, "person", 0, 92)
+    assert "9 train, 1 val pairs, 1 skipped" in result.output
     result = invoke("prepare", tmp_path / "src", tmp_path / "dst", "--max-side", "512", "--jpeg-quality", "80")
     assert result.exit_code == 0, result.output
     assert calls["prepare"][-2:] == (512, 80)
     assert_one_line_error(invoke("prepare", "a", "b", "--max-side", "8"), "--max-side")
     assert_one_line_error(invoke("prepare", "a", "b", "--max-side", "64", "--jpeg-quality", "101"), "--jpeg-quality")
-    assert "9 train, 1 val pairs, 1 skipped" in result.output
     assert_one_line_error(invoke("prepare", tmp_path / "src", tmp_path / "dst", "--format", "ab"), "A|B")
     assert_one_line_error(invoke("prepare", "a", "b", "--val-fraction", "1.5"), "--val-fraction")
 

@@ -130,8 +130,8 @@ def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="run folder: checkpoints, metrics.jsonl, samples/")
 @click.option("--preset", default=DEFAULTS.preset, show_default=True,
-              help="networks from hx_train.models.PRESETS: base (the paper's), lite (fast CPU inference) "
-                   "or slim (256 px at lite-128's CPU cost)")
+              help="networks from hx_train.models.PRESETS: base (the paper's), lite (fast CPU inference), "
+                   "slim (256 px at lite-128's CPU cost) or mid (slim with 3x its filters deep down)")
 @click.option("--size", type=int, default=DEFAULTS.size, show_default=True,
               help="input side in pixels, a power of two from 64 to 512")
 @click.option("--target", type=click.Choice(TARGETS), default=DEFAULTS.target, show_default=True,
@@ -158,6 +158,9 @@ def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int
 @click.option("--backgrounds", type=click.Path(path_type=Path), default=None,
               help="folder of person-free photos: people from the training pairs are pasted onto them, "
                    "and some are shown with no person at all")
+@click.option("--init-from", type=click.Path(path_type=Path), default=None,
+              help="a checkpoint whose generator starts this run: the same --preset, or a wider one "
+                   "of the same --size (its added filters start at zero effect); D starts fresh")
 @click.option("--workers", type=int, default=DEFAULTS.workers, show_default=True,
               help="image decoding threads (0: one per core, at most 8)")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
@@ -175,8 +178,9 @@ def fit(ctx: click.Context, data: Path, out: Path, resume: bool, quiet: bool, **
              if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
     try:
         for values in (options, given):  # a path in the config is a string: checkpoints hold no Path
-            if values.get("backgrounds") is not None:
-                values["backgrounds"] = str(values["backgrounds"])
+            for name in ("backgrounds", "init_from"):
+                if values.get(name) is not None:
+                    values[name] = str(values[name])
         config = resume_config(out, given) if resume else TrainConfig(**options)
         result = run_fit(config, data, out, resume=resume, log=(lambda _: None) if quiet else _log,
                          progress=False if quiet else None, command=shlex.join(["hx-train", *sys.argv[1:]]))

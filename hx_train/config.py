@@ -33,6 +33,10 @@ class TrainConfig:
     preset: str = "base"  # the paper's unet_256 + 70x70 PatchGAN; "lite" trades quality for CPU speed
     size: int = 256  # the paper's resolution; the generator's square input side, a power of two
     target: str = "alpha"  # a matte composes onto anything; "rgb" paints the person on white
+    # A checkpoint whose generator starts the run instead of random weights: the same preset, or a
+    # wider one of the same depth (hx_train.models.widen), so a bigger network starts where a
+    # smaller one's training ended. D and the optimisers start fresh. None: random init.
+    init_from: str | None = None
 
     # --- schedule and optimiser (pix2pix defaults) ---
     epochs: int = 100  # epochs at the initial learning rate (pix2pix n_epochs)

@@ -40,7 +40,7 @@ from hx_infer.io.images import atomic_write, fsync_path
 from . import data as hxdata
 from .config import ARCHITECTURE_FIELDS, FIELD_NAMES, RUNTIME_FIELDS, TrainConfig, TrainError, option
 from .losses import discriminator_loss, generator_loss
-from .models import build_discriminator, build_generator, check_size, get_preset
+from .models import build_discriminator, build_generator, check_size, get_preset, widen
 from .prepare import MIN_VAL, VAL_FRACTION, PrepareError, choose_val, read_sources
 
 __all__ = ["fit", "TrainError", "resume_config", "read_checkpoint"]
@@ -474,6 +474,28 @@ def _open_run(out: Path, resume: bool, config: TrainConfig) -> dict | None:
     return ckpt
 
 
+def init_generator(path: Path, config: TrainConfig, log: Log = _quiet) -> dict[str, torch.Tensor]:
+    """The weights config's generator starts from with --init-from `path`: that checkpoint's
+    generator, widened (hx_train.models.widen) when config's preset is wider."""
+    start = read_checkpoint(path)
+    old = start["config"]
+    for name in ("size", "target"):
+        if old[name] != getattr(config, name):
+            raise TrainError(f"--init-from {path}: its {option(name)} is {old[name]}, this run's "
+                             f"{getattr(config, name)}")
+    source = build_generator(old["preset"], int(old["size"]), old["target"])
+    source.load_state_dict(start["generator"])
+    try:
+        with torch.random.fork_rng(devices=[]):  # the added filters: the draws _Training.start makes
+            torch.manual_seed(config.seed)
+            G = widen(source, build_generator(config.preset, config.size, config.target))
+    except ValueError as e:
+        raise TrainError(f"--init-from {path}: preset {old['preset']} does not fit in {config.preset} ({e})") from None
+    log(f"generator from {path} ({old['preset']}, epoch {start['epoch']})"
+        + (f", widened to {config.preset}" if old["preset"] != config.preset else ""))
+    return G.state_dict()
+
+
 def machine(device: torch.device) -> dict:
     """What a run trained on, for the model card: CPU model and cores, torch threads, GPU."""
     cpu = platform.processor() or platform.machine()
@@ -500,6 +522,9 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
     data, out = Path(data), Path(out)
     config, device = resolve(config, log)
     ckpt = _open_run(out, resume, config)
+    # --init-from is checked before anything is read or written; a resumed run has its own weights.
+    start_weights = init_generator(Path(config.init_from), config, log) \
+        if config.init_from is not None and ckpt is None else None
 
     # Data first: a bad data set fails before anything is created.
     pin = device.type == "cuda"  # page-locked, for asynchronous copies to the GPU
@@ -550,6 +575,8 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         log(f"resuming {out} after epoch {start}")
     else:
         (out / METRICS).unlink(missing_ok=True)  # left by a run that never finished an epoch
+        if start_weights is not None:
+            run.G.load_state_dict(start_weights)
     # One record per invocation (a resumed run adds one): how each span of epochs was made.
     sessions = list(ckpt.get("sessions", [])) if ckpt is not None else []
     session = {"command": command, "machine": machine(device), "epochs": [start + 1, start], "seconds": 0.0}

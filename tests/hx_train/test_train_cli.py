@@ -82,6 +82,7 @@ def test_bad_input_is_one_line_and_exit_2(dataset, tmp_path):
     assert_one_line_error(invoke("fit", dataset), "--out")
     assert_one_line_error(fit(data=tmp_path / "nowhere"), "nowhere")
     assert_one_line_error(invoke("fit", dataset, "--out", run, "--resume"), "--resume", "last.pt")
+    assert_one_line_error(fit(init_from=tmp_path / "missing.pt"), "missing.pt")
     if not torch.cuda.is_available():
         assert_one_line_error(fit(device="cuda"), "--device cuda")
 

@@ -181,8 +181,8 @@ def widen(old: UnetGenerator, new: UnetGenerator) -> UnetGenerator:
     Every filter new has beyond old's keeps new's random weights, but each old filter gets zero
     weight from every added one: the added filters change nothing until training moves those
     zeros. The zeros get gradients at the first step; the added filters' own weights from the
-    second, once the zeros have moved. Returns `new`; ValueError if
-    the two do not fit (other depth, a narrower level, another output).
+    second, once the zeros have moved. Returns `new`; ValueError if the two do not fit (another
+    depth, a narrower level, another output).
     """
     old_blocks, new_blocks = _blocks(old), _blocks(new)
     if len(old_blocks) != len(new_blocks):
@@ -197,23 +197,24 @@ def widen(old: UnetGenerator, new: UnetGenerator) -> UnetGenerator:
                     getattr(b, name)[:a.num_features] = getattr(a, name)
                 b.num_batches_tracked.copy_(a.num_batches_tracked)
                 continue
-            # Conv2d weights are [out, in, k, k]; ConvTranspose2d's [in, out, k, k].
+            # Conv2d weights are [out, in, k, k], ConvTranspose2d's [in, out, k, k]: view both as the former.
             transposed = isinstance(a, nn.ConvTranspose2d)
-            a_in, a_out = (a.weight.shape[0], a.weight.shape[1]) if transposed else (a.weight.shape[1], a.weight.shape[0])
-            b_in, b_out = (b.weight.shape[0], b.weight.shape[1]) if transposed else (b.weight.shape[1], b.weight.shape[0])
+            src = a.weight.transpose(0, 1) if transposed else a.weight
+            dst = b.weight.transpose(0, 1) if transposed else b.weight
+            (a_out, a_in), (b_out, b_in) = src.shape[:2], dst.shape[:2]
             _check_wider(a_in, b_in)
             _check_wider(a_out, b_out)
             if old_block.outermost and transposed and a_out != b_out:
                 raise ValueError(f"{a_out} output channels cannot become {b_out} (another --target)")
-            # An up-convolution past the innermost level reads [skip, up]: two halves, each widened.
-            halves = transposed and any(isinstance(m, UnetBlock) for m in old_block.model)
-            old_in = [slice(0, a_in)] if not halves else [slice(0, a_in // 2), slice(a_in // 2, a_in)]
-            new_in = [slice(0, a_in)] if not halves else [slice(0, a_in // 2), slice(b_in // 2, b_in // 2 + a_in // 2)]
-            w = b.weight if not transposed else b.weight.transpose(0, 1)  # a view: [out, in, k, k]
-            src = a.weight if not transposed else a.weight.transpose(0, 1)
-            w[:a_out] = 0  # added inputs feed old filters nothing
-            for o, n in zip(old_in, new_in):
-                w[:a_out, n] = src[:, o]
+            # An up-convolution above the innermost level reads [skip, up]: two halves, each widened.
+            if transposed and any(isinstance(m, UnetBlock) for m in old_block.model):
+                pairs = [(slice(0, a_in // 2), slice(0, a_in // 2)),
+                         (slice(a_in // 2, a_in), slice(b_in // 2, b_in // 2 + a_in // 2))]
+            else:
+                pairs = [(slice(0, a_in), slice(0, a_in))]
+            dst[:a_out] = 0  # added inputs feed old filters nothing
+            for old_in, new_in in pairs:
+                dst[:a_out, new_in] = src[:, old_in]
             if a.bias is not None:
                 b.bias[:a_out] = a.bias
     return new

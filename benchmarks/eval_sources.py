@@ -12,7 +12,9 @@ person-free photos that `hx-train fit --backgrounds` held out (the same rule: hx
 choose_val with its default share and minimum, seed --seed) are run too, and the share of each
 photo called person (alpha > 127) is reported: mean and 90th percentile. --grid: per source, --n
 photos drawn by the seed and the --worst lowest full-photo IoUs, as rows of (photo | alpha | cutout
-on white), written atomically. Prints a markdown table; --json saves everything. Never asserted in tests.
+on white), written atomically. --split train --limit N scores N training photos a source instead:
+a model that scores no better on the photos it learned from than on val ones lacks capacity, one
+far better overfits. Prints a markdown table; --json saves everything. Never asserted in tests.
 """
 from __future__ import annotations
 
@@ -38,16 +40,22 @@ from hx_train.data import find_backgrounds  # noqa: E402
 from hx_train.prepare import MIN_VAL, VAL_FRACTION, choose_val, read_sources  # noqa: E402
 
 
-def source_folders(data: Path, scratch: Path) -> dict[str, Path]:
-    """Per source, a folder of links to its val pairs (images/, masks/), named without the prefix."""
+def source_folders(data: Path, scratch: Path, split: str = "val", limit: int = 0, seed: int = 0) -> dict[str, Path]:
+    """Per source, a folder of links to its pairs of `split` (images/, masks/), named without the
+    prefix; with `limit`, that many of them drawn by `seed`."""
     folders = {}
     for source in read_sources(data):
         prefix, folder = source["prefix"], scratch / source["name"]
+        photos = sorted(p for p in (data / split / "images").iterdir() if p.name.startswith(prefix))
+        if limit and len(photos) > limit:
+            picked = np.random.default_rng(seed).choice(len(photos), size=limit, replace=False)
+            photos = [photos[i] for i in sorted(picked)]
         for sub in ("images", "masks"):
             (folder / sub).mkdir(parents=True)
-            for path in sorted((data / "val" / sub).iterdir()):
-                if path.name.startswith(prefix):
-                    (folder / sub / path.name[len(prefix):]).symlink_to(path.resolve())
+        for photo in photos:
+            mask = data / split / "masks" / f"{photo.stem}.png"
+            (folder / "images" / photo.name[len(prefix):]).symlink_to(photo.resolve())
+            (folder / "masks" / mask.name[len(prefix):]).symlink_to(mask.resolve())
         folders[source["name"]] = folder
     return folders
 
@@ -85,13 +93,16 @@ def main() -> int:
     parser.add_argument("--worst", type=int, default=2, help="grid: lowest-IoU photos per source")
     parser.add_argument("--height", type=int, default=200, help="grid: tile height in pixels")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--split", choices=("val", "train"), default="val",
+                        help="train: score the photos the model learned from (does it fit them? underfitting or overfitting)")
+    parser.add_argument("--limit", type=int, default=0, help="at most this many photos a source, drawn by --seed")
     args = parser.parse_args()
 
-    report: dict = {"model": args.model, "data": str(args.data), "sources": {}}
+    report: dict = {"model": args.model, "data": str(args.data), "split": args.split, "sources": {}}
     rows: list = []
     print("| source | crop | n | IoU mean | median | p10 | MAE | boundary F@3px |\n|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch, Extractor(args.model, backend="ort", device="cpu") as extractor:
-        for name, folder in source_folders(args.data, Path(scratch)).items():
+        for name, folder in source_folders(args.data, Path(scratch), args.split, args.limit, args.seed).items():
             results = evaluate(extractor.model, folder, extractor.backend)
             report["sources"][name] = {"crops": results["crops"], "images": results["images"]}
             for crop, s in results["crops"].items():

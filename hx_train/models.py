@@ -38,8 +38,8 @@ PRESETS: dict[str, Preset] = {
     # 32-filter PatchGAN would cost six times this G.
     "slim": Preset(ngf=8, ndf=16, n_layers=3, max_mult=16,
                    why="256^2 input at lite-128's CPU cost: 8 filters at full resolution, 128 deep down"),
-    # slim fits its own training photos no better than its val photos (whole-photo IoU on coco
-    # 0.36 train vs 0.29 val): too little capacity, not too little data. mid keeps slim's two
+    # slim fits its own training photos hardly better than its val photos (whole-photo IoU on
+    # coco 0.33 train vs 0.30 val, ccp 0.87 vs 0.86): too little capacity, not too little data. mid keeps slim's two
     # full-resolution levels and triples the filters at 1/8 to 1/64 of the side, where a person
     # is told from a post; 1.6x slim's cost. Its widths contain slim's, so `fit --init-from` can
     # start it from a slim checkpoint (hx_train.models.widen).

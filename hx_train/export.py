@@ -87,7 +87,9 @@ def export(ckpt: Path, out: Path, log: Log = lambda s: None, *, overwrite: bool 
     extra = {
         "source_checkpoint": ckpt.name,
         # sessions: each hx-train fit invocation behind the weights (command, machine, epochs, seconds).
-        "training": {"config": config, "epoch": state.get("epoch"), "sessions": state.get("sessions", [])},
+        # init_from: with fit --init-from, the checkpoint it started from and the sessions behind that.
+        "training": {"config": config, "epoch": state.get("epoch"), "sessions": state.get("sessions", []),
+                     "init_from": state.get("init_from")},
         "data": state.get("data", {}),
         "val_metrics": state.get("val_metrics", {}),
         "val_sources": state.get("val_sources", {}),

@@ -419,7 +419,7 @@ class _Training:
         return factor
 
     def state_dict(self, epoch: int, best_metric: float, val_metrics: dict, data: dict,
-                   sessions: list[dict], val_sources: dict | None = None) -> dict:
+                   sessions: list[dict], val_sources: dict | None = None, init_from: dict | None = None) -> dict:
         return {
             "format": CKPT_FORMAT,
             "config": dataclasses.asdict(self.config),
@@ -435,6 +435,7 @@ class _Training:
             "val_sources": val_sources or {},
             "data": data,
             "sessions": sessions,
+            "init_from": init_from,  # hx_train.train.lineage, or None for a run from random weights
         }
 
     def load(self, ckpt: dict) -> None:
@@ -474,9 +475,9 @@ def _open_run(out: Path, resume: bool, config: TrainConfig) -> dict | None:
     return ckpt
 
 
-def init_generator(path: Path, config: TrainConfig, log: Log = _quiet) -> dict[str, torch.Tensor]:
+def init_generator(path: Path, config: TrainConfig, log: Log = _quiet) -> tuple[dict[str, torch.Tensor], dict]:
     """The weights config's generator starts from with --init-from `path`: that checkpoint's
-    generator, widened (hx_train.models.widen) when config's preset is wider."""
+    generator, widened (hx_train.models.widen) when config's preset is wider; and its lineage."""
     start = read_checkpoint(path)
     old = start["config"]
     for name in ("size", "target"):
@@ -493,7 +494,14 @@ def init_generator(path: Path, config: TrainConfig, log: Log = _quiet) -> dict[s
         raise TrainError(f"--init-from {path}: preset {old['preset']} does not fit in {config.preset} ({e})") from None
     log(f"generator from {path} ({old['preset']}, epoch {start['epoch']})"
         + (f", widened to {config.preset}" if old["preset"] != config.preset else ""))
-    return G.state_dict()
+    return G.state_dict(), lineage(path, start)
+
+
+def lineage(path: Path, ckpt: dict) -> dict:
+    """What a run started from with --init-from: the checkpoint, its preset and epoch, and the
+    invocations behind it (and behind what it started from), so a model card names them all."""
+    return {"checkpoint": str(path), "preset": ckpt["config"]["preset"], "epoch": ckpt["epoch"],
+            "sessions": ckpt.get("sessions", []), "init_from": ckpt.get("init_from")}
 
 
 def machine(device: torch.device) -> dict:
@@ -523,8 +531,10 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
     config, device = resolve(config, log)
     ckpt = _open_run(out, resume, config)
     # --init-from is checked before anything is read or written; a resumed run has its own weights.
-    start_weights = init_generator(Path(config.init_from), config, log) \
-        if config.init_from is not None and ckpt is None else None
+    start_weights, started_from = init_generator(Path(config.init_from), config, log) \
+        if config.init_from is not None and ckpt is None else (None, None)
+    if ckpt is not None:
+        started_from = ckpt.get("init_from")
 
     # Data first: a bad data set fails before anything is created.
     pin = device.type == "cuda"  # page-locked, for asynchronous copies to the GPU
@@ -644,7 +654,7 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         # Metrics line, then best.pt, then last.pt: a crash in between repeats this epoch on resume.
         with open(out / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
-        checkpoint = run.state_dict(epoch + 1, best_metric, metrics, data_info, sessions, detail)
+        checkpoint = run.state_dict(epoch + 1, best_metric, metrics, data_info, sessions, detail, started_from)
         if improved:
             _atomic_write(out / BEST, lambda f: torch.save(checkpoint, f))
             _link_or_copy(out / BEST, out / LAST)

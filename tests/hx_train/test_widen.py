@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hx_train.config import TrainConfig, TrainError
+from hx_train.export import export
 from hx_train.models import PRESETS, Preset, UnetGenerator, _blocks, build_generator, init_weights, widen
 from hx_train.train import LAST, _Training, fit, init_generator, read_checkpoint
 
@@ -72,7 +73,7 @@ def test_init_from_starts_the_run_at_the_checkpoint(dataset, tmp_path):
     ckpt = tmp_path / "slim" / LAST
     config = TrainConfig(**{**slim, "preset": "mid", "init_from": str(ckpt)})
     messages: list[str] = []
-    weights = init_generator(ckpt, config, messages.append)
+    weights, _ = init_generator(ckpt, config, messages.append)
     assert any("widened to mid" in m for m in messages)
 
     narrow = build_generator("slim", 64)
@@ -90,6 +91,17 @@ def test_init_from_starts_the_run_at_the_checkpoint(dataset, tmp_path):
     fit(config, dataset, tmp_path / "mid")
     run = read_checkpoint(tmp_path / "mid" / LAST)
     assert run["config"]["init_from"] == str(ckpt) and run["config"]["preset"] == "mid"
+    # The run names what it started from and the invocations behind that, through --resume and
+    # into the model card.
+    behind = read_checkpoint(ckpt)["sessions"]
+    assert run["init_from"] == {"checkpoint": str(ckpt), "preset": "slim", "epoch": 1, "sessions": behind,
+                                "init_from": None}
+    fit(TrainConfig(**{**slim, "preset": "mid", "init_from": str(ckpt), "epochs": 2}), dataset,
+        tmp_path / "mid", resume=True)
+    assert read_checkpoint(tmp_path / "mid" / LAST)["init_from"] == run["init_from"]
+    card = export(tmp_path / "mid" / LAST, tmp_path / "model").card
+    assert card["training"]["init_from"]["sessions"] == behind and len(card["training"]["sessions"]) == 2
+    assert read_checkpoint(ckpt)["init_from"] is None  # a run from random weights says so
 
 
 def test_init_from_that_does_not_fit_is_a_train_error_and_creates_nothing(dataset, tmp_path):

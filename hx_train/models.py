@@ -39,9 +39,9 @@ PRESETS: dict[str, Preset] = {
     "slim": Preset(ngf=8, ndf=16, n_layers=3, max_mult=16,
                    why="256^2 input at lite-128's CPU cost: 8 filters at full resolution, 128 deep down"),
     # slim fits its own training photos hardly better than its val photos (whole-photo IoU on
-    # coco 0.33 train vs 0.30 val, ccp 0.87 vs 0.86): too little capacity, not too little data. mid keeps slim's two
-    # full-resolution levels and triples the filters at 1/8 to 1/64 of the side, where a person
-    # is told from a post; 1.6x slim's cost. Its widths contain slim's, so `fit --init-from` can
+    # coco 0.33 train vs 0.30 val, ccp 0.87 vs 0.86): too little capacity, not too little data.
+    # mid keeps slim's two full-resolution levels and triples the filters at 1/8 to 1/64 of the
+    # side, where a person is told from a post; 1.6x slim's cost. Its widths contain slim's, so `fit --init-from` can
     # start it from a slim checkpoint (hx_train.models.widen).
     "mid": Preset(ngf=8, ndf=16, n_layers=3, max_mult=16, outer_widths=(8, 16, 48, 96, 160, 160),
                   why="slim with 3x the filters at 1/8-1/64 resolution: widths 8, 16, 48, 96, 160, 160, then 128"),
@@ -207,7 +207,7 @@ def widen(old: UnetGenerator, new: UnetGenerator) -> UnetGenerator:
             if old_block.outermost and transposed and a_out != b_out:
                 raise ValueError(f"{a_out} output channels cannot become {b_out} (another --target)")
             # An up-convolution above the innermost level reads [skip, up]: two halves, each widened.
-            if transposed and any(isinstance(m, UnetBlock) for m in old_block.model):
+            if transposed and old_block is not old_blocks[-1]:
                 pairs = [(slice(0, a_in // 2), slice(0, a_in // 2)),
                          (slice(a_in // 2, a_in), slice(b_in // 2, b_in // 2 + a_in // 2))]
             else:

@@ -541,9 +541,9 @@ def shrink(sample: _Sample, max_side: int, quality: int = JPEG_QUALITY) -> _Samp
     """The sample with its longer side at most `max_side` px (`fit_within`): the photo re-encoded
     as JPEG of `quality`; the mask thresholded at half, so it stays 0/255 and a thin limb keeps
     the pixels it covers at least half of. Unchanged when it is small enough. _Skip when too little is left."""
-    if max(sample.photo.shape[:2]) <= max_side:
-        return sample
     photo = fit_within(sample.photo, max_side)
+    if photo is sample.photo:  # small enough: keep the file's own bytes
+        return sample
     _check_size(*_size(photo))
     mask = np.where(fit_within(sample.mask, max_side) >= 128, 255, 0).astype(np.uint8)
     if not mask.any():

@@ -530,11 +530,11 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
     data, out = Path(data), Path(out)
     config, device = resolve(config, log)
     ckpt = _open_run(out, resume, config)
-    # --init-from is checked before anything is read or written; a resumed run has its own weights.
-    start_weights, started_from = init_generator(Path(config.init_from), config, log) \
-        if config.init_from is not None and ckpt is None else (None, None)
-    if ckpt is not None:
-        started_from = ckpt.get("init_from")
+    # What the run started from: a resumed run's checkpoint says, and has its own weights; a new
+    # run's --init-from is checked here, before anything is read or written.
+    start_weights, started_from = None, ckpt.get("init_from") if ckpt is not None else None
+    if config.init_from is not None and ckpt is None:
+        start_weights, started_from = init_generator(Path(config.init_from), config, log)
 
     # Data first: a bad data set fails before anything is created.
     pin = device.type == "cuda"  # page-locked, for asynchronous copies to the GPU

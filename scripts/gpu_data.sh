@@ -5,13 +5,13 @@
 # shrunk to SIDE px on its longer side as JPEG of QUALITY; plus .whl/, the simplejpeg wheel fit's
 # JPEG decoder needs there (its image lacks it). Both folders are in .git/info/exclude; carry them:
 #
-#   scripts/gpu_data.sh [SIDE=320] [QUALITY=75]     then run scripts/gpu_train.sh with the device tool
+#   scripts/gpu_data.sh [SIDE=288] [QUALITY=75]     then run scripts/gpu_train.sh with the device tool
 #
-# The tracked tree travels too (39 MiB with the 37 MB bundled model), so the defaults are what fits
-# beside it (22 MiB); the script ends with exit 1 when the total would not travel.
+# The tracked tree travels too (42 MiB with the 41 MB bundled model), so the defaults are what fits
+# beside it (19 MiB); the script ends with exit 1 when the total would not travel.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-side="${1:-320}" quality="${2:-75}"
+side="${1:-288}" quality="${2:-75}"
 data="${HX_DATA:-$root/../shared/data}" out="$root/.gpu-data" py="$root/.venv/bin/python"
 for ignored in /.gpu-data/ /.whl/; do
     grep -qxF "$ignored" "$root/.git/info/exclude" 2>/dev/null || echo "$ignored" >> "$root/.git/info/exclude"

@@ -159,6 +159,14 @@ def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int
 @click.option("--backgrounds", type=click.Path(path_type=Path), default=None,
               help="folder of person-free photos: people from the training pairs are pasted onto them, "
                    "and some are shown with no person at all")
+@click.option("--p-composite", type=click.FloatRange(0.0, 1.0), default=DEFAULTS.p_composite, show_default=True,
+              help="share of views that are a background photo with 1-4 people pasted on (needs --backgrounds)")
+@click.option("--p-empty", type=click.FloatRange(0.0, 1.0), default=DEFAULTS.p_empty, show_default=True,
+              help="share of views that are a background photo with nobody on it (needs --backgrounds)")
+@click.option("--source-balance", type=click.FloatRange(0.0, 1.0), default=DEFAULTS.source_balance,
+              show_default=True,
+              help="a photo of a source of n photos is drawn with weight n^-this: 0 = every photo alike, "
+                   "1 = every source alike")
 @click.option("--init-from", type=click.Path(path_type=Path), default=None,
               help="a checkpoint whose generator starts this run: the same --preset, or a wider one "
                    "of the same --size (its added filters start at zero effect); D starts fresh")

@@ -119,7 +119,7 @@ class TrainConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise TrainError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.p_composite + self.p_empty > 1:
-            raise TrainError("p_composite + p_empty must not exceed 1")
+            raise TrainError("--p-composite plus --p-empty must not exceed 1")
         if self.composite_people < 1:
             raise TrainError(f"composite_people must be at least 1, got {self.composite_people}")
         if not 0 < self.composite_min_height <= self.composite_max_height:

@@ -98,6 +98,29 @@ def test_bad_input_is_one_line_and_exit_2(dataset, tmp_path):
     assert_one_line_error(fit(data=empty), "no photos")
 
 
+def test_sampling_shares_are_options_and_are_checked(dataset, tmp_path):
+    """--source-balance, --p-composite and --p-empty reach the run's config; bad ones are one line."""
+    backgrounds = tmp_path / "backgrounds"
+    backgrounds.mkdir()
+    make_dataset(tmp_path / "bg", n_train=2, n_val=0)
+    for photo in (tmp_path / "bg" / "train" / "images").iterdir():
+        photo.rename(backgrounds / photo.name)
+    run = tmp_path / "run"
+    result = invoke("fit", dataset, "--out", run, *TINY, "-q", "--backgrounds", backgrounds,
+                    "--source-balance", "1", "--p-composite", "0.2", "--p-empty", "0.3")
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert (config["source_balance"], config["p_composite"], config["p_empty"]) == (1.0, 0.2, 0.3)
+
+    other = tmp_path / "other"
+    assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, "--source-balance", "1.5"),
+                          "--source-balance")
+    assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, "--p-empty", "-0.1"), "--p-empty")
+    assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, "--p-composite", "0.7",
+                                 "--p-empty", "0.5"), "--p-composite", "--p-empty")
+    assert not other.exists()
+
+
 def test_an_existing_run_is_not_overwritten(dataset, tmp_path):
     run = tmp_path / "run"
     assert invoke("fit", dataset, "--out", run, *TINY, "-q").exit_code == 0

@@ -10,11 +10,8 @@ runs with torch's TorchScript exporter in its place, and the card says so.
 """
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 from typing import Callable
-from unittest import mock
 
 import torch
 
@@ -37,33 +34,11 @@ def write_random_model(out: Path, preset: str, size: int, target: str = "alpha",
         if "onnxscript" not in str(e):
             raise
         log(f"{e}; exporting with torch's TorchScript exporter instead")
-    with mock.patch.object(export, "_to_onnx", _torchscript_onnx):
-        return _export(generator, out, preset, size, target, f"{source}; TorchScript ONNX export", log)
+    return _export(generator, out, preset, size, target, f"{source}; TorchScript ONNX export", log,
+                   exporter="torchscript")
 
 
-def _export(generator, out: Path, preset: str, size: int, target: str, source: str, log: Log) -> ModelDir:
+def _export(generator, out: Path, preset: str, size: int, target: str, source: str, log: Log,
+            exporter: str = "dynamo") -> ModelDir:
     return export.export_generator(generator, out, preset=preset, size=size, target=target, overwrite=True,
-                                   card_extra={"data": {"source": source}}, log=log)
-
-
-def _torchscript_onnx(shipped: torch.nn.Module, size: int, target: str, out: Path):
-    """hx_train.export._to_onnx's contract (an fp32 onnx.ModelProto, dynamic batch axis) without onnxscript."""
-    import io
-
-    import onnx
-
-    buffer = io.BytesIO()
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-            torch.onnx.export(shipped, (torch.zeros(export.PARITY_BATCH, 3, size, size),), buffer, dynamo=False,
-                              input_names=[export.INPUT_NAME], output_names=[target],
-                              dynamic_axes={export.INPUT_NAME: {0: "batch"}}, opset_version=export.OPSET)
-    finally:
-        quiet.setLevel(level)
-    model = onnx.load_from_string(buffer.getvalue())
-    onnx.checker.check_model(model, full_check=True)
-    return model
+                                   card_extra={"data": {"source": source}}, log=log, exporter=exporter)

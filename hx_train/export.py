@@ -3,7 +3,8 @@
     export(ckpt, out)                      reads an hx-ckpt/1 checkpoint, then does what follows
     export_generator(generator, out, ...)  ONNX fp32 + fp16 graphs, weights, parity check, model.json
 
-Exporter: torch.onnx.export with dynamo=True (the default since torch 2.9; needs onnxscript). We
+Exporter: torch.onnx.export with dynamo=True (the default since torch 2.9; needs onnxscript;
+`exporter="torchscript"` is the old one, for machines without onnxscript; the card names which). We
 chose it over the TorchScript exporter because that one is deprecated and warns on every call, and
 because the dynamo path folds eval-mode batch-norm into the convolutions, so the graph cannot carry
 training-mode statistics at all. It costs ~4 s per export on a laptop CPU; the TorchScript one 0.2 s.
@@ -41,6 +42,7 @@ from hx_train.models import (UnetGenerator, build_generator, check_size, conv_gf
 CHECKPOINT_FORMAT = "hx-ckpt/1"
 OPSET = 18
 INPUT_NAME = "image"
+EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export's two paths; see the module docstring
 # Max |ONNX - PyTorch| on [0, 1] outputs that export accepts; 1/255 is one 8-bit grey level.
 FP32_TOLERANCE = 1e-4
 # fp16 end to end through ~16 layers, on random-noise images (harder than photos): the worst pixel
@@ -50,7 +52,7 @@ PARITY_BATCH = 2  # > 1, so the check also runs the dynamic batch axis
 NORMALISATION = {"input": "RGB, x/127.5-1, letterboxed to SxS centred, pad 0.0", "output": "[0,1]"}
 # Keys export_generator computes itself; card_extra may add keys but not replace these.
 _RESERVED = {"format", "preset", "size", "target", "normalisation", "input_name", "output_name", "opset",
-             "parameters", "gflops_per_image", "parity", "sha256", "versions", "created"}
+             "onnx_exporter", "parameters", "gflops_per_image", "parity", "sha256", "versions", "created"}
 
 Log = Callable[[str], None]
 
@@ -125,7 +127,7 @@ def load_checkpoint(path: Path, log: Log = lambda s: None) -> dict:
 
 def export_generator(generator: UnetGenerator, out: Path, *, preset: str, size: int, target: str,
                      card_extra: dict | None = None, log: Log = lambda s: None,
-                     overwrite: bool = False) -> ModelDir:
+                     overwrite: bool = False, exporter: str = "dynamo") -> ModelDir:
     """Write `generator` (any device, any mode; left untouched) as a model folder at `out`.
 
     The folder is built beside `out` and renamed into place only after the parity check passes, so
@@ -139,6 +141,8 @@ def export_generator(generator: UnetGenerator, out: Path, *, preset: str, size: 
         out_channels_for(target)
     except ValueError as e:
         raise ExportError(f"{out}: {e}") from None
+    if exporter not in EXPORTERS:
+        raise ExportError(f"{out}: exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     extra = dict(card_extra or {})
     if clash := _RESERVED & extra.keys():
         raise ExportError(f"card_extra may not set {', '.join(sorted(clash))}")
@@ -161,7 +165,7 @@ def export_generator(generator: UnetGenerator, out: Path, *, preset: str, size: 
     tmp.mkdir()
     try:
         log(f"exporting {preset} {size}px {target} generator (ONNX opset {OPSET})")
-        fp32 = _to_onnx(shipped, size, target, out)
+        fp32 = _to_onnx(shipped, size, target, out, exporter)
         fp16 = _to_fp16(fp32, out)
         _save_onnx(fp32, tmp / ONNX_FP32)
         _save_onnx(fp16, tmp / ONNX_FP16)
@@ -172,7 +176,7 @@ def export_generator(generator: UnetGenerator, out: Path, *, preset: str, size: 
         if not parity["fp32_max_abs"] <= FP32_TOLERANCE or not parity["fp16_max_abs"] <= FP16_TOLERANCE:
             raise ExportError(f"{out}: ONNX output differs from PyTorch beyond tolerance (fp32 "
                               f"{parity['fp32_max_abs']:.2e}, fp16 {parity['fp16_max_abs']:.2e}); nothing written")
-        card = _card(out.name, preset, size, target, net, parity, tmp)
+        card = _card(out.name, preset, size, target, net, parity, tmp, exporter)
         card.update(extra)
         (tmp / CARD).write_text(json.dumps(card, indent=2, default=_json_default) + "\n")
         for name in (ONNX_FP32, ONNX_FP16, WEIGHTS, CARD):
@@ -193,28 +197,40 @@ def _check_destination(out: Path, overwrite: bool) -> None:
             raise ExportError(f"{out}: folder exists and is not empty; choose another or pass --overwrite")
 
 
-def _to_onnx(shipped: nn.Module, size: int, target: str, out: Path):
-    """Trace `shipped` into an fp32 onnx.ModelProto with a dynamic batch axis named "batch"."""
+def _to_onnx(shipped: nn.Module, size: int, target: str, out: Path, exporter: str = "dynamo"):
+    """Trace `shipped` into an fp32 onnx.ModelProto with a dynamic batch axis named "batch".
+
+    exporter "torchscript" is torch's deprecated exporter: it needs no onnxscript, which some
+    machines lack (the GPU check machine), and its graph keeps batch-norm as separate nodes."""
+    import io
+
     import onnx
 
     example = torch.zeros(PARITY_BATCH, 3, size, size)  # batch > 1 so it is not specialised away
-    batch = torch.export.Dim("batch", min=1)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # one warning per missing optional op library (torchvision) otherwise
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(shipped, (example,), None, input_names=[INPUT_NAME],
-                                        output_names=[target], dynamic_shapes={"image": {0: batch}},
-                                        opset_version=OPSET, dynamo=True, verbose=False)
+            warnings.simplefilter("ignore")  # the TorchScript exporter also announces its deprecation
+            if exporter == "dynamo":
+                program = torch.onnx.export(shipped, (example,), None, input_names=[INPUT_NAME],
+                                            output_names=[target],
+                                            dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1)}},
+                                            opset_version=OPSET, dynamo=True, verbose=False)
+                model = program.model_proto
+            else:
+                buffer = io.BytesIO()
+                torch.onnx.export(shipped, (example,), buffer, dynamo=False, input_names=[INPUT_NAME],
+                                  output_names=[target], dynamic_axes={INPUT_NAME: {0: "batch"}},
+                                  opset_version=OPSET)
+                model = onnx.load_from_string(buffer.getvalue())
     except ImportError as e:
         raise ExportError(f"{out}: the ONNX exporter needs onnxscript ({e}); {install_hint('train')}") from None
     except Exception as e:
         raise ExportError(f"{out}: torch.onnx.export failed ({type(e).__name__}: {_first_line(e)})") from None
     finally:
         quiet.setLevel(level)
-    model = program.model_proto
     model.doc_string = "hx generator: image [N,3,S,S] RGB in [-1,1] -> [N,C,S,S] in [0,1]"
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -296,7 +312,8 @@ def check_parity(shipped: nn.Module, folder: Path, size: int, target: str) -> di
     }
 
 
-def _card(name: str, preset: str, size: int, target: str, net: nn.Module, parity: dict, folder: Path) -> dict:
+def _card(name: str, preset: str, size: int, target: str, net: nn.Module, parity: dict, folder: Path,
+          exporter: str) -> dict:
     import onnx
     import onnxruntime
 
@@ -310,6 +327,7 @@ def _card(name: str, preset: str, size: int, target: str, net: nn.Module, parity
         "output_name": target,
         "normalisation": NORMALISATION,
         "opset": OPSET,
+        "onnx_exporter": exporter,
         "parameters": count_parameters(net),
         "gflops_per_image": round(conv_gflops(net, size), 4),
         "parity": parity,

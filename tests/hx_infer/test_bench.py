@@ -155,6 +155,7 @@ def test_random_model_without_onnxscript_falls_back_to_a_torchscript_export(tmp_
     assert any("TorchScript exporter instead" in line for line in logged)
     assert model.preset == "lite" and model.size == 64 and model.card["gflops_per_image"] > 0
     assert "TorchScript" in model.card["data"]["source"] and model.onnx_fp16_path.is_file()
+    assert model.card["onnx_exporter"] == "torchscript"
     model.verify()  # the card's hashes are those of the files written
     x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32)
     with TorchBackend(model, BackendSpec(device="cpu")) as t, OrtBackend(model, BackendSpec(device="cpu", threads=1)) as o:

@@ -90,6 +90,7 @@ def test_card_describes_model_and_training(exported):
     assert (card["preset"], card["size"], card["target"]) == ("lite", SIZE, "alpha")
     assert (card["input_name"], card["output_name"]) == ("image", "alpha")
     assert card["normalisation"]["output"] == "[0,1]"
+    assert card["onnx_exporter"] == "dynamo"
     assert card["source_checkpoint"] == "last.pt"
     assert card["data"]["train"] == 10
     assert card["val_metrics"]["iou"] == pytest.approx(0.75)
@@ -233,6 +234,8 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ExportError, match="sha256"):
         export_generator(generator, tmp_path / "c", preset="lite", size=SIZE, target="alpha",
                          card_extra={"sha256": {}})
+    with pytest.raises(ExportError, match="exporter must be one of dynamo, torchscript"):
+        export_generator(generator, tmp_path / "d", preset="lite", size=SIZE, target="alpha", exporter="onnx")
     (tmp_path / "file").write_text("x")
     with pytest.raises(ExportError, match="not a folder"):
         export_generator(generator, tmp_path / "file", preset="lite", size=SIZE, target="alpha")

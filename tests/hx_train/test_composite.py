@@ -130,7 +130,7 @@ def test_person_heights_and_source_weights():
 
 
 def test_config_checks_the_new_shares():
-    with pytest.raises(TrainError, match="p_composite \\+ p_empty"):
+    with pytest.raises(TrainError, match="--p-composite plus --p-empty"):
         TrainConfig(p_composite=0.7, p_empty=0.5).check()
     with pytest.raises(TrainError, match="composite heights"):
         TrainConfig(composite_min_height=0.5, composite_max_height=0.2).check()

@@ -160,7 +160,8 @@ def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int
               help="folder of person-free photos: people from the training pairs are pasted onto them, "
                    "and some are shown with no person at all")
 @click.option("--p-composite", type=click.FloatRange(0.0, 1.0), default=DEFAULTS.p_composite, show_default=True,
-              help="share of views that are a background photo with 1-4 people pasted on (needs --backgrounds)")
+              help=f"share of views that are a background photo with 1-{DEFAULTS.composite_people} people pasted on "
+                   "(needs --backgrounds)")
 @click.option("--p-empty", type=click.FloatRange(0.0, 1.0), default=DEFAULTS.p_empty, show_default=True,
               help="share of views that are a background photo with nobody on it (needs --backgrounds)")
 @click.option("--source-balance", type=click.FloatRange(0.0, 1.0), default=DEFAULTS.source_balance,

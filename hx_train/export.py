@@ -197,7 +197,7 @@ def _check_destination(out: Path, overwrite: bool) -> None:
             raise ExportError(f"{out}: folder exists and is not empty; choose another or pass --overwrite")
 
 
-def _to_onnx(shipped: nn.Module, size: int, target: str, out: Path, exporter: str = "dynamo"):
+def _to_onnx(shipped: nn.Module, size: int, target: str, out: Path, exporter: str):
     """Trace `shipped` into an fp32 onnx.ModelProto with a dynamic batch axis named "batch".
 
     exporter "torchscript" is torch's deprecated exporter: it needs no onnxscript, which some

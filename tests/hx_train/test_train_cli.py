@@ -7,9 +7,11 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from hx_train.cli import main
 from hx_train.models import PRESETS
@@ -102,9 +104,8 @@ def test_sampling_shares_are_options_and_are_checked(dataset, tmp_path):
     """--source-balance, --p-composite and --p-empty reach the run's config; bad ones are one line."""
     backgrounds = tmp_path / "backgrounds"
     backgrounds.mkdir()
-    make_dataset(tmp_path / "bg", n_train=2, n_val=0)
-    for photo in (tmp_path / "bg" / "train" / "images").iterdir():
-        photo.rename(backgrounds / photo.name)
+    for i in range(2):
+        Image.fromarray(np.full((30, 50, 3), 20 + i, np.uint8)).save(backgrounds / f"b{i}.jpg")
     run = tmp_path / "run"
     result = invoke("fit", dataset, "--out", run, *TINY, "-q", "--backgrounds", backgrounds,
                     "--source-balance", "1", "--p-composite", "0.2", "--p-empty", "0.3")

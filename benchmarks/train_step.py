@@ -1,6 +1,7 @@
 """Training step speed: the full pix2pix step (G + PatchGAN D) against G alone (--lambda-gan 0).
 
     .venv/bin/python benchmarks/train_step.py [--preset lite] [--size 128] [--batch-size 16] [--device cpu]
+                                              [--amp auto|bf16|fp16|off] [--g-only]
 
 Runs hx_train.train.train_step on random batches with the networks, optimisers and autocast that
 `hx-train fit` sets up, and prints images/s for each; the figures are saved in
@@ -20,7 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hx_train.config import TrainConfig  # noqa: E402
+from hx_train.config import AMP_MODES, TrainConfig  # noqa: E402
 from hx_train.train import _Training, autocast_for, resolve, train_step  # noqa: E402
 
 import record  # noqa: E402  (benchmarks/record.py)
@@ -55,17 +56,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--amp", default="auto", choices=AMP_MODES, help="as hx-train fit --amp")
+    parser.add_argument("--g-only", action="store_true", help="only the G-alone step (--lambda-gan 0)")
     args = parser.parse_args()
     result = {"benchmark": "train_step", "when": record.now(), "preset": args.preset, "size": args.size,
               "batch_size": args.batch_size, "steps": args.steps, "device": args.device,
+              "amp": resolve(TrainConfig(device=args.device, amp=args.amp))[0].amp,
               "torch": str(torch.__version__), "torch_threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "img_per_s": {}}
-    for name, lambda_gan in (("G + D (pix2pix)", 1.0), ("G alone (--lambda-gan 0)", 0.0)):
+    steps = [("G + D (pix2pix)", 1.0), ("G alone (--lambda-gan 0)", 0.0)][args.g_only:]
+    for name, lambda_gan in steps:
         config = TrainConfig(preset=args.preset, size=args.size, batch_size=args.batch_size,
-                             lambda_gan=lambda_gan, seg_loss="dice", device=args.device)
+                             lambda_gan=lambda_gan, seg_loss="dice", device=args.device, amp=args.amp)
         speed = images_per_s(config, args.steps)
         result["img_per_s"][name] = round(speed, 1)
-        print(f"{name}: {speed:.1f} img/s ({args.preset} {args.size}px, batch {args.batch_size}, {args.device})")
+        print(f"{name}: {speed:.1f} img/s ({args.preset} {args.size}px, batch {args.batch_size}, "
+              f"{args.device}, amp {result['amp']})")
     record.save("train_step", result)
 
 

@@ -152,7 +152,8 @@ def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int
               help="extra matte term (alpha only)")
 @click.option("--seg-weight", type=float, default=DEFAULTS.seg_weight, show_default=True)
 @click.option("--amp", type=click.Choice(AMP_MODES), default=DEFAULTS.amp, show_default=True,
-              help="CUDA autocast dtype (the CPU always trains in fp32)")
+              help="autocast dtype; auto: bf16 on CUDA (fp16 on GPUs without bf16), fp32 on the CPU. "
+                   "bf16 also runs on the CPU, faster where it has AVX512-BF16 or AMX")
 @click.option("--device", type=click.Choice(DEVICES), default=DEFAULTS.device, show_default=True)
 @click.option("--compile/--no-compile", default=DEFAULTS.compile, show_default=True,
               help="torch.compile the networks")

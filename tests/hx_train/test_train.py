@@ -14,7 +14,7 @@ from hx_train.config import TrainConfig, TrainError
 from hx_train.losses import discriminator_loss, generator_loss, segmentation_loss
 from hx_train.models import build_discriminator, build_generator
 from hx_train.train import (LAST, _Training, autocast_for, evaluate, fit, lr_factor, read_checkpoint, resolve,
-                             resume_config, train_step)
+                             resolve_amp, resume_config, train_step)
 
 TINY = dict(preset="lite", size=64, batch_size=4, device="cpu", samples=3)
 
@@ -363,6 +363,32 @@ def test_bad_options_and_folders_raise_train_error(dataset, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(TrainError, match="--device cuda"):
             fit(TrainConfig(**{**TINY, "device": "cuda"}), dataset, tmp_path / "never")
+
+
+def test_amp_on_the_cpu_is_fp32_unless_bf16_is_asked_for():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) == "off" and resolve_amp("off", cpu) == "off"
+    assert resolve_amp("bf16", cpu) == "bf16"
+    with pytest.raises(TrainError, match="--amp fp16 needs a CUDA GPU"):
+        resolve_amp("fp16", cpu)
+    assert resolve(TrainConfig(**TINY))[0].amp == "off"
+
+
+@pytest.mark.slow
+def test_cpu_bf16_autocast_trains_and_resumes_with_fp32_weights(dataset, tmp_path):
+    """--amp bf16 on the CPU really runs in bf16 (its losses differ from fp32's), keeps fp32
+    weights in plain layout in the checkpoint, and resumes."""
+    fit(TrainConfig(**TINY, epochs=1, epochs_decay=0, amp="off"), dataset, tmp_path / "fp32")
+    run = tmp_path / "bf16"
+    fit(TrainConfig(**TINY, epochs=1, epochs_decay=0, amp="bf16"), dataset, run)
+    (fp32,), (bf16,) = read_metrics(tmp_path / "fp32"), read_metrics(run)
+    assert np.isfinite(bf16["loss"]["g_total"]) and bf16["loss"] != fp32["loss"]
+    ckpt = read_checkpoint(run / LAST)
+    assert ckpt["config"]["amp"] == "bf16" and ckpt["scaler"] == {}
+    assert all(v.dtype == torch.float32 and v.is_contiguous()
+               for v in ckpt["generator"].values() if v.is_floating_point())
+    fit(TrainConfig(**TINY, epochs=2, epochs_decay=0, amp="bf16"), dataset, run, resume=True)
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
 
 
 def test_resume_must_keep_the_networks(dataset, tmp_path):

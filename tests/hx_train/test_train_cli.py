@@ -122,6 +122,12 @@ def test_sampling_shares_are_options_and_are_checked(dataset, tmp_path):
     assert not other.exists()
 
 
+def test_amp_fp16_on_the_cpu_is_one_line_and_writes_nothing(dataset, tmp_path):
+    run = tmp_path / "run"
+    assert_one_line_error(invoke("fit", dataset, "--out", run, *TINY, "--amp", "fp16"), "--amp fp16", "CUDA")
+    assert not run.exists()
+
+
 def test_an_existing_run_is_not_overwritten(dataset, tmp_path):
     run = tmp_path / "run"
     assert invoke("fit", dataset, "--out", run, *TINY, "-q").exit_code == 0

@@ -117,6 +117,35 @@ def test_augmentation_moves_photo_and_mask_together(tmp_path):
     assert (mask[~valid[:, :1]] == 0).all()
 
 
+def test_sampling_grid_is_affine_grid():
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = torch.nn.functional.affine_grid(theta.float(), [5, 1, 48, 48], align_corners=False)
+    assert torch.allclose(hxdata.sampling_grid(theta, 48, torch.device("cpu")), expected, atol=1e-6)
+
+
+def test_view_validity_is_the_photo_box_sampled_and_thresholded():
+    """warp's validity is computed from the photo box, not sampled; it must agree with sampling a
+    0/1 box image bilinearly and keeping > 0.5 (how it was made before), but for rounding ties."""
+    g = torch.Generator().manual_seed(1)
+    B, C = 32, 128
+    augment = hxdata.Augmenter(TrainConfig(**{**TINY, "rotate_deg": 20}), C)
+    corner = torch.randint(0, 40, (B, 2), generator=g).float()
+    size = torch.randint(20, 88, (B, 2), generator=g).float()
+    photo_box = torch.cat([corner, corner + size], 1)
+    boxes = torch.full((B, 4, 4), float("nan"))
+    boxes[:, hxdata.PHOTO] = photo_box
+    theta, half_extent = augment.views(boxes.double(), torch.rand((B, hxdata.N_DRAWS), generator=g, dtype=torch.float64))
+    _, valid = augment.warp([torch.zeros((B, 1, C, C), dtype=torch.uint8)], theta, half_extent, photo_box)
+    box_image = hxdata.box_mask(photo_box, C, torch.device("cpu")).float()
+    sampled = torch.nn.functional.grid_sample(box_image, hxdata.sampling_grid(theta, 64, torch.device("cpu")),
+                                              mode="bilinear", padding_mode="zeros", align_corners=False)
+    _, inside_view = augment.warp([torch.zeros((B, 1, C, C), dtype=torch.uint8)], theta, half_extent,
+                                  torch.tensor([[0.0, 0.0, C, C]]).expand(B, 4))
+    expected = inside_view & (sampled > 0.5)
+    assert valid.sum() > 0.3 * valid.numel()
+    assert (valid != expected).float().mean() < 1e-3
+
+
 def test_augmentation_replays_from_the_generator_state(tmp_path):
     split = _white_where_masked(tmp_path)
     augment = hxdata.Augmenter(TrainConfig(**TINY), split.side)

@@ -170,8 +170,9 @@ def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int
               help="a photo of a source of n photos is drawn with weight n^-this: 0 = every photo alike, "
                    "1 = every source alike")
 @click.option("--init-from", type=click.Path(path_type=Path), default=None,
-              help="a checkpoint whose generator starts this run: the same --preset, or a wider one "
-                   "of the same --size (its added filters start at zero effect); D starts fresh")
+              help="a checkpoint or a model folder (hx-train export's; 'default': the bundled model) "
+                   "whose generator starts this run: the same --preset, or a wider one of the same "
+                   "--size (its added filters start at zero effect); D starts fresh")
 @click.option("--workers", type=int, default=DEFAULTS.workers, show_default=True,
               help="image decoding threads (0: one per core, at most 8)")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)

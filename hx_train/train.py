@@ -36,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from hx_infer.io.images import atomic_write, fsync_path
+from hx_infer.model import ModelError, load_model_dir
 
 from . import data as hxdata
 from .config import ARCHITECTURE_FIELDS, FIELD_NAMES, RUNTIME_FIELDS, TrainConfig, TrainError, option
@@ -500,25 +501,56 @@ def _open_run(out: Path, resume: bool, config: TrainConfig) -> dict | None:
 
 
 def init_generator(path: Path, config: TrainConfig, log: Log = _quiet) -> tuple[dict[str, torch.Tensor], dict]:
-    """The weights config's generator starts from with --init-from `path`: that checkpoint's
-    generator, widened (hx_train.models.widen) when config's preset is wider; and its lineage."""
-    start = read_checkpoint(path)
-    old = start["config"]
+    """The weights config's generator starts from with --init-from `path` (a checkpoint or a model
+    folder, read_start): its generator, widened (hx_train.models.widen) when config's preset is
+    wider; and its lineage."""
+    old, weights, started_from = read_start(path)
     for name in ("size", "target"):
         if old[name] != getattr(config, name):
             raise TrainError(f"--init-from {path}: its {option(name)} is {old[name]}, this run's "
                              f"{getattr(config, name)}")
     source = build_generator(old["preset"], int(old["size"]), old["target"])
-    source.load_state_dict(start["generator"])
+    try:
+        source.load_state_dict(weights)
+    except RuntimeError as e:
+        raise TrainError(f"--init-from {path}: its weights are not a {old['preset']} generator "
+                         f"({str(e).splitlines()[0]})") from None
     try:
         with torch.random.fork_rng(devices=[]):  # the added filters: the draws _Training.start makes
             torch.manual_seed(config.seed)
             G = widen(source, build_generator(config.preset, config.size, config.target))
     except ValueError as e:
         raise TrainError(f"--init-from {path}: preset {old['preset']} does not fit in {config.preset} ({e})") from None
-    log(f"generator from {path} ({old['preset']}, epoch {start['epoch']})"
+    log(f"generator from {path} ({old['preset']}, epoch {started_from['epoch']})"
         + (f", widened to {config.preset}" if old["preset"] != config.preset else ""))
-    return G.state_dict(), lineage(path, start)
+    return G.state_dict(), started_from
+
+
+def read_start(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """What --init-from names: a run's checkpoint, or a model folder as hx-train export writes it
+    (a path, or a bundled model's name: "default"), so the bundled model can be fine-tuned.
+    -> (preset, size and target; the generator's weights; lineage). TrainError for anything else."""
+    if path.is_file():
+        ckpt = read_checkpoint(path)
+        return ckpt["config"], ckpt["generator"], lineage(path, ckpt)
+    bundled = not path.exists() and len(path.parts) == 1
+    if not (path.is_dir() and (path / "model.json").is_file()) and not bundled:
+        raise TrainError(f"--init-from {path}: neither a checkpoint nor a model folder (hx-train export's, "
+                         "with a model.json)")
+    try:
+        model = load_model_dir(str(path), verify=True)  # the weights are the ones the card's hashes name
+        weights = torch.load(model.weights_path, map_location="cpu", weights_only=True)
+    except ModelError as e:
+        raise TrainError(f"--init-from {path}: {e}") from None
+    except Exception as e:  # torch raises many kinds for a damaged file
+        raise TrainError(f"--init-from {model.weights_path}: unreadable ({' '.join(str(e).split())[:200]})") from None
+    if model.card.get("preset") is None:
+        raise TrainError(f"--init-from {path}: its model.json names no preset")
+    training = model.card.get("training") or {}
+    started_from = {"model": str(model.root), "sha256": model.sha256, "preset": model.preset,
+                    "epoch": training.get("epoch"), "sessions": training.get("sessions", []),
+                    "init_from": training.get("init_from")}
+    return {"preset": model.preset, "size": model.size, "target": model.target}, weights, started_from
 
 
 def lineage(path: Path, ckpt: dict) -> dict:

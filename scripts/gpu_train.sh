@@ -8,6 +8,7 @@
 #
 # The recipe is set by PRESET SIZE EPOCHS DECAY BATCH LR LAMBDA_GAN (defaults below) and fit's own
 # defaults; fit stops by itself at the end of the schedule, LIMIT (s) only guards the lease.
+# INIT=default PRESET=wide starts from the bundled model (it travels with the tracked tree).
 set -u
 cd "$(dirname "$0")/.."
 DRY=0
@@ -29,7 +30,7 @@ if [ $DRY = 1 ]; then SIZE=64 EPOCHS=1 DECAY=0 BATCH=8 LIMIT=300 DEVICE=cpu; fi
 fit=("$PY" -m hx_train fit .gpu-data/general --out "$WORK/run" --preset "$PRESET" --size "$SIZE"
      --epochs "$EPOCHS" --epochs-decay "$DECAY" --batch-size "$BATCH" --lr "$LR" --lambda-gan "$LAMBDA_GAN"
      --seg-loss dice --seg-weight 10 --backgrounds .gpu-data/backgrounds --device "$DEVICE" --amp bf16
-     --seed 0 --quiet)
+     --seed 0 --quiet ${INIT:+--init-from "$INIT"})
 echo "${fit[*]}" | tee "$OUT/train.log"
 timeout "$LIMIT" "${fit[@]}" >> "$OUT/train.log" 2>&1
 echo "fit exit $?" >> "$OUT/train.log"

@@ -1,6 +1,8 @@
 """Starting a wider generator from a narrower one's checkpoint (`fit --init-from`, models.widen)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -121,6 +123,43 @@ def test_init_from_that_does_not_fit_is_a_train_error_and_creates_nothing(datase
     for overrides, needle in cases:
         with pytest.raises(TrainError, match=needle):
             fit(TrainConfig(**{**TINY, **overrides, "init_from": ckpt}), dataset, tmp_path / "never")
-    with pytest.raises(TrainError, match="not a readable checkpoint"):
+    with pytest.raises(TrainError, match="neither a checkpoint nor a model folder"):
         fit(TrainConfig(**{**TINY, "init_from": str(tmp_path / "missing.pt")}), dataset, tmp_path / "never")
+    (tmp_path / "damaged.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainError, match="not a readable checkpoint"):
+        fit(TrainConfig(**{**TINY, "init_from": str(tmp_path / "damaged.pt")}), dataset, tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_init_from_a_model_folder_fine_tunes_the_exported_generator(dataset, tmp_path):
+    """--init-from takes what hx-train export wrote (or a bundled model's name), checked against
+    its card's hashes, and names it in the run's lineage."""
+    slim = dict(TINY, preset="slim", epochs=1, epochs_decay=0)
+    fit(TrainConfig(**slim), dataset, tmp_path / "slim")
+    model = export(tmp_path / "slim" / LAST, tmp_path / "model")
+    config = TrainConfig(**{**slim, "preset": "mid", "init_from": str(tmp_path / "model")})
+    weights, started_from = init_generator(tmp_path / "model", config)
+    narrow = build_generator("slim", 64)
+    narrow.load_state_dict(torch.load(tmp_path / "model" / "generator.pt", weights_only=True))
+    wide = build_generator("mid", 64)
+    wide.load_state_dict(weights)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(narrow.eval()(x), wide.eval()(x))
+    assert started_from["model"] == str((tmp_path / "model").resolve()) and started_from["sha256"] == model.sha256
+    assert started_from["sessions"] == read_checkpoint(tmp_path / "slim" / LAST)["sessions"]
+    assert started_from["epoch"] == 1 and started_from["preset"] == "slim"
+    fit(config, dataset, tmp_path / "mid")
+    assert read_checkpoint(tmp_path / "mid" / LAST)["init_from"] == started_from
+
+    # The bundled model by name: found and read (its card's size is not this run's).
+    with pytest.raises(TrainError, match="--init-from default: its --size is 256, this run's 64"):
+        init_generator(Path("default"), TrainConfig(**{**TINY, "preset": "wide"}))
+    # A folder that is not a model, and a model whose weights changed after export.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainError, match="neither a checkpoint nor a model folder"):
+        init_generator(tmp_path / "empty", config)
+    with open(tmp_path / "model" / "generator.pt", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(TrainError, match="sha256 .* does not match"):
+        init_generator(tmp_path / "model", config)

@@ -187,18 +187,23 @@ def default_model_dir() -> Path:
     return Path(__file__).parent / "models" / "default"
 
 
+def model_root(model: str | Path) -> Path:
+    """The folder `model` names: a bundled model's (a name with no "/" that is not an existing
+    path, as "default") or the path itself. Nothing is checked."""
+    if isinstance(model, str) and not Path(model).exists() and "/" not in model:
+        return Path(__file__).parent / "models" / model
+    return Path(model)
+
+
 def load_model_dir(model: str | Path, verify: bool = False) -> ModelDir:
     """Open a model folder; `model` is "default", a bundled model's name, or a path.
 
     verify: hash every file the card names and raise ModelError on a mismatch (hx_infer.load_model,
     which every command goes through, does this); the returned ModelDir then quotes the files'
     own hashes."""
-    if isinstance(model, str) and not Path(model).exists() and "/" not in model:
-        root = Path(__file__).parent / "models" / model
-        if not root.is_dir():
-            raise ModelError(f"--model {model!r}: no bundled model of that name and no such folder")
-    else:
-        root = Path(model)
+    root = model_root(model)
+    if root != Path(model) and not root.is_dir():
+        raise ModelError(f"--model {model!r}: no bundled model of that name and no such folder")
     card_path = root / CARD
     if not card_path.is_file():
         raise ModelError(f"--model {root}: not a model folder (no {CARD}); make one with hx-train export")

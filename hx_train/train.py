@@ -36,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from hx_infer.io.images import atomic_write, fsync_path
-from hx_infer.model import ModelError, load_model_dir
+from hx_infer.model import CARD, ModelError, load_model_dir, model_root
 
 from . import data as hxdata
 from .config import ARCHITECTURE_FIELDS, FIELD_NAMES, RUNTIME_FIELDS, TrainConfig, TrainError, option
@@ -533,12 +533,12 @@ def read_start(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
     if path.is_file():
         ckpt = read_checkpoint(path)
         return ckpt["config"], ckpt["generator"], lineage(path, ckpt)
-    bundled = not path.exists() and len(path.parts) == 1
-    if not (path.is_dir() and (path / "model.json").is_file()) and not bundled:
+    root = model_root(str(path))
+    if not (root / CARD).is_file():
         raise TrainError(f"--init-from {path}: neither a checkpoint nor a model folder (hx-train export's, "
-                         "with a model.json)")
+                         f"with a {CARD})")
     try:
-        model = load_model_dir(str(path), verify=True)  # the weights are the ones the card's hashes name
+        model = load_model_dir(root, verify=True)  # the weights are the ones the card's hashes name
         weights = torch.load(model.weights_path, map_location="cpu", weights_only=True)
     except ModelError as e:
         raise TrainError(f"--init-from {path}: {e}") from None

@@ -159,6 +159,8 @@ def test_init_from_a_model_folder_fine_tunes_the_exported_generator(dataset, tmp
     (tmp_path / "empty").mkdir()
     with pytest.raises(TrainError, match="neither a checkpoint nor a model folder"):
         init_generator(tmp_path / "empty", config)
+    with pytest.raises(TrainError, match="^--init-from nosuchmodel: neither a checkpoint nor a model folder"):
+        init_generator(Path("nosuchmodel"), config)
     with open(tmp_path / "model" / "generator.pt", "ab") as f:
         f.write(b"\0")
     with pytest.raises(TrainError, match="sha256 .* does not match"):

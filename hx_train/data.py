@@ -15,7 +15,7 @@ import math
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -135,6 +135,7 @@ class Split:
     plates: torch.Tensor | None = None  # [N, 3, side, side] uint8: the photos with the person
     #                                     painted out (load_split(plates=True)), else None
     sources: list[str] | None = None  # each pair's source name (DATA/sources.json), None: one source
+    crops: dict[str, Split] = field(default_factory=dict)  # load_split(crops=...): eval's person crops
 
     def __len__(self) -> int:
         return len(self.names)
@@ -174,7 +175,7 @@ def find_backgrounds(folder: Path) -> list[Path]:
 
 def load_split(split_dir: Path | None, side: int, *,
                fractions: tuple[float, float] = (BANDS["upper"], BANDS["head"]),
-               workers: int = 0, pin: bool = False, plates: bool = False, crop: str = "full",
+               workers: int = 0, pin: bool = False, plates: bool = False, crops: tuple[str, ...] = (),
                photos_only: list[Path] | None = None, sources: list[dict] | None = None,
                log: Callable[[str], None] = lambda _: None) -> Split:
     """Decode every pair in `split_dir` and letterbox it onto a `side` x `side` square.
@@ -183,20 +184,18 @@ def load_split(split_dir: Path | None, side: int, *,
     workers: decoding threads (0 = one per core, at most 8). pin: page-locked memory, so batches
     can be copied to a GPU asynchronously. plates: also keep each photo with its person painted
     out (paint_out), the person-free backgrounds Augmenter pastes people onto.
-    crop: "full", or hx-infer eval's "upper" / "head" crop of each photo, cut by its rule
-    (hx_infer.crops.crop_box) before letterboxing; photos with an empty mask are left out then.
+    crops: hx-infer eval's "upper" / "head" crops of each photo as well, cut by its rule
+    (hx_infer.crops.crop_box) before letterboxing, into Split.crops; each pair is decoded once for
+    all of them, and photos with an empty mask are left out of the crops.
     photos_only: person-free photos with all-zero masks instead of split_dir's pairs (backgrounds).
     sources: DATA/sources.json's sources, to name each pair's source (Split.sources).
     """
     pairs = ([(p, None) for p in photos_only] if photos_only is not None else split_pairs(split_dir))
-    if crop != "full":
-        pairs = [(p, m) for p, m in pairs if m is not None and read_mask(m).max(initial=0) > 127]
     n = len(pairs)
-    photos = torch.empty((n, 3, side, side), dtype=torch.uint8, pin_memory=pin)
-    masks = torch.empty((n, 1, side, side), dtype=torch.uint8, pin_memory=pin)
-    boxes = torch.empty((n, 4, 4), dtype=torch.float32)
-    plate_squares = torch.empty((n, 3, side, side), dtype=torch.uint8, pin_memory=pin) if plates else None
-    held = photos.nbytes + masks.nbytes + (plate_squares.nbytes if plate_squares is not None else 0)
+    views = {"full": _Rows(n, side, fractions, pin, plates)}
+    views.update((crop, _Rows(n, side, fractions, False, False)) for crop in crops)  # copied when kept
+    has_person = np.zeros(n, bool)
+    held = sum(rows.nbytes for rows in views.values())
     where = split_dir if photos_only is None else (photos_only[0].parent if photos_only else "backgrounds")
     log(f"decoding {n} {'pairs' if photos_only is None else 'person-free photos'} from {where} "
         f"({held / 2**20:.0f} MiB)")
@@ -208,17 +207,12 @@ def load_split(split_dir: Path | None, side: int, *,
         if photo.shape[:2] != mask.shape:
             raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
                             f"photo {photo_path.name} is {photo.shape[1]}x{photo.shape[0]}")
-        if crop != "full":
-            x0, y0, x1, y1 = crop_box(mask, crop)
-            photo, mask = photo[y0:y1, x0:x1], mask[y0:y1, x0:x1]
-        square, box = letterbox(photo, side)
-        mask_square, _ = letterbox(mask, side)
-        photos[i] = torch.from_numpy(square).permute(2, 0, 1)
-        masks[i, 0] = torch.from_numpy(mask_square)
-        boxes[i, PHOTO] = torch.tensor(box, dtype=torch.float32)
-        boxes[i, PERSON:] = torch.from_numpy(person_boxes(mask_square, fractions))
-        if plate_squares is not None:
-            plate_squares[i] = torch.from_numpy(paint_out(square, mask_square)).permute(2, 0, 1)
+        views["full"].fill(i, photo, mask)
+        has_person[i] = mask.max(initial=0) > 127
+        for crop in crops:
+            if has_person[i]:
+                x0, y0, x1, y1 = crop_box(mask, crop)
+                views[crop].fill(i, photo[y0:y1, x0:x1], mask[y0:y1, x0:x1])
 
     # OpenCV and Pillow release the GIL while decoding and resizing, so threads are enough.
     pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
@@ -231,7 +225,44 @@ def load_split(split_dir: Path | None, side: int, *,
     source_names = None
     if sources is not None and len(sources) > 1:
         source_names = [source_of(Path(name).name, sources) for name in names]
-    return Split(names, photos, masks, boxes, plate_squares, source_names)
+    split = views["full"].split(names, source_names)
+    kept = np.flatnonzero(has_person)
+    for crop in crops:
+        split.crops[crop] = views[crop].split(names, source_names, kept)
+    return split
+
+
+class _Rows:
+    """The tensors of a Split being decoded, filled one pair at a time from decoding threads."""
+
+    def __init__(self, n: int, side: int, fractions: tuple[float, float], pin: bool, plates: bool):
+        self.side, self.fractions = side, fractions
+        self.photos = torch.empty((n, 3, side, side), dtype=torch.uint8, pin_memory=pin)
+        self.masks = torch.empty((n, 1, side, side), dtype=torch.uint8, pin_memory=pin)
+        self.boxes = torch.empty((n, 4, 4), dtype=torch.float32)
+        self.plates = torch.empty((n, 3, side, side), dtype=torch.uint8, pin_memory=pin) if plates else None
+
+    @property
+    def nbytes(self) -> int:
+        return self.photos.nbytes + self.masks.nbytes + (self.plates.nbytes if self.plates is not None else 0)
+
+    def fill(self, i: int, photo: np.ndarray, mask: np.ndarray) -> None:
+        square, box = letterbox(photo, self.side)
+        mask_square, _ = letterbox(mask, self.side)
+        self.photos[i] = torch.from_numpy(square).permute(2, 0, 1)
+        self.masks[i, 0] = torch.from_numpy(mask_square)
+        self.boxes[i, PHOTO] = torch.tensor(box, dtype=torch.float32)
+        self.boxes[i, PERSON:] = torch.from_numpy(person_boxes(mask_square, self.fractions))
+        if self.plates is not None:
+            self.plates[i] = torch.from_numpy(paint_out(square, mask_square)).permute(2, 0, 1)
+
+    def split(self, names: list[str], sources: list[str] | None, rows: np.ndarray | None = None) -> Split:
+        """The filled rows (`rows`: only these, in order) as a Split."""
+        if rows is None:
+            return Split(names, self.photos, self.masks, self.boxes, self.plates, sources)
+        index = torch.from_numpy(rows)
+        return Split([names[i] for i in rows], self.photos[index], self.masks[index], self.boxes[index],
+                     None, [sources[i] for i in rows] if sources is not None else None)
 
 
 def gather(source: torch.Tensor, index: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -602,12 +602,10 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
     train = hxdata.load_split(data / "train", canvas, workers=config.workers,
                               fractions=(config.upper_body_fraction, config.head_fraction), pin=pin,
                               plates=config.p_plate > 0, sources=sources, log=log)
-    val = hxdata.load_split(data / "val", config.size, workers=config.workers, pin=pin, sources=sources, log=log)
-    crops = {"full": val}
-    if config.target == "alpha":  # hx-infer eval's person crops, for the per-source record
-        for crop in ("upper", "head"):
-            crops[crop] = hxdata.load_split(data / "val", config.size, workers=config.workers, crop=crop,
-                                            sources=sources)
+    # With an alpha target, hx-infer eval's person crops of val too, for the per-source record.
+    val = hxdata.load_split(data / "val", config.size, workers=config.workers, pin=pin, sources=sources, log=log,
+                            crops=("upper", "head") if config.target == "alpha" else ())
+    crops = {"full": val, **val.crops}
     background_train = background_val = None
     if config.backgrounds is not None:
         photos = hxdata.find_backgrounds(Path(config.backgrounds))

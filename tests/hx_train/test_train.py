@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from hx_infer.crops import crop_box
 from hx_train import data as hxdata
 from hx_train.config import TrainConfig, TrainError
 from hx_train.losses import discriminator_loss, generator_loss, segmentation_loss
@@ -255,6 +257,31 @@ def test_lr_is_constant_then_decays_linearly_towards_zero():
 
 
 # --- validation --------------------------------------------------------------------------------
+
+
+def test_val_crops_are_cut_from_one_decode_and_leave_out_empty_masks(tmp_path, monkeypatch):
+    # fit scores val whole and in eval's upper / head crops; each pair is read once for all three.
+    root = make_dataset(tmp_path / "d", n_train=1, n_val=4)
+    empty = sorted((root / "val" / "masks").iterdir())[1]
+    cv2.imwrite(str(empty), np.zeros_like(cv2.imread(str(empty), cv2.IMREAD_GRAYSCALE)))
+    reads = Counter()
+    for name in ("read_photo", "read_mask"):
+        decode = getattr(hxdata, name)
+        monkeypatch.setattr(hxdata, name, lambda path, decode=decode: reads.update([path]) or decode(path))
+    val = hxdata.load_split(root / "val", 64, workers=1, crops=("upper", "head"))
+    mask_of = dict(hxdata.split_pairs(root / "val"))
+    assert len(reads) == 8 and set(reads.values()) == {1}
+    assert len(val) == 4 and set(val.crops) == {"upper", "head"} and not val.crops["head"].crops
+    for crop, split in val.crops.items():
+        assert split.names == [name for name in val.names if Path(name).stem != empty.stem]
+        for row, name in enumerate(split.names):  # each row: the crop cut by eval's rule, letterboxed
+            photo, mask = hxdata.read_photo(Path(name)), hxdata.read_mask(mask_of[Path(name)])
+            x0, y0, x1, y1 = crop_box(mask, crop)
+            square, _ = hxdata.letterbox(photo[y0:y1, x0:x1], 64)
+            mask_square, _ = hxdata.letterbox(mask[y0:y1, x0:x1], 64)
+            assert torch.equal(split.photos[row], torch.from_numpy(square).permute(2, 0, 1))
+            assert torch.equal(split.masks[row, 0], torch.from_numpy(mask_square))
+    assert not torch.equal(val.crops["upper"].masks, val.crops["head"].masks)
 
 
 class _CopyFirstChannel(torch.nn.Module):

@@ -131,8 +131,9 @@ def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int
               help="run folder: checkpoints, metrics.jsonl, samples/")
 @click.option("--preset", default=DEFAULTS.preset, show_default=True,
               help="networks from hx_train.models.PRESETS: base (the paper's), lite (fast CPU inference), "
-                   "slim (256 px at lite-128's CPU cost), mid (slim with 3x its filters deep down) or "
-                   "wide (mid with 4/3 its filters at 1/8-1/16 of the side)")
+                   "slim (256 px at lite-128's CPU cost), mid (slim with 3x its filters deep down), "
+                   "wide (mid with 4/3 its filters at 1/8-1/16 of the side) or wide16 (wide with twice its filters "
+                   "at 1/2-1/4 of the side)")
 @click.option("--size", type=int, default=DEFAULTS.size, show_default=True,
               help="input side in pixels, a power of two from 64 to 512")
 @click.option("--target", type=click.Choice(TARGETS), default=DEFAULTS.target, show_default=True,

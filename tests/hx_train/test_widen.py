@@ -35,12 +35,14 @@ def test_outer_widths_replace_the_doubling_rule_then_it_resumes():
     assert preset.widths(2) == [8, 16]
     assert PRESETS["mid"].widths(8) == [8, 16, 48, 96, 160, 160, 128, 128]
     assert PRESETS["wide"].widths(8) == [8, 16, 64, 128, 160, 160, 128, 128]
+    assert PRESETS["wide16"].widths(8) == [16, 32, 64, 128, 160, 160, 128, 128]
 
 
-@pytest.mark.parametrize("narrow_preset, wide_preset", [("slim", "mid"), ("mid", "wide"), ("slim", "wide")])
+@pytest.mark.parametrize("narrow_preset, wide_preset", [("slim", "mid"), ("mid", "wide"), ("slim", "wide"),
+                                                                ("wide", "wide16")])
 def test_a_widened_net_computes_what_the_narrow_one_did(narrow_preset, wide_preset):
-    # The bundled model went slim -> mid -> wide; a step that changed the function would throw away
-    # the narrower run's training.
+    # The bundled model went slim -> mid -> wide (-> wide16); a step that changed the function
+    # would throw away the narrower run's training.
     torch.manual_seed(0)
     narrow = _trained_looking(build_generator(narrow_preset, 64)).eval()
     wide = widen(narrow, build_generator(wide_preset, 64)).eval()

@@ -539,13 +539,14 @@ def read_start(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
                          f"with a {CARD})")
     try:
         model = load_model_dir(root, verify=True)  # the weights are the ones the card's hashes name
-        weights = torch.load(model.weights_path, map_location="cpu", weights_only=True)
-    except ModelError as e:
+    except (ModelError, OSError) as e:
         raise TrainError(f"--init-from {path}: {e}") from None
-    except Exception as e:  # torch raises many kinds for a damaged file
-        raise TrainError(f"--init-from {model.weights_path}: unreadable ({' '.join(str(e).split())[:200]})") from None
     if model.card.get("preset") is None:
         raise TrainError(f"--init-from {path}: its model.json names no preset")
+    try:
+        weights = torch.load(model.weights_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a damaged file
+        raise TrainError(f"--init-from {model.weights_path}: unreadable ({' '.join(str(e).split())[:200]})") from None
     training = model.card.get("training") or {}
     started_from = {"model": str(model.root), "sha256": model.sha256, "preset": model.preset,
                     "epoch": training.get("epoch"), "sessions": training.get("sessions", []),

@@ -167,3 +167,17 @@ def test_init_from_a_model_folder_fine_tunes_the_exported_generator(dataset, tmp
         f.write(b"\0")
     with pytest.raises(TrainError, match="sha256 .* does not match"):
         init_generator(tmp_path / "model", config)
+
+
+def test_a_model_folder_that_cannot_be_read_is_one_train_error(dataset, tmp_path, monkeypatch):
+    # An OSError while the folder is opened or hashed (permissions, a disk gone) is the one-line
+    # error too, not a traceback about the model that was never opened.
+    fit(TrainConfig(**TINY, epochs=1, epochs_decay=0), dataset, tmp_path / "run")
+    export(tmp_path / "run" / LAST, tmp_path / "model")
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "model" / "model.onnx"))
+
+    monkeypatch.setattr("hx_train.train.load_model_dir", unreadable)
+    with pytest.raises(TrainError, match="^--init-from .*model: .*Permission denied"):
+        init_generator(tmp_path / "model", TrainConfig(**TINY))

@@ -182,16 +182,19 @@ def _shape(dims: list) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
 
 
+BUNDLED_MODELS = Path(__file__).parent / "models"  # the models installed with the package
+
+
 def default_model_dir() -> Path:
     """The model bundled in the package (see the default-model issue)."""
-    return Path(__file__).parent / "models" / "default"
+    return BUNDLED_MODELS / "default"
 
 
 def model_root(model: str | Path) -> Path:
     """The folder `model` names: a bundled model's (a name with no "/" that is not an existing
     path, as "default") or the path itself. Nothing is checked."""
     if isinstance(model, str) and not Path(model).exists() and "/" not in model:
-        return Path(__file__).parent / "models" / model
+        return BUNDLED_MODELS / model
     return Path(model)
 
 

@@ -209,8 +209,8 @@ def load_split(split_dir: Path | None, side: int, *,
                             f"photo {photo_path.name} is {photo.shape[1]}x{photo.shape[0]}")
         views["full"].fill(i, photo, mask)
         has_person[i] = mask.max(initial=0) > 127
-        for crop in crops:
-            if has_person[i]:
+        if has_person[i]:  # eval's crops are cut around the person
+            for crop in crops:
                 x0, y0, x1, y1 = crop_box(mask, crop)
                 views[crop].fill(i, photo[y0:y1, x0:x1], mask[y0:y1, x0:x1])
 

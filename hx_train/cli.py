@@ -166,6 +166,16 @@ def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int
                    "(needs --backgrounds)")
 @click.option("--p-empty", type=click.FloatRange(0.0, 1.0), default=DEFAULTS.p_empty, show_default=True,
               help="share of views that are a background photo with nobody on it (needs --backgrounds)")
+@click.option("--composite-max-height", type=click.FloatRange(0.0, 4.0, min_open=True),
+              default=DEFAULTS.composite_max_height, show_default=True,
+              help="tallest pasted person, as a share of the frame's height (heights are drawn "
+                   f"log-uniform from {DEFAULTS.composite_min_height}); above 1: close-ups cut by the frame")
+@click.option("--crop-min", type=click.FloatRange(0.0, 1.0, min_open=True), default=DEFAULTS.crop_min,
+              show_default=True,
+              help="whole-photo views keep this much of each side at least: lower zooms in, "
+                   "so people are larger and cut by the frame")
+@click.option("--white-balance", type=click.FloatRange(0.0, 1.0, max_open=True), default=DEFAULTS.white_balance,
+              show_default=True, help="each colour channel is multiplied by 1 +/- this: colour casts")
 @click.option("--source-balance", type=click.FloatRange(0.0, 1.0), default=DEFAULTS.source_balance,
               show_default=True,
               help="a photo of a source of n photos is drawn with weight n^-this: 0 = every photo alike, "

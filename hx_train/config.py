@@ -70,7 +70,8 @@ class TrainConfig:
     p_empty: float = 0.1  # share of views that are a background with nobody: walls, posters, road stay 0
     composite_people: int = 4  # people per composite, 1..this: groups as well as single people
     composite_min_height: float = 0.05  # smallest pasted person, share of the frame's height: far away
-    composite_max_height: float = 1.0  # largest; heights are drawn log-uniform, so small people are common
+    composite_max_height: float = 1.0  # largest; heights are drawn log-uniform, so small people are common;
+    #                                   above 1 a person is taller than the frame: close-ups cut by it
     source_balance: float = 0.5  # draw a photo of a source of n photos with weight n^-this: 0 = each
     #                              photo alike (ccp's 813 drown coco's 87), 1 = each source alike
     rotate_deg: float = 10.0  # photos are rarely more tilted than this
@@ -79,6 +80,10 @@ class TrainConfig:
     contrast: float = 0.25  # stretch around the mean grey by 1 +/- this
     saturation: float = 0.3  # blend with grey by 1 +/- this
     hue: float = 0.04  # rotate hue by up to this fraction of a turn; more turns skin blue
+    # Each colour channel multiplied by 1 +/- this: the green and orange casts of indoor light and
+    # old cameras, which a hue turn cannot make (it keeps the grey axis). 0: off, and a run
+    # replays exactly as before the option existed.
+    white_balance: float = 0.0
 
     # --- runtime ---
     # Autocast dtype. auto: bf16 on CUDA (needs no loss scaling; fp16 on GPUs without bf16), fp32 on
@@ -116,8 +121,10 @@ class TrainConfig:
                 raise TrainError(f"{option(name)} must be a number >= 0, got {getattr(self, name)}")
         if self.seg_loss != "none" and self.target != "alpha":
             raise TrainError("--seg-loss needs --target alpha (it compares a matte with the mask)")
+        if not 0 <= self.white_balance < 1:
+            raise TrainError(f"--white-balance must be in [0, 1), got {self.white_balance}")
         if not 0 < self.crop_min <= 1:
-            raise TrainError(f"crop_min must be in (0, 1], got {self.crop_min}")
+            raise TrainError(f"--crop-min must be in (0, 1], got {self.crop_min}")
         for name in ("p_paste", "p_plate", "p_composite", "p_empty", "source_balance"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TrainError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -434,7 +434,7 @@ class Augmenter:
         draws = torch.rand((photos.shape[0], N_DRAWS), generator=generator, dtype=torch.float64)
         on_plate = draws[:, 15] < (self.config.p_plate if plates is not None else 0.0)
         theta, half_extent = self.views(boxes.double(), draws)
-        colour = self.colour_transforms(draws)
+        colour = self.colour_transforms(draws) + (self.channel_gains(photos.shape[0], generator),)
 
         warped, valid = self.warp([photos, masks], theta, half_extent, boxes[:, PHOTO])  # [B, 4, S, S]
 
@@ -603,12 +603,21 @@ class Augmenter:
         hue = cos * torch.eye(3, dtype=torch.float64) + sin * cross + (1 - cos) * torch.outer(k, k)
         return brightness, contrast, saturation, hue
 
+    def channel_gains(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """[B, 3] factors per colour channel (white_balance); ones, drawing nothing, when it is 0,
+        so the generator's later draws are those of a run without the option."""
+        if self.config.white_balance == 0:
+            return torch.ones((batch, 3), dtype=torch.float64)
+        u = torch.rand((batch, 3), generator=generator, dtype=torch.float64)
+        return 1 + self.config.white_balance * (2 * u - 1)
+
     @staticmethod
     def jitter(rgb: torch.Tensor, valid: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
-               saturation: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
-        """rgb [B, 3, S, S] in [0, 1] -> jittered, clamped to [0, 1]. Factors [B]; hue [B, 3, 3]."""
+               saturation: torch.Tensor, hue: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
+        """rgb [B, 3, S, S] in [0, 1] -> jittered, clamped to [0, 1]. Factors [B]; hue [B, 3, 3];
+        gains [B, 3], one factor per channel."""
         luma = torch.tensor(LUMA, device=rgb.device).view(1, 3, 1, 1)
-        rgb = rgb * brightness.view(-1, 1, 1, 1)
+        rgb = rgb * (gains * brightness[:, None]).view(-1, 3, 1, 1)
         grey = (rgb * luma).sum(1, keepdim=True)
         mean = (grey * valid).sum((1, 2, 3)) / valid.sum((1, 2, 3)).clamp_min(1)
         rgb = (rgb - mean.view(-1, 1, 1, 1)) * contrast.view(-1, 1, 1, 1) + mean.view(-1, 1, 1, 1)

@@ -115,6 +115,51 @@ def test_no_backgrounds_leaves_views_alone_and_shares_follow_the_config():
     assert 0.1 < empty < 0.45  # ~p_empty (+ composites whose people all fell outside the frame)
 
 
+def test_composites_taller_than_the_frame_are_close_ups_cut_by_it():
+    # composite_max_height above 1: a person 1.5 frames tall always runs past the top or the
+    # bottom of the view, as in a close-up; at most 0.6 frames tall, never both.
+    def cut(max_height: float) -> list[bool]:
+        config = still(TrainConfig(size=SIZE, p_composite=1.0, p_empty=0.0, composite_people=1,
+                                   composite_min_height=min(0.6, max_height), composite_max_height=max_height))
+        photo, mask = augment(config, seed=3)
+        valid = photo.abs().sum(1) > 0  # [B, S, S]; the background is letterboxed
+        result = []
+        for view_valid, view_mask in zip(valid, mask[:, 0] > 0.5):
+            rows = torch.nonzero(view_valid.any(1)).squeeze(1)
+            if view_mask.any():
+                top, bottom = view_mask[rows[0]].any(), view_mask[rows[-1]].any()
+                result.append(bool(top or bottom) if max_height > 1 else bool(top and bottom))
+        return result
+    close_ups = cut(1.5)
+    assert close_ups and all(close_ups)
+    people_inside = cut(0.6)
+    assert people_inside and not any(people_inside)
+
+
+def test_white_balance_scales_each_channel_and_leaves_the_geometry():
+    split = people_split()
+
+    def views(white_balance: float):
+        config = still(TrainConfig(size=SIZE, white_balance=white_balance))
+        return hxdata.Augmenter(config, CANVAS)(split.photos, split.masks, split.boxes,
+                                                torch.Generator().manual_seed(0))
+    plain_photo, plain_mask = views(0.0)
+    cast_photo, cast_mask = views(0.3)
+    assert torch.equal(plain_mask, cast_mask)  # the same views: only colour changes
+    background = (plain_mask < 0.01) & (plain_photo.abs().sum(1, keepdim=True) > 0)  # mid grey, 128
+
+    def channel_means(photo: torch.Tensor) -> torch.Tensor:  # [B, 3] of the grey background, 0..255
+        grey = (photo + 1) * 127.5
+        return (grey * background).sum((2, 3)) / background.sum((2, 3))
+    plain, cast = channel_means(plain_photo), channel_means(cast_photo)
+    assert (plain.amax(1) - plain.amin(1)).max() < 0.5  # no cast without the option
+    ratios = cast / plain
+    assert ((ratios > 0.7 - 1e-3) & (ratios < 1.3 + 1e-3)).all()
+    assert ((ratios.amax(1) - ratios.amin(1)) > 0.02).float().mean() > 0.5  # channels apart: a cast
+    with pytest.raises(TrainError, match="--white-balance"):
+        TrainConfig(white_balance=1.0).check()
+
+
 def test_person_heights_and_source_weights():
     mask = torch.zeros((2, 1, 10, 10))
     mask[0, 0, 2:7, 3] = 1.0

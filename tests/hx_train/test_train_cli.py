@@ -101,22 +101,27 @@ def test_bad_input_is_one_line_and_exit_2(dataset, tmp_path):
 
 
 def test_sampling_shares_are_options_and_are_checked(dataset, tmp_path):
-    """--source-balance, --p-composite and --p-empty reach the run's config; bad ones are one line."""
+    """--source-balance, --p-composite, --p-empty and the view options (--crop-min,
+    --composite-max-height, --white-balance) reach the run's config; bad ones are one line."""
     backgrounds = tmp_path / "backgrounds"
     backgrounds.mkdir()
     for i in range(2):
         Image.fromarray(np.full((30, 50, 3), 20 + i, np.uint8)).save(backgrounds / f"b{i}.jpg")
     run = tmp_path / "run"
     result = invoke("fit", dataset, "--out", run, *TINY, "-q", "--backgrounds", backgrounds,
-                    "--source-balance", "1", "--p-composite", "0.2", "--p-empty", "0.3")
+                    "--source-balance", "1", "--p-composite", "0.2", "--p-empty", "0.3",
+                    "--crop-min", "0.4", "--composite-max-height", "1.5", "--white-balance", "0.2")
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
     assert (config["source_balance"], config["p_composite"], config["p_empty"]) == (1.0, 0.2, 0.3)
+    assert (config["crop_min"], config["composite_max_height"], config["white_balance"]) == (0.4, 1.5, 0.2)
 
     other = tmp_path / "other"
     assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, "--source-balance", "1.5"),
                           "--source-balance")
     assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, "--p-empty", "-0.1"), "--p-empty")
+    for option, bad in (("--crop-min", "0"), ("--composite-max-height", "0"), ("--white-balance", "1")):
+        assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, option, bad), option)
     assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, "--p-composite", "0.7",
                                  "--p-empty", "0.5"), "--p-composite", "--p-empty")
     assert not other.exists()

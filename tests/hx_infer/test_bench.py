@@ -160,3 +160,27 @@ def test_random_model_without_onnxscript_falls_back_to_a_torchscript_export(tmp_
     x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32)
     with TorchBackend(model, BackendSpec(device="cpu")) as t, OrtBackend(model, BackendSpec(device="cpu", threads=1)) as o:
         assert np.abs(t.infer(x) - o.infer(x)).max() < 1e-4
+
+
+def test_compare_evals_counts_photos_that_moved_and_misses(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from compare_evals import compare, main as compare_main
+
+    def report(ious: dict[str, float], extra: str | None = None) -> dict:
+        images = [{"path": f"/tmp/x/coco/images/{name}", "crop": "full", "iou": iou} for name, iou in ious.items()]
+        images += [{"path": f"/tmp/x/coco/images/{name}", "crop": "head", "iou": 1.0} for name in ious]
+        if extra:
+            images.append({"path": f"/tmp/x/coco/images/{extra}", "crop": "full", "iou": 0.5})
+        return {"sources": {"coco": {"images": images}}}
+    a = report({"a.jpg": 0.0, "b.jpg": 0.5, "c.jpg": 0.8, "d.jpg": 0.6})
+    b = report({"a.jpg": 0.4, "b.jpg": 0.505, "c.jpg": 0.7, "d.jpg": 0.0}, extra="e.jpg")
+    row = compare(a, b)["coco"]
+    assert row["n"] == 4 and row["only_in_one"] == ["e.jpg"]
+    assert (row["better"], row["worse"], row["missed"]) == (1, 2, (1, 1))  # b.jpg is within the margin
+    assert row["mean"][0] == pytest.approx(0.475) and row["mean"][1] == pytest.approx(0.40125)
+    assert [name for name, _, _ in row["moves"]] == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]  # largest gain first
+    assert compare(a, b, crop="head")["coco"]["better"] == 0
+
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    assert compare_main([str(tmp_path / "a.json"), str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err

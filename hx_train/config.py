@@ -133,7 +133,8 @@ class TrainConfig:
         if self.composite_people < 1:
             raise TrainError(f"composite_people must be at least 1, got {self.composite_people}")
         if not 0 < self.composite_min_height <= self.composite_max_height:
-            raise TrainError("composite heights must satisfy 0 < composite_min_height <= composite_max_height")
+            raise TrainError("composite heights must satisfy 0 < composite_min_height <= composite_max_height "
+                             f"(--composite-max-height), got {self.composite_min_height} and {self.composite_max_height}")
         if self.p_upper_body + self.p_head > 1:
             raise TrainError("p_upper_body + p_head must not exceed 1")
         return self

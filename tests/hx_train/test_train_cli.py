@@ -120,7 +120,8 @@ def test_sampling_shares_are_options_and_are_checked(dataset, tmp_path):
     assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, "--source-balance", "1.5"),
                           "--source-balance")
     assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, "--p-empty", "-0.1"), "--p-empty")
-    for option, bad in (("--crop-min", "0"), ("--composite-max-height", "0"), ("--white-balance", "1")):
+    for option, bad in (("--crop-min", "0"), ("--composite-max-height", "0"), ("--white-balance", "1"),
+                        ("--composite-max-height", "0.01")):  # below the smallest pasted person, 0.05
         assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, option, bad), option)
     assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, "--p-composite", "0.7",
                                  "--p-empty", "0.5"), "--p-composite", "--p-empty")

@@ -166,6 +166,9 @@ def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int
                    "(needs --backgrounds)")
 @click.option("--p-empty", type=click.FloatRange(0.0, 1.0), default=DEFAULTS.p_empty, show_default=True,
               help="share of views that are a background photo with nobody on it (needs --backgrounds)")
+@click.option("--p-paste", type=click.FloatRange(0.0, 1.0), default=DEFAULTS.p_paste, show_default=True,
+              help="share of photo views with another training person pasted in: groups and overlaps "
+                   "on real scenes (before --p-composite replaces views with composites)")
 @click.option("--composite-max-height", type=click.FloatRange(0.0, 4.0, min_open=True),
               default=DEFAULTS.composite_max_height, show_default=True,
               help="tallest pasted person, as a share of the frame's height (heights are drawn "

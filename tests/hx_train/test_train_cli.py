@@ -101,7 +101,7 @@ def test_bad_input_is_one_line_and_exit_2(dataset, tmp_path):
 
 
 def test_sampling_shares_are_options_and_are_checked(dataset, tmp_path):
-    """--source-balance, --p-composite, --p-empty and the view options (--crop-min,
+    """--source-balance, --p-composite, --p-empty, --p-paste and the view options (--crop-min,
     --composite-max-height, --white-balance) reach the run's config; bad ones are one line."""
     backgrounds = tmp_path / "backgrounds"
     backgrounds.mkdir()
@@ -109,17 +109,18 @@ def test_sampling_shares_are_options_and_are_checked(dataset, tmp_path):
         Image.fromarray(np.full((30, 50, 3), 20 + i, np.uint8)).save(backgrounds / f"b{i}.jpg")
     run = tmp_path / "run"
     result = invoke("fit", dataset, "--out", run, *TINY, "-q", "--backgrounds", backgrounds,
-                    "--source-balance", "1", "--p-composite", "0.2", "--p-empty", "0.3",
+                    "--source-balance", "1", "--p-composite", "0.2", "--p-empty", "0.3", "--p-paste", "0.5",
                     "--crop-min", "0.4", "--composite-max-height", "1.5", "--white-balance", "0.2")
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
-    assert (config["source_balance"], config["p_composite"], config["p_empty"]) == (1.0, 0.2, 0.3)
+    assert (config["source_balance"], config["p_composite"], config["p_empty"], config["p_paste"]) == (1.0, 0.2, 0.3, 0.5)
     assert (config["crop_min"], config["composite_max_height"], config["white_balance"]) == (0.4, 1.5, 0.2)
 
     other = tmp_path / "other"
     assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, "--source-balance", "1.5"),
                           "--source-balance")
     assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, "--p-empty", "-0.1"), "--p-empty")
+    assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, "--p-paste", "1.5"), "--p-paste")
     for option, bad in (("--crop-min", "0"), ("--composite-max-height", "0"), ("--white-balance", "1"),
                         ("--composite-max-height", "0.01")):  # below the smallest pasted person, 0.05
         assert_one_line_error(invoke("fit", dataset, "--out", other, *TINY, option, bad), option)

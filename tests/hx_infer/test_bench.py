@@ -184,3 +184,39 @@ def test_compare_evals_counts_photos_that_moved_and_misses(tmp_path, monkeypatch
     (tmp_path / "a.json").write_text(json.dumps(a))
     assert compare_main([str(tmp_path / "a.json"), str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_averaged_model_graph_is_the_mean_over_the_mirrored_and_larger_views(tiny_model_dir, tmp_path,
+                                                                              monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import onnxruntime as ort
+    from averaged_model import main as averaged_main
+
+    model = load_model_dir(tiny_model_dir)
+    side = model.size
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, side, side)).astype(np.float32)
+    x[:, :, :, : side // 3] = -1.0  # a left-right asymmetric input, so a mirror that is not undone shows
+
+    def run(folder: Path, image: np.ndarray) -> np.ndarray:
+        session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        return session.run(None, {model.card["input_name"]: image})[0]
+
+    assert averaged_main([str(tiny_model_dir), str(tmp_path / "flip"), "--flip"]) == 0
+    plain = run(tiny_model_dir, x)
+    mirrored = run(tiny_model_dir, x[..., ::-1].copy())[..., ::-1]
+    assert not np.allclose(plain, mirrored, atol=1e-3)  # else the test could not tell
+    np.testing.assert_allclose(run(tmp_path / "flip", x), (plain + mirrored) / 2, atol=1e-4)
+    assert load_model_dir(tmp_path / "flip", verify=True).card["averaged_over"]["flip"] is True  # sha256 updated
+
+    assert averaged_main([str(tiny_model_dir), str(tmp_path / "s2"), "--scale", str(2 * side)]) == 0
+    from hx_infer.backends.torch import load_generator  # the graph's input side is fixed: the larger view in torch
+
+    resize = torch.nn.functional.interpolate
+    with torch.no_grad():
+        larger = (load_generator(model)(resize(torch.from_numpy(x), size=(2 * side,) * 2, mode="bilinear")) + 1) / 2
+    back = resize(larger, size=(side, side), mode="bilinear").numpy()
+    np.testing.assert_allclose(run(tmp_path / "s2", x), (plain + back) / 2, atol=1e-4)
+
+    assert averaged_main([str(tiny_model_dir), str(tmp_path / "bad"), "--scale", str(side + 1)]) == 2
+    assert "--scale" in capsys.readouterr().err
+    assert averaged_main([str(tiny_model_dir), str(tmp_path / "flip"), "--flip"]) == 2  # never over a folder

@@ -59,11 +59,16 @@ def output_paths(config: RunConfig, job: Job) -> list[Path]:
 class _OutputFolders:
     """Finds inputs that lie in OUTPUT/<kind>: listed there (lexically), or reached through a
     symlink (a photo, or a folder of a walk, that links into OUTPUT), which up-front checks of
-    INPUT cannot see. Writing such a photo's outputs could overwrite the photo itself."""
+    INPUT cannot see. Writing such a photo's outputs could overwrite the photo itself. And finds
+    outputs that a folder link inside OUTPUT/<kind> would send elsewhere (into INPUT, say): hx
+    writes only inside OUTPUT/<kind>, where it can promise not to touch anything else."""
+
+    _CACHE_FOLDERS = 4096  # real paths of output folders, kept while a walk stays in them
 
     def __init__(self, config: RunConfig):
         self._lexical = {kind: os.path.abspath(config.output_dir / kind) for kind in config.outputs}
         self._real = {kind: os.path.realpath(config.output_dir / kind) for kind in config.outputs}
+        self._real_folders: dict[str, str] = {}
 
     def holding(self, src: Path) -> str | None:
         """The reason `src` must not run, or None."""
@@ -73,6 +78,22 @@ class _OutputFolders:
                 return f"inside OUTPUT/{kind}; hx never writes over a photo"
             if real.startswith(self._real[kind] + os.sep):
                 return f"inside OUTPUT/{kind} (through a link, {real}); hx never writes over a photo"
+        return None
+
+    def leaving(self, kinds: Iterable[str], outputs: Iterable[Path]) -> str | None:
+        """The reason these outputs (one per kind) must not be written, or None: a folder on the
+        way to one is a link that leads out of its OUTPUT/<kind>."""
+        for kind, output in zip(kinds, outputs):
+            folder = os.path.abspath(output.parent)
+            real = self._real_folders.get(folder)
+            if real is None:
+                if len(self._real_folders) >= self._CACHE_FOLDERS:
+                    self._real_folders.clear()
+                real = self._real_folders[folder] = os.path.realpath(folder)
+            inside = self._real[kind]
+            if real != inside and not real.startswith(inside + os.sep):
+                return (f"its {kind} output {output} would be written through a link to {real}, outside "
+                        f"OUTPUT/{kind}; hx writes only inside OUTPUT")
         return None
 
 
@@ -198,13 +219,15 @@ def plan_jobs(config: RunConfig) -> Iterator[Job | Skipped | Failed]:
         video = is_video_name(job.src.name)
         folder_guard, list_guard = guards[video]
         first = folder_guard.check(job.src) if folder_guard else list_guard.check(job) if list_guard else None
-        refused = outputs_folders.holding(job.src) or _frames_collision(config, job)
+        outputs = output_paths(config, job)
+        refused = (outputs_folders.holding(job.src) or _frames_collision(config, job)
+                   or outputs_folders.leaving(config.outputs, outputs))
         if refused is not None:
             yield Failed(job.src, refused)
         elif first is not None:
             same = os.path.abspath(first) == os.path.abspath(job.src)
             yield Failed(job.src, "listed more than once" if same else f"output name collides with {first}")
-        elif not config.options.overwrite and all(path.exists() for path in output_paths(config, job)):
+        elif not config.options.overwrite and all(path.exists() for path in outputs):
             yield Skipped(job.src)
         else:
             yield job

@@ -189,6 +189,24 @@ def test_a_photo_linked_into_output_is_never_overwritten(tmp_path, tiny_model_di
     assert (out / "rgba" / "a.png").read_bytes() == before and not (out / "rgba" / "b.png").exists()
 
 
+def test_a_folder_link_inside_output_never_sends_outputs_over_the_photos(tmp_path, tiny_model_dir,
+                                                                        make_disc_photo):
+    """OUTPUT/rgba/2019 links back to INPUT/2019: the cutout of INPUT/2019/a.png would land on
+    the photo itself (and a .jpg's beside it, in INPUT). The photo fails; the others run."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    mine = photo(src / "2019" / "a.png", make_disc_photo)
+    photo(src / "2020" / "b.png", make_disc_photo, seed=1)
+    (out / "rgba").mkdir(parents=True)
+    (out / "rgba" / "2019").symlink_to(src / "2019")
+    before = mine.read_bytes()
+    result = hx(*run_args(src, out, tiny_model_dir, "--outputs", "alpha,rgba"))
+    assert result.exit_code == 1, result.output
+    [failure] = report_of(out)["failures"]
+    assert failure["path"] == str(mine) and "outside OUTPUT/rgba" in failure["reason"], failure
+    assert mine.read_bytes() == before and sorted(p.name for p in (src / "2019").iterdir()) == ["a.png"]
+    assert (out / "rgba" / "2020" / "b.png").is_file() and not (out / "alpha" / "2019" / "a.png").exists()
+
+
 def test_png_frames_of_a_video_never_land_on_a_photo_folders_outputs(tmp_path, tiny_model_dir, make_disc_photo):
     pytest.importorskip("av")
     from test_video import disc_frames, write_clip

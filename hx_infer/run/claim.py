@@ -41,12 +41,17 @@ def claim_output(config: RunConfig, model: ModelDir) -> OutputLock:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"OUTPUT {out}: cannot create ({e.strerror})") from None
-    _check_writable(out)
+    _check_writable(out, "OUTPUT")
     for kind in config.outputs:
         folder = out / kind
+        if folder.is_symlink() and not folder.exists():
+            raise ConfigError(f"OUTPUT/{kind} {folder}: a link to nothing ({os.readlink(folder)}); cannot write "
+                              f"the {kind} outputs there")
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"OUTPUT/{kind} {folder}: exists and is not a folder; cannot write the {kind} "
                               f"outputs there")
+        if folder.is_dir():
+            _check_writable(folder, f"OUTPUT/{kind}")
     lock = OutputLock(out)
     try:
         lock.acquire()
@@ -71,11 +76,11 @@ def claim_output(config: RunConfig, model: ModelDir) -> OutputLock:
     return lock
 
 
-def _check_writable(out: Path) -> None:
+def _check_writable(out: Path, name: str) -> None:
     probe = out / f".hx-probe.{secrets.token_hex(6)}{TEMP_MARK}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except OSError as e:
-        raise ConfigError(f"OUTPUT {out}: cannot write there ({e.strerror or e})") from None
+        raise ConfigError(f"{name} {out}: cannot write there ({e.strerror or e})") from None
     os.close(fd)
     os.unlink(probe)

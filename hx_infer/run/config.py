@@ -13,7 +13,9 @@ from typing import Iterable
 from ..compose import Background
 from ..errors import ConfigError
 from ..io.images import PHOTO_EXTENSIONS, check_png_compression
+from ..io.lock import LOCK_NAME
 from ..io.video import VIDEO_EXTENSIONS
+from ..manifest import MANIFEST_NAME
 from ..model import ModelDir
 from ..report import REPORT_NAME, is_report
 from .backgrounds import parse_background_or_video
@@ -127,7 +129,7 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
         _check_apart(root, output_dir, kinds)
 
     report_path = Path(options.report) if options.report is not None else output_dir / REPORT_NAME
-    _check_report_path(report_path, tuple(root for root in roots if root.is_dir()))
+    _check_report_path(report_path, tuple(root for root in roots if root.is_dir()), output_dir)
     try:
         check_png_compression(options.png_compression)
     except ValueError as e:
@@ -159,11 +161,17 @@ def make_config(inputs: str | Path | Iterable[str | Path], output_dir: str | Pat
                      report_path=report_path)
 
 
-def _check_report_path(report_path: Path, input_folders: tuple[Path, ...]) -> None:
+def _check_report_path(report_path: Path, input_folders: tuple[Path, ...], output_dir: Path) -> None:
     """The report replaces only an earlier report: never the user's notes, a model file or a
-    photo, and never a file among the photos (a rerun would find it there)."""
+    photo, never a file among the photos (a rerun would find it there), and never OUTPUT's lock
+    or manifest, which may not exist yet (releasing the lock would delete the report; a report
+    in the manifest's place would end every later run)."""
     if report_path.is_dir() or report_path.suffix.lower() in PHOTO_EXTENSIONS | VIDEO_EXTENSIONS:
         raise ConfigError(f"--report {report_path}: give the path of a .json file")
+    for own in (LOCK_NAME, MANIFEST_NAME):
+        if os.path.realpath(report_path) == os.path.realpath(output_dir / own):
+            raise ConfigError(f"--report {report_path}: that is OUTPUT's {own}, which hx keeps for itself; "
+                              f"choose another path")
     for folder in input_folders:
         if folder.resolve() in report_path.resolve().parents:
             raise ConfigError(f"--report {report_path}: inside INPUT {folder}; write it elsewhere")

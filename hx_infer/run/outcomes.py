@@ -83,7 +83,7 @@ def finish_report(config: RunConfig, model: ModelDir, tally: Tally, wall_s: floa
                else [printable(label) for label in config.source_label]),
         output=printable(str(config.output_dir)),
         outputs=list(config.outputs),
-        background=config.options.background,
+        background=printable(config.options.background),
         refine=config.options.refine,
         overwrite=config.options.overwrite,
         model={"path": str(model.root), "sha256": model.sha256, "preset": model.preset,

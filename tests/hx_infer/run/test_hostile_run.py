@@ -125,6 +125,38 @@ def test_an_unwritable_output_stops_at_once_with_one_line(tmp_path, tiny_model_d
 
 
 @needs_read_only
+def test_an_unwritable_or_dangling_output_kind_folder_stops_at_once_with_one_line(tmp_path, tiny_model_dir,
+                                                                                  make_disc_photo):
+    """OUTPUT is writable but OUTPUT/rgba is not (here: a link to a folder nobody can write), or
+    OUTPUT/rgba is a link to nothing: stop before any photo, not fail every photo after decoding."""
+    photo(tmp_path / "in" / "a.png", make_disc_photo)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rgba").symlink_to(READ_ONLY)
+    result = hx(*run_args(tmp_path / "in", out, tiny_model_dir, "--outputs", "alpha,rgba"))
+    assert_one_line_error(result, f"OUTPUT/rgba {out / 'rgba'}", "cannot write")
+    assert not (out / "alpha").exists() and not (out / "hx-report.json").exists()
+    (out / "rgba").unlink()
+    (out / "rgba").symlink_to(tmp_path / "nowhere")
+    result = hx(*run_args(tmp_path / "in", out, tiny_model_dir, "--outputs", "alpha,rgba"))
+    assert_one_line_error(result, f"OUTPUT/rgba {out / 'rgba'}", "link to nothing")
+
+
+def test_report_never_takes_the_place_of_outputs_lock_or_manifest(tmp_path, tiny_model_dir, make_disc_photo):
+    """On a fresh OUTPUT neither file exists when --report is checked: the report would be deleted
+    with the lock, or stand where the manifest goes and end every later run."""
+    photo(tmp_path / "in" / "a.png", make_disc_photo)
+    out = tmp_path / "out"
+    for own in (".hx-lock", "hx-manifest.json"):
+        result = hx(*run_args(tmp_path / "in", out, tiny_model_dir, "--report", out / own))
+        assert_one_line_error(result, f"--report {out / own}", own)
+    assert hx(*run_args(tmp_path / "in", out, tiny_model_dir)).exit_code == 0
+    assert_one_line_error(hx(*run_args(tmp_path / "in", out, tiny_model_dir, "--report", out / "hx-manifest.json")),
+                          "hx-manifest.json")
+    assert json.loads((out / "hx-manifest.json").read_text())["format"] == "hx-output/1"
+
+
+@needs_read_only
 def test_a_report_that_cannot_be_written_names_its_path_and_the_summary_still_prints(tmp_path, tiny_model_dir,
                                                                                      make_disc_photo):
     photo(tmp_path / "in" / "a.png", make_disc_photo)

@@ -145,7 +145,9 @@ class ModelDir:
         if not isinstance(recorded, dict) or ONNX_FP32 not in recorded:
             raise ModelError(f"{self.root / CARD}: records no sha256 for {ONNX_FP32}")
         paths = {}
-        for name in recorded:
+        for name, expected in recorded.items():
+            if not isinstance(expected, str) or Path(name).name != name:  # a name that leaves the folder is no file of ours
+                raise ModelError(f"{self.root / CARD}: its sha256 record for {name!r} is not a file name and a hash")
             path = self.root / name
             if not path.is_file():
                 raise ModelError(f"{path}: missing from the model folder")
@@ -214,6 +216,8 @@ def load_model_dir(model: str | Path, verify: bool = False) -> ModelDir:
         card = json.loads(card_path.read_text())
     except (OSError, ValueError) as e:
         raise ModelError(f"{card_path}: unreadable model card ({e})") from None
+    if not isinstance(card, dict):
+        raise ModelError(f"{card_path}: not a model card (a JSON object); make one with hx-train export")
     if card.get("format") != FORMAT:
         raise ModelError(f"{card_path}: format {card.get('format')!r} is not {FORMAT!r}")
     if not isinstance(card.get("size"), int) or card.get("target") not in ("alpha", "rgb"):

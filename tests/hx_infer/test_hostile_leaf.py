@@ -104,6 +104,29 @@ def test_a_card_that_contradicts_its_graph_is_one_line(model_copy, photo_dir, tm
     assert_one_line_error(result, "model.json contradicts model.onnx", needle)
 
 
+@pytest.mark.parametrize("card, needle", [
+    ([1, 2], "not a model card"),
+    ("CARD with sha256 a list", "records no sha256"),
+    ("CARD with a hash that is a number", "not a file name and a hash"),
+    ("CARD with a hash of a file outside the folder", "not a file name and a hash"),
+])
+def test_a_card_of_the_wrong_shape_is_one_line(model_copy, photo_dir, tmp_path, card, needle):
+    """A hand-edited or damaged model.json: one line naming it, exit 2, not an internal error."""
+    if isinstance(card, str):
+        real = json.loads((model_copy / "model.json").read_text())
+        if "a list" in card:
+            real["sha256"] = list(real["sha256"].values())
+        elif "a number" in card:
+            real["sha256"]["model.onnx"] = 12
+        else:
+            real["sha256"]["../model.onnx"] = real["sha256"]["model.onnx"]
+        card = real
+    (model_copy / "model.json").write_text(json.dumps(card))
+    result = hx("run", photo_dir, tmp_path / "out", "--model", model_copy, "--backend", "ort", "--quiet",
+                "--outputs", "alpha")
+    assert_one_line_error(result, "model.json", needle)
+
+
 # --- cutouts and the words of option errors ---------------------------------------------------
 
 

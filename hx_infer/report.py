@@ -34,11 +34,17 @@ class Tally:
         self.failures.append((printable(path), printable(reason)))
 
 
+# Control characters (newline, ESC, ...) are legal in Linux names: printed raw, one failure
+# would read as two lines, or drive the terminal.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
+
+
 def printable(text: str) -> str:
-    """A path (or a line naming one) as valid UTF-8 text: the bytes of a name that is not UTF-8
-    (legal on Linux; Python keeps them as lone surrogates) become \\xNN escapes, as `ls -b` shows
-    them, so the JSON report is valid UTF-8 for any JSON reader."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A path (or a line naming one) as valid UTF-8 text on one line: the bytes of a name that is
+    not UTF-8 (legal on Linux; Python keeps them as lone surrogates) and control characters become
+    \\xNN escapes, as `ls -b` shows them, so the JSON report is valid UTF-8 for any JSON reader
+    and each failure is one line on a terminal."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").translate(_CONTROLS)
 
 
 class ReportError(OSError):

@@ -73,6 +73,22 @@ def test_names_that_are_not_utf8_are_processed_and_escaped_in_the_report(tmp_pat
     assert report["failures"] == [{"path": str(src / "bad\\xff.png"), "reason": "not an image"}]
 
 
+def test_names_with_control_characters_fail_on_one_escaped_line(tmp_path, tiny_model_dir, make_disc_photo):
+    """A newline or an ESC in a name is legal on Linux: printed raw, one failure reads as two
+    lines on stderr, or recolours the terminal."""
+    src = tmp_path / "in"
+    photo(src / "good.png", make_disc_photo)
+    (src / "new\nline.png").write_bytes(b"not a photo")
+    (src / "red\x1b[31m.png").write_bytes(b"not a photo")
+    result = hx(*run_args(src, tmp_path / "out", tiny_model_dir, "--outputs", "alpha"))
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert sum("new\\x0aline.png" in line for line in lines) == 1, lines
+    assert sum("red\\x1b[31m.png" in line for line in lines) == 1 and "\x1b" not in result.stderr, lines
+    paths = {failure["path"] for failure in report_of(tmp_path / "out")["failures"]}
+    assert str(src / "new\\x0aline.png") in paths and str(src / "red\\x1b[31m.png") in paths
+
+
 # --- memory ------------------------------------------------------------------------------------
 
 

@@ -598,9 +598,13 @@ def _remove_temporary(temp: str, min_age_s: float, cutoff: float, remove: Callab
 
 
 # The first bytes of the files people pipe into a tool by mistake -> what to call them.
-_SIGNATURES = ((b"\xff\xd8\xff", "JPEG image"), (b"\x89PNG\r\n\x1a\n", "PNG image"), (b"GIF8", "GIF image"),
-               (b"BM", "BMP image"), (b"II*\x00", "TIFF image"), (b"MM\x00*", "TIFF image"),
+# Each is long enough that no list of names starts with it by chance ("BM" alone is BMW_M3.jpg).
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG image"), (b"\x89PNG\r\n\x1a\n", "PNG image"), (b"GIF87a", "GIF image"),
+               (b"GIF89a", "GIF image"), (b"II*\x00", "TIFF image"), (b"MM\x00*", "TIFF image"),
                (b"\x1aE\xdf\xa3", "Matroska/WebM video"))
+# Bytes no list of names holds: C0 controls other than tab, CR and LF. A name that is not UTF-8
+# (Latin-1, say) is still a name, so invalid UTF-8 alone is not binary.
+_NOT_TEXT = bytes(set(range(0x20)) - {0x09, 0x0A, 0x0D})
 
 
 def sniff_media(head: bytes) -> str | None:
@@ -609,17 +613,14 @@ def sniff_media(head: bytes) -> str | None:
     for magic, what in _SIGNATURES:
         if head.startswith(magic):
             return what
+    if head[:2] == b"BM" and head[6:10] == b"\x00\x00\x00\x00":  # its reserved fields are zero
+        return "BMP image"
     if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI "):
         return "WebP image" if head[8:12] == b"WEBP" else "AVI video"
     if head[4:8] == b"ftyp":
         return "MP4/MOV/HEIF file"
-    if b"\x00" in head:
+    if any(byte in _NOT_TEXT for byte in head):
         return "binary data"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if e.start < len(head) - 3:  # not merely a character cut at the end of the peek
-            return "binary data"
     return None
 
 

@@ -198,6 +198,25 @@ def test_image_bytes_on_stdin_are_refused_with_one_line(tmp_path, tiny_model_dir
     assert not (tmp_path / "out").exists()
 
 
+
+def test_stdin_sniffing_tells_photo_bytes_from_lists_of_names():
+    """Lists whose first name starts like a signature ("BM": BMW_M3.jpg) or is not UTF-8 are
+    lists; real BMP and GIF headers and binary data are not."""
+    import io
+    import os
+
+    from hx_infer.io.images import sniff_media
+
+    bmp, gif = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (4, 4)).save(bmp, "BMP")
+    Image.new("RGB", (4, 4)).save(gif, "GIF")
+    assert sniff_media(bmp.getvalue()[:64]) == "BMP image" and sniff_media(gif.getvalue()[:64]) == "GIF image"
+    assert sniff_media(b"BMW_M3.jpg\nGIF8_party.jpg\n") is None
+    assert sniff_media(os.fsencode(os.fsdecode(b"caf\xe9.jpg\n")) + b"tab\there.jpg\r\n") is None
+    assert sniff_media(bytes(range(150, 214))) is None and sniff_media(b"\x01\x02" + bytes(range(150, 212))) == "binary data"
+    assert sniff_media(b"name.jpg\x00more") == "binary data"
+
+
 def test_a_run_that_matches_nothing_warns_and_exits_0(tmp_path, tiny_model_dir, small_tree):
     r = hx("run", small_tree, tmp_path / "out", "--model", tiny_model_dir, "--glob", "*.tiff", "--quiet")
     assert r.exit_code == 0, r.output

@@ -318,6 +318,51 @@ def test_a_rerun_with_other_settings_stops_unless_overwrite(tmp_path, tiny_model
     assert hx(*run_args(src, out, tiny_model_dir, "--outputs", "rgba")).exit_code == 0  # a new kind: fine
 
 
+def test_a_partial_or_stopped_overwrite_with_new_settings_is_never_resumed_as_if_whole(
+        tmp_path, tiny_model_dir, make_disc_photo, monkeypatch):
+    """--overwrite --background black on one photo of three leaves two composites on white: a
+    rerun must not skip them as black. Redoing them all settles the record."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(3):
+        photo(src / f"p{i}.png", make_disc_photo, seed=i)
+    base = run_args(src, out, tiny_model_dir, "--outputs", "composite")
+    assert hx(*base).exit_code == 0
+    assert hx(*base, "--background", "black", "--overwrite", "--glob", "p0*").exit_code == 0
+    result = hx(*base, "--background", "black")
+    assert_one_line_error(result, "mixed", "--background #000000", "--background #ffffff", "--overwrite")
+    assert hx(*base, "--background", "black", "--overwrite").exit_code == 0  # all three redone
+    assert "redo_from" not in json.loads((out / "hx-manifest.json").read_text())["kinds"]["composite"]
+    assert hx(*base, "--background", "black").exit_code == 0  # resumes: everything is on black
+    assert report_of(out)["counts"]["skipped"] == 3
+
+    # A redo that stops midway (here: the model fails on the second batch) stays mixed too.
+    from hx_infer.backends.ort import OrtBackend
+    real, calls = OrtBackend._run, []
+
+    def fail_second(self, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(OrtBackend, "_run", fail_second)
+    hx(*base, "--overwrite", "--batch-size", "1", "--workers", "1")
+    monkeypatch.setattr(OrtBackend, "_run", real)
+    assert_one_line_error(hx(*base), "mixed", "--background #ffffff")
+
+
+def test_a_new_background_picture_under_the_old_name_is_another_background(tmp_path, tiny_model_dir,
+                                                                          make_disc_photo):
+    src, out = tmp_path / "in", tmp_path / "out"
+    photo(src / "a.png", make_disc_photo)
+    picture = photo(tmp_path / "bg.png", make_disc_photo, seed=5)
+    base = run_args(src, out, tiny_model_dir, "--outputs", "composite", "--background", picture)
+    assert hx(*base).exit_code == 0
+    assert hx(*base).exit_code == 0  # the same picture: resumes
+    photo(picture, make_disc_photo, seed=6)
+    assert_one_line_error(hx(*base), "--background", "sha256", "--overwrite")
+
+
 # --- signals -------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,8 @@ in the input's time base where the container can store it (mp4 and mov can; Matr
 WebM always count in milliseconds), so the output has the input's frame count, rate and
 timestamps. Width and height are kept, odd ones included: 4:2:0 chroma needs even sides, so
 odd-sized H.264 switches to 4:0:0 (mattes) or 4:4:4 (composites) -- see ENCODINGS.
-Audio is copied packet for packet (never re-encoded) into containers that can hold it.
+Audio is copied packet for packet (never re-encoded) into containers that can hold it
+(AUDIO_CODECS).
 """
 from __future__ import annotations
 
@@ -285,6 +286,18 @@ ENCODINGS: dict[str, Encoding] = {e.name: e for e in (
 # Muxers that store the time base they are given (as the track timescale) when told to.
 _TIMESCALE_MUXERS = ("mp4", "mov")
 
+# Audio codecs copied into mp4 and mov: those FFmpeg muxed there from every input tried (AVI,
+# Matroska, mov; mono and stereo). Their muxers accept more at first sight (supported_codecs)
+# than they write: mov refuses Opus and FLAC at the header, mp4 refuses PCM without a channel
+# layout (AVI stores none) only at the trailer, and PCM in mp4 is an extension few players read.
+# Other muxers (Matroska, WebM) are asked: their answer matches what they then write.
+AUDIO_CODECS: dict[str, frozenset[str]] = {
+    "mp4": frozenset({"aac", "mp3", "mp2", "ac3", "eac3", "alac", "opus", "flac"}),
+    "mov": frozenset({"aac", "mp3", "mp2", "ac3", "eac3", "alac", "pcm_u8", "pcm_s8", "pcm_alaw", "pcm_mulaw",
+                      "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be",
+                      "pcm_f32le", "pcm_f32be", "pcm_f64le", "pcm_f64be"}),
+}
+
 
 class VideoWriter:
     """Writes frames for one output; commit() puts it in place, close() drops an uncommitted one.
@@ -369,8 +382,8 @@ class ContainerWriter(VideoWriter):
     def _add_audio_stream(self, template):
         if template is None:
             return None
-        name = template.codec_context.name
-        if name not in self._out.supported_codecs:
+        name = template.codec_context.codec.canonical_name  # "mp3", not its decoder "mp3float"
+        if name not in AUDIO_CODECS.get(self.encoding.muxer, self._out.supported_codecs):
             self.notes.append(f"{self.final.suffix} cannot hold {name} audio; written without it")
             return None
         return self._out.add_stream_from_template(template)

@@ -54,10 +54,12 @@ def disc_frames(n: int, width: int, height: int, seed: int = 0, still: bool = Fa
 
 
 def write_clip(path: Path, frames: np.ndarray, audio: str | None = None, rate: int = RATE,
-               rotation: int = 0, faststart: bool = False) -> Path:
+               rotation: int = 0, faststart: bool = False, layout: str = "mono",
+               audio_s: float | None = None) -> Path:
     """frames [n, H, W, 3] uint8 -> a video at `rate` fps. .avi: MPEG-4 Part 2 (needs even sides);
-    otherwise lossless-ish H.264 4:4:4. audio: None, "aac" or "pcm_s16le" (a 440 Hz tone as long
-    as the video). faststart: an mp4 with its index first (a cut one still opens)."""
+    otherwise lossless-ish H.264 4:4:4. audio: None or an encoder ("aac", "pcm_s16le", "libopus",
+    "flac"): a 440 Hz tone, `layout` "mono" or "stereo", as long as the video or `audio_s` seconds.
+    faststart: an mp4 with its index first (a cut one still opens)."""
     import av
 
     n, height, width = frames.shape[:3]
@@ -74,7 +76,7 @@ def write_clip(path: Path, frames: np.ndarray, audio: str | None = None, rate: i
         sound = None
         if audio:
             sound = out.add_stream(audio, rate=AUDIO_RATE)
-            sound.layout = "mono"
+            sound.layout = layout
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
@@ -82,11 +84,13 @@ def write_clip(path: Path, frames: np.ndarray, audio: str | None = None, rate: i
         out.mux(stream.encode(None))
         if sound is not None:
             chunk = sound.codec_context.frame_size or 1024
-            total = n * AUDIO_RATE // rate
+            total = n * AUDIO_RATE // rate if audio_s is None else round(audio_s * AUDIO_RATE)
+            channels = 2 if layout == "stereo" else 1
             for start in range(0, total, chunk):
                 t = np.arange(start, min(start + chunk, total))
-                samples = (np.sin(2 * np.pi * 440 * t / AUDIO_RATE) * 8000).astype(np.int16)[None]
-                piece = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+                samples = (np.sin(2 * np.pi * 440 * t / AUDIO_RATE) * 8000).astype(np.int16)
+                samples = np.repeat(samples, channels)[None]  # packed s16: channels interleaved
+                piece = av.AudioFrame.from_ndarray(samples, format="s16", layout=layout)
                 piece.sample_rate = AUDIO_RATE
                 piece.pts = start
                 out.mux(sound.encode(piece))
@@ -141,7 +145,10 @@ def test_every_output_keeps_frames_rate_size_and_audio(tmp_path, tiny_model_dir,
     source = decode(clip)
     report, logged = run_api(tiny_model_dir, tmp_path / "in", tmp_path / "out", outputs="alpha,rgba,composite")
     assert report["counts"] == {"processed": 1, "skipped": 0, "failed": 0}, report["failures"]
-    assert report["frames"] == n and logged == []
+    pcm = audio == "pcm_s16le"  # mov holds PCM, mp4 not (AUDIO_CODECS)
+    assert report["frames"] == n
+    assert logged == ([f"{clip}: {kind}: .mp4 cannot hold pcm_s16le audio; written without it"
+                       for kind in ("alpha", "composite")] if pcm else [])
 
     outputs = {"alpha": "alpha/clip.mp4", "rgba": "rgba/clip.mov", "composite": "composite/clip.mp4"}
     for kind, rel in outputs.items():
@@ -150,7 +157,8 @@ def test_every_output_keeps_frames_rate_size_and_audio(tmp_path, tiny_model_dir,
         assert got["pts"] == pytest.approx(source["pts"]), kind
         assert (got["width"], got["height"], got["rate"]) == (width, height, RATE), kind
         assert got["time_base"] == source["time_base"], kind  # mp4 and mov keep the input's
-        assert [name for name, _ in got["audio"]] == ([audio] if audio else []), kind
+        kept = audio and not (pcm and rel.endswith(".mp4"))
+        assert [name for name, _ in got["audio"]] == ([audio] if kept else []), kind
 
     alpha = decode(tmp_path / "out" / outputs["alpha"], fmt="gray")["frames"]  # [n, H, W]
     rgba = decode(tmp_path / "out" / outputs["rgba"], fmt="rgba")["frames"]
@@ -201,6 +209,33 @@ def test_vp9_webm_and_png_frames_carry_alpha(tmp_path, tiny_model_dir):
     with Image.open(folder / "000005.png") as im:
         assert im.mode == "RGBA" and im.size == (65, 47)
         assert np.abs(np.asarray(im)[..., 3].astype(int) - alpha[5]).mean() < 3
+
+
+@needs_av
+def test_audio_goes_only_into_outputs_whose_container_takes_its_codec(tmp_path, tiny_model_dir):
+    """PCM from an AVI (no channel layout stored) is refused by the mp4 muxer only when it writes
+    the trailer, Opus and FLAC by the mov muxer at its header: each output that cannot hold the
+    codec is written without audio and says so, and every video of the run is processed."""
+    src = tmp_path / "in"
+    frames, _ = disc_frames(10, 64, 48)
+    write_clip(src / "cam.avi", frames, audio="pcm_s16le", layout="stereo")
+    write_clip(src / "opus.mkv", frames, audio="libopus", layout="stereo")
+    write_clip(src / "flac.mkv", frames, audio="flac")
+    report, logged = run_api(tiny_model_dir, src, tmp_path / "out", outputs="alpha,rgba,composite")
+    assert report["counts"] == {"processed": 3, "skipped": 0, "failed": 0}, report["failures"]
+    expected = {"cam": {"alpha/cam.mp4": [], "rgba/cam.mov": ["pcm_s16le"], "composite/cam.mp4": []},
+                "opus": {"alpha/opus.mp4": ["opus"], "rgba/opus.mov": [], "composite/opus.mp4": ["opus"]},
+                "flac": {"alpha/flac.mp4": ["flac"], "rgba/flac.mov": [], "composite/flac.mp4": ["flac"]}}
+    for outputs in expected.values():
+        for rel, audio in outputs.items():
+            got = decode(tmp_path / "out" / rel)
+            assert [name for name, _ in got["audio"]] == audio, rel
+            assert len(got["frames"]) == 10, rel
+    assert sorted(logged) == sorted([
+        f"{src / 'cam.avi'}: alpha: .mp4 cannot hold pcm_s16le audio; written without it",
+        f"{src / 'cam.avi'}: composite: .mp4 cannot hold pcm_s16le audio; written without it",
+        f"{src / 'opus.mkv'}: rgba: .mov cannot hold opus audio; written without it",
+        f"{src / 'flac.mkv'}: rgba: .mov cannot hold flac audio; written without it"])
 
 
 @needs_av

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -351,7 +352,7 @@ class ContainerWriter(VideoWriter):
         try:
             # The muxer is named, so the temporary needs no video suffix of its own.
             self._out = av.open(str(self.temp), "w", format=encoding.muxer, options=options)
-        except OSError as e:
+        except (OSError, av.FFmpegError) as e:
             raise VideoError(f"cannot write {self.final}: {_av_reason(e)}") from None
         try:
             self._stream = self._add_video_stream(info)
@@ -413,7 +414,8 @@ class ContainerWriter(VideoWriter):
         frame = self._frame(image)
         frame.pts = pts
         frame.time_base = self.info.time_base
-        self._mux(self._stream.encode(frame))
+        with self._writing():
+            self._out.mux(self._stream.encode(frame))
 
     def write_audio(self, packet: AudioPacket) -> None:
         if self._audio is None:
@@ -423,18 +425,24 @@ class ContainerWriter(VideoWriter):
         copy.time_base = self._audio.time_base
         copy.is_keyframe = packet.keyframe
         copy.stream = self._audio
-        self._out.mux(copy)
+        with self._writing():
+            self._out.mux(copy)
 
-    def _mux(self, packets) -> None:
+    @contextmanager
+    def _writing(self):
+        """What FFmpeg refuses while encoding and muxing -- a stream the muxer took at first and
+        rejects at its header (first packet) or trailer (close), a full disk -- fails this video,
+        named by the final path, never the run."""
         try:
-            self._out.mux(packets)
+            yield
         except self._av.FFmpegError as e:
             raise VideoError(f"cannot write {self.final}: {_av_reason(e)}") from None
 
     def commit(self) -> None:
-        self._mux(self._stream.encode(None))  # flush the encoder's delayed frames
-        out, self._out = self._out, None
-        out.close()  # writes the trailer (mp4: the index)
+        with self._writing():
+            self._out.mux(self._stream.encode(None))  # flush the encoder's delayed frames
+            out, self._out = self._out, None
+            out.close()  # writes the trailer (mp4: the index)
         os.replace(self.temp, self.final)
         self._committed = True
 

@@ -239,6 +239,28 @@ def test_audio_goes_only_into_outputs_whose_container_takes_its_codec(tmp_path, 
 
 
 @needs_av
+def test_an_ffmpeg_error_while_writing_fails_that_video_only(tmp_path, tiny_model_dir, monkeypatch):
+    """Whatever the muxer refuses (here: let the PCM through to mp4, whose trailer then fails) is
+    one line in the report for that video; the run goes on to the next."""
+    from hx_infer.io import video as video_io
+
+    monkeypatch.setitem(video_io.AUDIO_CODECS, "mp4", video_io.AUDIO_CODECS["mp4"] | {"pcm_s16le"})
+    src = tmp_path / "in"
+    frames, _ = disc_frames(10, 64, 48)
+    write_clip(src / "a_cam.avi", frames, audio="pcm_s16le", layout="stereo")
+    write_clip(src / "b_later.mp4", frames)
+    out = tmp_path / "out"
+    result = hx("run", src, out, "--model", tiny_model_dir, "--backend", "ort", "--outputs", "alpha", "--quiet")
+    assert result.exit_code == 1, result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output
+    report = json.loads((out / "hx-report.json").read_text())
+    assert report["counts"] == {"processed": 1, "skipped": 0, "failed": 1}
+    assert report["failures"] == [{"path": str(src / "a_cam.avi"),
+                                   "reason": f"cannot write {out / 'alpha' / 'a_cam.mp4'}: Invalid argument"}]
+    assert sorted(p.name for p in (out / "alpha").iterdir()) == ["b_later.mp4"]
+
+
+@needs_av
 def test_rotated_video_is_matted_upright_and_keeps_its_rotation(tmp_path, tiny_model_dir):
     upright, _ = disc_frames(10, 48, 64, seed=2)  # portrait: [n, 64, 48, 3]
     stored = np.ascontiguousarray(np.rot90(upright, 1, axes=(1, 2)))  # landscape [n, 48, 64, 3], shown turned -90

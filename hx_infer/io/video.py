@@ -201,22 +201,26 @@ class VideoReader:
         """A file cut short mostly decodes without an error, just fewer frames: compare with what
         the header promised, by time (dropped-frame AVIs keep their timestamps, not their count).
 
-        Matroska and WebM store no frame count and mostly no stream duration, only the file's
-        (Segment Info); the demuxer also skips a damaged cluster without an error and goes on
+        Matroska and WebM store no frame count and no stream duration in the header, only the
+        file's (Segment Info), which is the longest stream's: audio often outlasts the video by
+        seconds. Their muxers (FFmpeg, mkvmerge) write each track's own length as a DURATION tag,
+        which is used first. The demuxer also skips a damaged cluster without an error and goes on
         at the next, which leaves a hole in the timestamps: longer than a second (and ten frames)
         there means frames were lost. (Not for mp4/mov: screen recordings there hold a frame for
         seconds on a still screen.)"""
         if self._last_pts is None:
             return
         expected_s, slack = None, 2 / self._rate  # two frames' slack for rounding in the header
+        start = self._video.start_time or 0
         if self._video.frames:
             expected_s = self._video.frames / self._rate
         elif self._video.duration:
             expected_s = self._video.duration * self._tb
+        elif (tagged := _duration_tag(self._video)) is not None:  # the track's end, from its start as got_s
+            expected_s = tagged - start * self._tb
         elif self._container.duration:  # microseconds (AV_TIME_BASE): the longest stream's, and
             expected_s = Fraction(self._container.duration, 1_000_000)  # audio may outlast video a little
             slack = max(slack, Fraction(1, 2))
-        start = self._video.start_time or 0
         got_s = (self._last_pts / self._tb.denominator) - start * self._tb + 1 / self._rate
         if expected_s is not None and got_s < expected_s - slack:
             raise VideoError(f"truncated video ({self._count} frames, {float(got_s):.2f} of "
@@ -236,6 +240,18 @@ class VideoReader:
         if container is not None:
             self._container = None
             container.close()
+
+
+def _duration_tag(stream) -> Fraction | None:
+    """Seconds in a Matroska track's DURATION tag ("00:00:02.000000000"; "DURATION-eng" when
+    the tag has a language), or None."""
+    for key, value in stream.metadata.items():
+        if key.upper().split("-")[0] == "DURATION":
+            match = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", value.strip())
+            if match:
+                hours, minutes, seconds = match.groups()
+                return int(hours) * 3600 + int(minutes) * 60 + Fraction(seconds)
+    return None
 
 
 def frame_count(path: Path) -> int:

@@ -419,6 +419,17 @@ def test_bad_videos_are_reported_and_the_run_goes_on(tmp_path, tiny_model_dir, m
     assert sorted(p.name for p in (tmp_path / "out/alpha").iterdir()) == ["good.mp4", "photo.png"]
 
 
+@needs_av
+def test_matroska_whose_audio_outlasts_its_video_is_whole(tmp_path, tiny_model_dir):
+    """Matroska's file duration is the longest stream's: 1 s of video under 3 s of sound is not a
+    video cut short (the video track's own DURATION tag says 1 s)."""
+    clip = write_clip(tmp_path / "clip.mkv", disc_frames(10, 64, 48)[0], audio="aac", audio_s=3.0)
+    report, _ = run_api(tiny_model_dir, clip, tmp_path / "out", outputs="alpha")
+    assert report["counts"] == {"processed": 1, "skipped": 0, "failed": 0}, report["failures"]
+    assert report["frames"] == 10
+    assert [name for name, _ in decode(tmp_path / "out/alpha/clip.mp4")["audio"]] == ["aac"]
+
+
 def test_without_pyav_videos_fail_and_photos_run(tmp_path, tiny_model_dir, make_disc_photo, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
     src = tmp_path / "in"

@@ -477,7 +477,8 @@ class ContainerWriter(VideoWriter):
 
 
 class PngFramesWriter(VideoWriter):
-    """A folder of RGBA PNGs, 000000.png, 000001.png, ... (frame index, not timestamp).
+    """A folder of RGBA PNGs, 000000.png, 000001.png, ... (frame index, not timestamp), upright:
+    a PNG has no display rotation to carry, so a rotated video's frames are turned as it is shown.
 
     Written into a temporary folder renamed into place when complete. An existing folder is
     replaced only when it holds nothing but frame files (a previous run's, under --overwrite).
@@ -492,6 +493,8 @@ class PngFramesWriter(VideoWriter):
 
     def write(self, image: np.ndarray, pts: int) -> None:
         self._check(image)
+        if self.info.rotation:
+            image = np.ascontiguousarray(np.rot90(image, self.info.rotation // 90))  # counter-clockwise
         (self.temp / f"{self._index:06d}.png").write_bytes(encode_png(image, self._compression))
         self._index += 1
 

@@ -274,6 +274,30 @@ def test_rotated_video_is_matted_upright_and_keeps_its_rotation(tmp_path, tiny_m
     np.testing.assert_array_equal(got["frames"], expected)
 
 
+def _rotated_clip(path: Path, n: int = 8) -> tuple[Path, np.ndarray]:
+    """A phone video: stored landscape [n, 48, 64, 3], shown turned 90 degrees counter-clockwise
+    as the portrait [n, 64, 48, 3] it returns."""
+    upright, _ = disc_frames(n, 48, 64, seed=4)
+    stored = np.ascontiguousarray(np.rot90(upright, -1, axes=(1, 2)))
+    return write_clip(path, stored, rotation=90), upright
+
+
+@needs_av
+def test_png_frames_of_a_rotated_video_are_upright(tmp_path, tiny_model_dir):
+    """A PNG has no display rotation to carry: its frames are turned as the player shows the video."""
+    clip, _ = _rotated_clip(tmp_path / "clip.mp4")
+    report, _ = run_api(tiny_model_dir, clip, tmp_path / "out", outputs="alpha,rgba",
+                        video=VideoOptions(lossless=True, rgba="png"))
+    assert report["counts"]["processed"] == 1, report["failures"]
+    matte = decode(tmp_path / "out/alpha/clip.mkv", fmt="gray")
+    assert matte["rotation"] == 90
+    shown = np.rot90(matte["frames"], 1, axes=(1, 2))  # [n, 64, 48], as a player shows the matte
+    for i in (0, 7):
+        with Image.open(tmp_path / f"out/rgba/clip/{i:06d}.png") as im:
+            assert im.size == (48, 64)
+            np.testing.assert_array_equal(np.asarray(im)[..., 3], shown[i])
+
+
 @needs_av
 def test_composite_on_a_looped_video_background(tmp_path, tiny_model_dir):
     frames, _ = disc_frames(12, 64, 48)

@@ -155,6 +155,14 @@ def _failure_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
+def _as_stored(background: Background, turns: int) -> Background:
+    """The background for a video's stored frames, which the player shows turned by `turns`
+    (np.rot90): an image turned the other way, so that it too is shown upright."""
+    if not turns or background.image is None:
+        return background
+    return Background(image=np.ascontiguousarray(np.rot90(background.image, -turns)), label=background.label)
+
+
 class _VideoRun:
     def __init__(self, job: Job, config: RunConfig, backend: Backend, model: ModelDir,
                  batch_size: int, reader: VideoReader, log: Callable[[str], None] | None):
@@ -269,6 +277,7 @@ class _VideoRun:
     def _write(self, writers: dict[str, VideoWriter]) -> None:
         """Writer thread: back to the frame's size and orientation, compose, encode."""
         background_frames = None
+        still = _as_stored(self.config.background, self.turns)  # once: it keeps its resized copy
         try:
             if isinstance(self.config.background, VideoBackground) and any(KINDS[kind].needs_background
                                                                            for kind in writers):
@@ -281,8 +290,8 @@ class _VideoRun:
                     for writer in writers.values():
                         writer.write_audio(item)
                     continue
-                background = (Background(image=next(background_frames)) if background_frames is not None
-                              else self.config.background)
+                background = (_as_stored(Background(image=next(background_frames)), self.turns)
+                              if background_frames is not None else still)
                 for kind, image in self._images(item, background):
                     try:
                         writers[kind].write(image, item.frame.pts)

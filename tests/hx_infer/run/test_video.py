@@ -299,6 +299,24 @@ def test_png_frames_of_a_rotated_video_are_upright(tmp_path, tiny_model_dir):
 
 
 @needs_av
+def test_composite_of_a_rotated_video_shows_its_image_background_upright(tmp_path, tiny_model_dir):
+    clip, _ = _rotated_clip(tmp_path / "clip.mp4")
+    top, bottom = (200, 30, 30), (30, 30, 200)
+    image = np.zeros((60, 40, 3), np.uint8)  # portrait, like the video as shown
+    image[:30], image[30:] = top, bottom
+    Image.fromarray(image).save(tmp_path / "bg.png")
+    report, _ = run_api(tiny_model_dir, clip, tmp_path / "out", outputs="alpha,composite",
+                        background=str(tmp_path / "bg.png"), video=VideoOptions(lossless=True))
+    assert report["counts"]["processed"] == 1, report["failures"]
+    shown = np.rot90(decode(tmp_path / "out/composite/clip.mkv")["frames"], 1, axes=(1, 2))  # [n, 64, 48, 3]
+    clear = np.rot90(decode(tmp_path / "out/alpha/clip.mkv", fmt="gray")["frames"], 1, axes=(1, 2)) < 8
+    for half, colour in ((np.s_[:, :28], top), (np.s_[:, 36:], bottom)):
+        pixels = shown[half][clear[half]]
+        assert len(pixels) > 200
+        assert np.abs(pixels.astype(int) - colour).mean() < 12, colour
+
+
+@needs_av
 def test_composite_on_a_looped_video_background(tmp_path, tiny_model_dir):
     frames, _ = disc_frames(12, 64, 48)
     clip = write_clip(tmp_path / "clip.mp4", frames)

@@ -28,7 +28,7 @@ from ..run.config import RunConfig
 from ..run.claim import claim_output
 from ..run.outcomes import Outcomes, finish_report
 from ..run.photos import CpuStages, Stages
-from ..run.plan import Failed, Skipped, plan_jobs
+from ..run.plan import Failed, Job, Skipped, plan_jobs
 from ..run.videos import VideoRuns
 
 
@@ -52,8 +52,8 @@ class LocalEngine:
         start = time.perf_counter()
         backend, model = handle.backend, handle.model  # a backend that cannot open leaves OUTPUT untouched
         batch_size = backend.batch_size or default_batch_size(backend.device)
-        with claim_output(config, model):  # writable, locked, same settings, cleaned
-            outcomes = Outcomes(config, log)
+        with claim_output(config, model) as claim:  # writable, locked, same settings, cleaned
+            outcomes = Outcomes(config, log, claim.index)
             videos = VideoRuns(config, backend, model, batch_size, log)  # run after the photos, one at a time
             try:
                 _PhotoLoop(choose_stages(config, backend, model), batch_size, config.workers, outcomes).run(
@@ -91,7 +91,7 @@ class _PhotoLoop:
         self.decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="hx-decode")
         self.write_pool = ThreadPoolExecutor(threads, thread_name_prefix="hx-write")
         self.decoding: deque[Future] = deque()
-        self.writing: deque[tuple[Future, int]] = deque()  # (finish future, bytes it holds)
+        self.writing: deque[tuple[Future, int, Job]] = deque()  # (finish future, bytes it holds, its job)
         self.batch: list[Any] = []
         self.batch_bytes = 0
         self.held = 0  # bytes of decoded photos not yet written (in the batch or being written)
@@ -99,7 +99,7 @@ class _PhotoLoop:
 
     def run(self, config: RunConfig, videos: VideoRuns) -> None:
         try:
-            for planned in plan_jobs(config):
+            for planned in plan_jobs(config, self.outcomes.index):
                 if isinstance(planned, Skipped):
                     self.outcomes.skipped()
                 elif isinstance(planned, Failed):
@@ -150,14 +150,15 @@ class _PhotoLoop:
 
     def _queue_writes(self, results: Iterable[tuple[Any, Any]]) -> None:
         for item, out in results:
-            self.writing.append((self.write_pool.submit(self.stages.finish, item, out), _nbytes(item)))
+            job = item if isinstance(item, Job) else item.job  # the device stages' items are their jobs
+            self.writing.append((self.write_pool.submit(self.stages.finish, item, out), _nbytes(item), job))
         while self.writing and (len(self.writing) > self.max_in_flight or self.held > IN_FLIGHT_BYTES):
             self._collect_write(*self.writing.popleft())
 
-    def _collect_write(self, future: Future, size: int) -> None:
+    def _collect_write(self, future: Future, size: int, job: Job) -> None:
         failure = future.result()
         self.held -= size
         if failure is None:
-            self.outcomes.processed()
+            self.outcomes.processed(job)
         else:
             self.outcomes.failed(failure)

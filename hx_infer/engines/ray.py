@@ -196,7 +196,7 @@ def _rows(jobs: Iterable[Job]) -> list[dict[str, bytes]]:
 def _chunks(config: RunConfig, outcomes: Outcomes) -> Iterator[list[Job]]:
     """The run's photos, CHUNK at a time; skips and planning failures go straight to `outcomes`."""
     chunk: list[Job] = []
-    for planned in plan_jobs(config):
+    for planned in plan_jobs(config, outcomes.index):
         if isinstance(planned, Skipped):
             outcomes.skipped()
         elif isinstance(planned, Failed):
@@ -248,19 +248,19 @@ class RayEngine:
                 # the local engine's defaults, for the device the actors hold
                 batch_size = spec.batch_size or default_batch_size(Device("cuda" if plan.gpus_per_actor > 0 else "cpu"))
                 actor_spec = replace(spec, batch_size=batch_size, threads=plan.threads)
-                claims.enter_context(claim_output(config, model))  # writable, locked, same settings, cleaned
+                claim = claims.enter_context(claim_output(config, model))  # writable, locked, same settings, cleaned
                 # Workers run in other folders, maybe on other machines: absolute paths only, and no
                 # stdin iterator (the driver plans the jobs; workers never list anything).
                 shipped = replace(config, source=(), output_dir=Path(os.path.abspath(config.output_dir)),
                                   background=_PortableBackground.of(config.background))
                 stages = PhotoStages.for_run(shipped, model)
-                outcomes = Outcomes(config, log)
+                outcomes = Outcomes(config, log, claim.index)
                 ran_on: set[tuple[str, str]] = set()
                 try:
                     with _quiet_ray_data():
                         for chunk in _chunks(config, outcomes):
                             dataset = self._dataset(chunk, stages, model, actor_spec, plan)
-                            ran_on |= _collect(dataset, outcomes)
+                            ran_on |= _collect(dataset, outcomes, chunk)
                 finally:
                     outcomes.close()
             except ray.exceptions.RayError as e:
@@ -314,15 +314,17 @@ class RayEngine:
         )
 
 
-def _collect(dataset: "ray.data.Dataset", outcomes: Outcomes) -> set[tuple[str, str]]:
-    """Run the dataset, counting each photo as its batch comes back -> the (backend, device) pairs seen."""
+def _collect(dataset: "ray.data.Dataset", outcomes: Outcomes, chunk: list[Job]) -> set[tuple[str, str]]:
+    """Run the dataset over `chunk`, counting each photo as its batch comes back -> the (backend,
+    device) pairs seen."""
     ran_on: set[tuple[str, str]] = set()
+    jobs = {os.fsencode(job.src): job for job in chunk}  # as the batches carry src
     for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
         for src, reason in zip(batch["src"], batch["reason"]):
             if reason:
                 outcomes.failed(Failed(Path(os.fsdecode(src)), reason))
             else:
-                outcomes.processed()
+                outcomes.processed(jobs.get(bytes(src)))
         ran_on |= {(str(b), str(d)) for b, d in zip(batch["backend"], batch["device"]) if b}
     return ran_on
 

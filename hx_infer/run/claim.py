@@ -17,6 +17,7 @@ from ..io.lock import LockError, OutputLock
 from ..manifest import ManifestError, check_manifest, mark_redos, settings_for, settle_redos, write_manifest
 from ..model import ModelDir, cached_sha256
 from .config import RunConfig
+from .index import OutputIndex
 
 
 def wanted_settings(config: RunConfig, model: ModelDir) -> dict[str, dict]:
@@ -80,25 +81,28 @@ def claim_output(config: RunConfig, model: ModelDir) -> "Claim":
         keep_out = {"folder": (config.source,), "file": (config.source,),
                     "several": getattr(config.source, "paths", ())}.get(config.source_kind, ())
         clean_temporaries(out, keep_out=keep_out)  # left by a run that was killed mid-write
+        index = OutputIndex(out)
     except BaseException:
         lock.release()
         raise
-    return Claim(lock, out, wanted)
+    return Claim(lock, out, wanted, index)
 
 
 class Claim:
-    """OUTPUT held for a run (`with claim_output(...):`). A run that ends normally settles the
-    kinds an --overwrite began to redo (hx_infer.manifest.settle_redos); one that raises leaves
-    them marked mixed. The lock is released either way."""
+    """OUTPUT held for a run (`with claim_output(...) as claim:`), with its index of what made
+    each output (`claim.index`, hx_infer.run.index). A run that ends normally settles the kinds
+    an --overwrite began to redo (hx_infer.manifest.settle_redos); one that raises leaves them
+    marked mixed. The index is committed and the lock released either way."""
 
-    def __init__(self, lock: OutputLock, out: Path, wanted: dict[str, dict]):
-        self.lock, self.out, self.wanted = lock, out, wanted
+    def __init__(self, lock: OutputLock, out: Path, wanted: dict[str, dict], index: OutputIndex):
+        self.lock, self.out, self.wanted, self.index = lock, out, wanted, index
 
     def __enter__(self) -> "Claim":
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
         try:
+            self.index.close()
             if exc_type is None:
                 settle_redos(self.out, self.wanted, lambda kind, ns: older_file(self.out / kind, ns))
         finally:

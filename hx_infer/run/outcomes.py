@@ -13,7 +13,8 @@ from ..progress import Progress
 from ..report import Tally, build_report, printable, write_report
 from ..version import __version__
 from .config import RunConfig
-from .plan import Failed, iter_jobs
+from .index import OutputIndex
+from .plan import Failed, Job, iter_jobs
 
 
 class _Progress:
@@ -49,14 +50,19 @@ class Outcomes:
     """Where each photo's outcome goes, whichever engine ran it: the tally for the report, the
     progress bar, and `log` (one line per failure). Used from one thread only."""
 
-    def __init__(self, config: RunConfig, log: Callable[[str], None] | None = None):
+    def __init__(self, config: RunConfig, log: Callable[[str], None] | None = None,
+                 index: OutputIndex | None = None):
         self.tally = Tally()
         self._log = log
         self._progress = _Progress(config)
+        self.index = index  # what made each output: planning asks it, `processed` tells it
 
-    def processed(self, n: int = 1) -> None:
-        self.tally.processed += n
-        self._progress.update(n)
+    def processed(self, job: Job | None = None) -> None:
+        """One input done, all its outputs written (`job`: recorded in the index)."""
+        self.tally.processed += 1
+        self._progress.update(1)
+        if job is not None and self.index is not None:
+            self.index.record(job.src, job.rel)
 
     def skipped(self) -> None:
         self.tally.skipped += 1

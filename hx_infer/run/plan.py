@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 from ..io.images import PHOTO_EXTENSIONS, DecodeError, WriteError, iter_photos
 from ..io.video import VIDEO_EXTENSIONS, is_video_name
 from .config import RunConfig
+from .index import REDO, SKIP, OutputIndex
 from .kinds import photo_output_path, video_output_path
 
 
@@ -200,9 +201,10 @@ class ListCollisions:
         return None if first is job.src else first
 
 
-def plan_jobs(config: RunConfig) -> Iterator[Job | Skipped | Failed]:
-    """Each photo of the run as a Job to do, Skipped (all its outputs exist) or Failed (it cannot
-    run: its outputs would collide with an earlier photo's, or its folder cannot be listed).
+def plan_jobs(config: RunConfig, index: OutputIndex | None = None) -> Iterator[Job | Skipped | Failed]:
+    """Each photo of the run as a Job to do, Skipped (all its outputs exist, made from it as far
+    as `index` knows) or Failed (it cannot run: its outputs would collide with an earlier
+    photo's, or with those another file made in an earlier run, or its folder cannot be listed).
     Every photo is checked for collisions, skipped or not, so a resumed run reports the same."""
     unlistable: list[Failed] = []
     jobs = iter_jobs(config, on_error=lambda folder, e: unlistable.append(
@@ -228,7 +230,8 @@ def plan_jobs(config: RunConfig) -> Iterator[Job | Skipped | Failed]:
             same = os.path.abspath(first) == os.path.abspath(job.src)
             yield Failed(job.src, "listed more than once" if same else f"output name collides with {first}")
         elif not config.options.overwrite and all(path.exists() for path in outputs):
-            yield Skipped(job.src)
+            verdict = index.verdict(job.src, job.rel) if index is not None else SKIP
+            yield Skipped(job.src) if verdict == SKIP else job if verdict == REDO else Failed(job.src, verdict)
         else:
             yield job
     yield from unlistable

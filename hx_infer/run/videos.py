@@ -82,7 +82,7 @@ class VideoRuns:
             self.frames += result.frames
             self.seconds += result.seconds
             self.rgba_bytes += _rgba_bytes(self.config, job)
-            outcomes.processed()
+            outcomes.processed(job)
 
     def facts(self) -> dict:
         """For the report: frames written by processed videos, their rate, and the video options."""

@@ -44,7 +44,7 @@ def hx(*args) -> "CliRunner.invoke":
 
 def digest(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in ("hx-report.json", "hx-manifest.json")}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in ("hx-report.json", "hx-manifest.json", "hx-index.sqlite")}
 
 
 @pytest.fixture(scope="module")

@@ -255,6 +255,38 @@ def test_a_folder_link_inside_output_never_sends_outputs_over_the_photos(tmp_pat
     assert (out / "rgba" / "2020" / "b.png").is_file() and not (out / "alpha" / "2019" / "a.png").exists()
 
 
+def test_resume_skips_only_outputs_made_from_the_same_photo(tmp_path, tiny_model_dir, make_disc_photo):
+    """Outputs are named after their photo, so a name alone cannot say whose they are: a second
+    folder whose photos share the names fails them (before: skipped, exit 0, its cutouts never
+    made); an edited photo is redone; the same photos moved elsewhere are still skipped."""
+    out = tmp_path / "out"
+    first = photo(tmp_path / "s1" / "IMG_0001.png", make_disc_photo, seed=1)
+    assert hx(*run_args(tmp_path / "s1", out, tiny_model_dir, "--outputs", "alpha")).exit_code == 0
+    made = (out / "alpha" / "IMG_0001.png").read_bytes()
+
+    other = photo(tmp_path / "s2" / "IMG_0001.png", make_disc_photo, 40, 56, seed=2)  # another size
+    result = hx(*run_args(tmp_path / "s2", out, tiny_model_dir, "--outputs", "alpha"))
+    assert result.exit_code == 1, result.output
+    [failure] = report_of(out)["failures"]
+    assert failure["path"] == str(other) and str(first) in failure["reason"] and "--overwrite" in failure["reason"]
+    assert (out / "alpha" / "IMG_0001.png").read_bytes() == made
+
+    (tmp_path / "s1").rename(tmp_path / "moved")  # the same photo, moved: still done
+    assert hx(*run_args(tmp_path / "moved", out, tiny_model_dir, "--outputs", "alpha")).exit_code == 0
+    assert report_of(out)["counts"] == {"processed": 0, "skipped": 1, "failed": 0}
+
+    edited = tmp_path / "moved" / "IMG_0001.png"
+    assert hx(*run_args(tmp_path / "moved", out, tiny_model_dir, "--outputs", "alpha", "--overwrite")).exit_code == 0
+    photo(edited, make_disc_photo, 30, 40, seed=3)  # retouched in place
+    assert hx(*run_args(tmp_path / "moved", out, tiny_model_dir, "--outputs", "alpha")).exit_code == 0
+    assert report_of(out)["counts"] == {"processed": 1, "skipped": 0, "failed": 0}
+    assert Image.open(out / "alpha" / "IMG_0001.png").size == (40, 30)
+
+    (out / "hx-index.sqlite").unlink()  # an OUTPUT from before the index: names decide, as they did
+    assert hx(*run_args(tmp_path / "s2", out, tiny_model_dir, "--outputs", "alpha")).exit_code == 0
+    assert report_of(out)["counts"] == {"processed": 0, "skipped": 1, "failed": 0}
+
+
 def test_png_frames_of_a_video_never_land_on_a_photo_folders_outputs(tmp_path, tiny_model_dir, make_disc_photo):
     pytest.importorskip("av")
     from test_video import disc_frames, write_clip

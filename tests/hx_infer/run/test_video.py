@@ -359,7 +359,7 @@ def test_videos_next_to_photos_resume_per_whole_video(tmp_path, tiny_model_dir, 
     assert report["counts"] == {"processed": 3, "skipped": 0, "failed": 0}
     assert report["frames"] == 18
     assert {p.relative_to(out).as_posix() for p in out.rglob("*.*")
-            if p.name not in ("hx-report.json", "hx-manifest.json")} == {
+            if p.name not in ("hx-report.json", "hx-manifest.json", "hx-index.sqlite")} == {
         "alpha/a.png", "alpha/a.mp4", "alpha/sub/B.mp4"}
 
     again, _ = run_api(tiny_model_dir, src, out, outputs="alpha")
@@ -397,8 +397,8 @@ def test_a_failed_or_interrupted_video_leaves_no_output(tmp_path, tiny_model_dir
     reason = f"cannot write {tmp_path / 'out' / 'alpha' / 'clip.mp4'}: No space left on device"
     assert report["failures"][0]["reason"] == reason
     assert logged == [f"{clip}: {reason}"]
-    assert sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file()) == ["hx-manifest.json",
-                                                                                      "hx-report.json"]
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file()) == [
+        "hx-index.sqlite", "hx-manifest.json", "hx-report.json"]
 
     monkeypatch.setattr(video_io.ContainerWriter, "write", real_write)
     from hx_infer.backends.ort import OrtBackend
@@ -409,7 +409,7 @@ def test_a_failed_or_interrupted_video_leaves_no_output(tmp_path, tiny_model_dir
     monkeypatch.setattr(OrtBackend, "_run", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_api(tiny_model_dir, clip, tmp_path / "out2", outputs="alpha")
-    assert not [p for p in (tmp_path / "out2").rglob("*") if p.is_file() and p.name != "hx-manifest.json"]
+    assert not [p for p in (tmp_path / "out2").rglob("*") if p.is_file() and p.name not in ("hx-manifest.json", "hx-index.sqlite")]
 
 
 def _truncated(path: Path, keep: float) -> Path:

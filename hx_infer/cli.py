@@ -359,7 +359,8 @@ def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, 
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Crops per inference call.  [default: 8 on CPU, 32 on CUDA]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Also write every figure, per crop and per image, to this JSON file.")
+              help="Also write every figure, per crop and per image, to this JSON file: a new file, "
+                   "or an earlier eval result it replaces (any other file is refused).")
 @click.option("--boundary-tolerance", type=click.FloatRange(min=0), default=3, show_default=True,
               help="Pixels within which a boundary pixel counts as matched (boundary F).")
 @click.option("--crops", default="full,upper,head", show_default=True,
@@ -383,8 +384,7 @@ def eval_command(ctx: click.Context, model: str, data: Path, backend: str, devic
 
     from . import Extractor
     from .backends.base import BackendError
-    from .evaluate import EvalError, evaluate, format_results, plan_eval
-    from .io.images import PHOTO_EXTENSIONS
+    from .evaluate import EvalError, check_json_path, evaluate, format_results, plan_eval
     from .errors import ConfigError
     from .model import ModelError
     from .report import write_report
@@ -393,8 +393,8 @@ def eval_command(ctx: click.Context, model: str, data: Path, backend: str, devic
         tqdm.write(f"hx-infer: {line}", file=sys.stderr)
 
     with _exit_on_errors(ctx, EvalError, ConfigError, ModelError, BackendError):
-        if json_path is not None and (json_path.is_dir() or json_path.suffix.lower() in PHOTO_EXTENSIONS):
-            raise EvalError(f"--json {json_path}: give the path of a .json file")
+        if json_path is not None:
+            check_json_path(json_path)  # before the model runs: a refusal costs no wait
         with Extractor(model, backend=backend, device=device, batch_size=batch_size) as extractor:
             plan_eval(extractor.model, data, crops, boundary_tolerance)  # bad DATA fails before the backend opens
             results = evaluate(extractor.model, data, extractor.backend, crops=crops,

@@ -185,6 +185,26 @@ def plan_eval(model: ModelDir, data: Path, crops: str | Iterable[str] = CROPS,
     return EvalPlan(folder, tuple(pairs), tuple(unpaired), crops, tolerance)
 
 
+# What evaluate() returns and `--json` holds; a file with them is an earlier result.
+_RESULT_KEYS = {"crops", "images", "pairs", "boundary_tolerance_px"}
+_MAX_RESULT_BYTES = 256 << 20  # ~10^6 crop records; a larger file is not read to tell what it is
+
+
+def check_json_path(path: Path) -> None:
+    """EvalError unless `path` may receive the results: a new file, or an earlier eval result.
+    Never the user's notes, a model card (the model would be dead) or a run report."""
+    from .io.images import PHOTO_EXTENSIONS
+    from .report import has_json_keys
+
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() in PHOTO_EXTENSIONS:
+        raise EvalError(f"--json {path}: give the path of a .json file")
+    # A dangling link counts as there: replacing it would lose where it points.
+    if (path.exists() or path.is_symlink()) and not has_json_keys(path, _RESULT_KEYS, _MAX_RESULT_BYTES):
+        raise EvalError(f"--json {path}: exists and is not an hx-infer eval result; not replaced "
+                        f"(remove it, or choose another path)")
+
+
 # ---------------------------------------------------------------------------------------------
 # Scoring
 

@@ -62,13 +62,19 @@ class ReportError(OSError):
 
 def is_report(path: Path) -> bool:
     """Whether the existing file `path` is an hx-infer run report (so a rerun may replace it)."""
+    return has_json_keys(path, {"counts", "failures", "wall_s"}, 64 << 20)
+
+
+def has_json_keys(path: Path, keys: set[str], max_bytes: int) -> bool:
+    """Whether the existing file `path` is a JSON object with all of `keys`: what hx wrote there
+    itself, so writing there again loses nothing of the user's. Larger files are not read."""
     try:
-        if path.stat().st_size > 64 << 20:
+        if path.stat().st_size > max_bytes:
             return False
         report = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return False
-    return isinstance(report, dict) and {"counts", "failures", "wall_s"} <= report.keys()
+    return isinstance(report, dict) and keys <= report.keys()
 
 
 def build_report(tally: Tally, wall_s: float, **run_facts) -> dict:

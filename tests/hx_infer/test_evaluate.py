@@ -305,3 +305,40 @@ def test_bad_data_and_options_exit_2_with_one_line(tmp_path, data_dir, tiny_mode
     assert_one_line_error(hx("eval", tiny_rgb_model_dir, data_dir), "target rgb")
     assert_one_line_error(hx("eval", tmp_path, data_dir), "not a model folder")
     assert_one_line_error(hx("eval", tiny_model_dir, data_dir, "--boundary-tolerance", "-1"), "-1")
+
+
+def test_json_replaces_only_an_earlier_eval_result(tmp_path, data_dir, tiny_model_dir, monkeypatch):
+    """--json never writes over the user's files: a model card (the model would be dead), notes,
+    a run report or a dangling link are refused in one line before the model runs, and kept."""
+    import shutil
+
+    import hx_infer
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    report = tmp_path / "hx-report.json"
+    report.write_text(json.dumps({"counts": {}, "failures": [], "wall_s": 1.0}))
+    dangling = tmp_path / "gone.json"
+    dangling.symlink_to(tmp_path / "nowhere.json")
+    kept = {path: path.read_bytes() for path in (model / "model.json", notes, report)}
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was opened before --json was checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(hx_infer, "Extractor", never)
+        for path in (model / "model.json", notes, report, dangling):
+            assert_one_line_error(hx("eval", model, data_dir, "--json", path, "--quiet"),
+                                  f"--json {path}", "not an hx-infer eval result")
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert dangling.is_symlink() and not dangling.exists()
+
+    out = tmp_path / "eval.json"
+    args = ("eval", model, data_dir, "--backend", "ort", "--device", "cpu", "--crops", "full", "--json", out, "--quiet")
+    assert hx(*args).exit_code == 0
+    first = json.loads(out.read_text())
+    r = hx(*args[:-3], "--boundary-tolerance", "1", "--json", out, "--quiet")  # an earlier result is replaced
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["boundary_tolerance_px"] == 1 != first["boundary_tolerance_px"]

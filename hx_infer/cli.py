@@ -8,6 +8,7 @@ internal errors).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -60,6 +61,17 @@ def entry_point() -> None:
     """The `hx-infer` console script: main() with SIGTERM handled like SIGINT."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     main(prog_name="hx-infer")
+
+
+class _FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf: nan passes every bound (no comparison
+    holds for it), and neither is a number of pixels or seconds."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 @contextlib.contextmanager
@@ -350,6 +362,9 @@ def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, 
             atomic_write(Path(dst), result)
 
 
+_MAX_TOLERANCE = 100  # px: evaluate.MAX_TOLERANCE (evaluate imports OpenCV, `--help` must not)
+
+
 @main.command("eval")
 @click.argument("model", metavar="MODEL")
 @click.argument("data", metavar="DATA", type=click.Path(path_type=Path))
@@ -361,8 +376,8 @@ def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, 
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write every figure, per crop and per image, to this JSON file: a new file, "
                    "or an earlier eval result it replaces (any other file is refused).")
-@click.option("--boundary-tolerance", type=click.FloatRange(min=0), default=3, show_default=True,
-              help="Pixels within which a boundary pixel counts as matched (boundary F).")
+@click.option("--boundary-tolerance", type=_FiniteFloatRange(0, _MAX_TOLERANCE), default=3, show_default=True,
+              help=f"Pixels within which a boundary pixel counts as matched (boundary F), 0 to {_MAX_TOLERANCE}.")
 @click.option("--crops", default="full,upper,head", show_default=True,
               help="Comma-separated crops to score: full (photo), upper (upper body), head (head and shoulders).")
 @click.option("--refine", type=click.Choice(["none", "guided"]), default="none", show_default=True,

@@ -57,6 +57,9 @@ from .run.photos import matte_input
 from .transforms import Letterbox, letterbox, refine_matte, to_uint8, unletterbox
 
 DEFAULT_TOLERANCE = 3  # px
+# The disk _near dilates by is (2t + 1)^2 pixels: at 100 px a 1-megapixel crop takes about half a
+# second, and at 50000 px the disk alone would be 149 GiB. Mattes are scored within a few pixels.
+MAX_TOLERANCE = 100  # px
 
 
 class EvalError(ValueError):
@@ -175,8 +178,8 @@ def plan_eval(model: ModelDir, data: Path, crops: str | Iterable[str] = CROPS,
     if model.target != "alpha":
         raise EvalError(f"model {model.root} paints the person on white (target rgb) and makes no matte "
                         f"to score; eval needs an alpha model")
-    if tolerance < 0:
-        raise EvalError(f"--boundary-tolerance must be at least 0 pixels, got {tolerance}")
+    if not 0 <= tolerance <= MAX_TOLERANCE:  # also refuses nan, which no comparison holds for
+        raise EvalError(f"--boundary-tolerance must be from 0 to {MAX_TOLERANCE} pixels, got {tolerance}")
     crops = parse_crops(crops)
     folder = data_folder(data)
     pairs, unpaired = find_pairs(folder, EvalError)

@@ -342,3 +342,17 @@ def test_json_replaces_only_an_earlier_eval_result(tmp_path, data_dir, tiny_mode
     r = hx(*args[:-3], "--boundary-tolerance", "1", "--json", out, "--quiet")  # an earlier result is replaced
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["boundary_tolerance_px"] == 1 != first["boundary_tolerance_px"]
+
+
+def test_boundary_tolerance_must_be_finite_and_at_most_the_maximum(data_dir, tiny_model_dir):
+    """nan and inf made an internal error, 50000 asked for a 149 GiB disk: one line, exit 2."""
+    from hx_infer.evaluate import MAX_TOLERANCE
+
+    for bad in ("nan", "inf", "-inf", "1e400", str(MAX_TOLERANCE + 1), "50000"):
+        assert_one_line_error(hx("eval", tiny_model_dir, data_dir, "--boundary-tolerance", bad), "--boundary-tolerance")
+    model = load_model_dir(tiny_model_dir)
+    for bad in (float("nan"), float("inf"), MAX_TOLERANCE + 0.5):
+        with pytest.raises(EvalError, match="--boundary-tolerance"):
+            plan_eval(model, data_dir, tolerance=bad)
+    assert plan_eval(model, data_dir, tolerance=MAX_TOLERANCE).tolerance == MAX_TOLERANCE
+    assert f"0<=x<={MAX_TOLERANCE}" in hx("eval", "--help").stdout.replace("\n", " ").replace(" ", "")

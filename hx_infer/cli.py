@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import signal
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -276,6 +277,14 @@ def _run_inputs(ctx: click.Context, sources: list[str]):
     return sources[0] if len(sources) == 1 else SeveralInputs(sources)
 
 
+def _same_file(in_stat: os.stat_result, path: str) -> bool:
+    """Whether `path` exists and is the file in_stat describes (the same inode, by any name)."""
+    try:
+        return os.path.samestat(in_stat, os.stat(path))
+    except OSError:  # not there, or not to be looked at: nothing of IN's to write over
+        return False
+
+
 # OUT's extension -> (file format, the output kind it implies when --output is not given)
 _CUT_FORMATS = {".png": ("png", "rgba"), ".jpg": ("jpeg", "composite"), ".jpeg": ("jpeg", "composite")}
 
@@ -314,11 +323,26 @@ def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, 
     from .api import cut as cut_photo
     from .backends.base import BackendError
     from .errors import ConfigError
-    from .io.images import DecodeError, atomic_write
+    from .io.images import DecodeError, atomic_write, read_photo_bytes, read_photo_stream
     from .model import ModelError
 
+    # Started with fd 0 or 1 closed (`<&-`, `>&-`), Python sets sys.stdin / sys.stdout to None.
+    if src == "-" and sys.stdin is None:
+        raise click.UsageError("IN '-': stdin is closed; redirect it from a photo, or give a file", ctx)
+    in_stat = None
+    if src != "-":
+        try:
+            in_stat = os.stat(src)
+        except FileNotFoundError:
+            raise click.UsageError(f"IN {src}: no such file", ctx) from None
+        except OSError:  # e.g. a folder on the way that cannot be searched: said when it is read
+            pass
+        if in_stat is not None and stat.S_ISDIR(in_stat.st_mode):
+            raise click.UsageError(f"IN {src} is a folder; `hx-infer run` takes folders", ctx)
     if dst == "-":
         file_format, kind = ("jpeg", "composite") if output == "composite" else ("png", output or "rgba")
+        if sys.stdout is None:
+            raise click.UsageError("OUT '-': stdout is closed; redirect it, or give a file name", ctx)
         if sys.stdout.isatty():
             raise click.UsageError(f"OUT '-' would write {file_format.upper()} bytes to the terminal; "
                                    "redirect stdout, or give a file name", ctx)
@@ -331,26 +355,31 @@ def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, 
         kind = output or implied
         if file_format == "jpeg" and kind != "composite":
             raise click.UsageError(f"OUT {dst}: JPEG has no alpha channel; write a .png for --output {kind}", ctx)
-        if src != "-" and os.path.exists(dst) and os.path.samefile(src, dst):
+        if in_stat is not None and _same_file(in_stat, dst):
             raise click.UsageError(f"OUT {dst} is IN; hx never writes over a photo", ctx)
-    if src == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        try:
-            data = Path(src).read_bytes()
-        except FileNotFoundError:
-            raise click.UsageError(f"IN {src}: no such file", ctx) from None
-        except IsADirectoryError:
-            raise click.UsageError(f"IN {src} is a folder; `hx-infer run` takes folders", ctx) from None
     name = "stdin" if src == "-" else src
     unreadable = None
-    with _exit_on_errors(ctx, ConfigError, ModelError, BackendError, ValueError):
-        try:
-            result = cut_photo(data, output=kind, file_format=file_format, background=background, model=model,
-                               backend=backend, device=device, refine=refine, png_compression=png_compression,
-                               jpeg_quality=jpeg_quality, max_pixels=max_pixels)
-        except DecodeError as e:  # the photo, not the usage: exit 1 as run's failed photos
-            unreadable = f"hx-infer: error: {name}: {e}"
+    try:  # read bounded: stdin or a path may be /dev/zero, which never ends
+        if src == "-":
+            data = read_photo_stream(sys.stdin.buffer, max_pixels)
+        elif in_stat is not None and stat.S_ISREG(in_stat.st_mode):
+            data = read_photo_bytes(Path(src), max_pixels)  # as run reads a photo: header first, bounded
+        else:  # a pipe (`<(curl ...)`) or a device: as stdin
+            with open(src, "rb") as f:
+                data = read_photo_stream(f, max_pixels)
+    except DecodeError as e:  # the photo, not the usage: exit 1 as run's failed photos
+        unreadable = f"hx-infer: error: {name}: {e}"
+    except OSError as e:
+        unreadable = f"hx-infer: error: {name}: cannot read ({e.strerror or e})"
+    if not unreadable:
+        with _exit_on_errors(ctx, ConfigError, ModelError, BackendError, ValueError):
+            try:
+                result = cut_photo(data, output=kind, file_format=file_format, background=background,
+                                   model=model, backend=backend, device=device, refine=refine,
+                                   png_compression=png_compression, jpeg_quality=jpeg_quality,
+                                   max_pixels=max_pixels)
+            except DecodeError as e:
+                unreadable = f"hx-infer: error: {name}: {e}"
     if unreadable:
         click.echo(unreadable, err=True)
         ctx.exit(EXIT_FAILED)

@@ -369,6 +369,27 @@ def read_photo_bytes(path: Path, max_pixels: int = 100_000_000) -> bytes:
         return image.fp.read(w * h * 8 + _JPEG_SLACK)
 
 
+def read_photo_stream(stream: BinaryIO, max_pixels: int = 100_000_000) -> bytes:
+    """A photo file's bytes from a stream that may never end (stdin, a pipe, /dev/zero), read
+    only while they can still be a photo: the first bytes must be those of a format hx reads (as
+    Pillow tells them apart), and no more is read than read_photo_bytes would read of a photo of
+    max_pixels pixels. DecodeError otherwise; the pixel count itself is the decoder's check."""
+    head = stream.read(16)  # all Pillow looks at to tell its formats apart
+    if not head:
+        raise DecodeError("zero bytes")
+    Image.init()
+    if not any(accept is None or accept(head) for _, accept in (Image.OPEN[name] for name in _FORMATS)):
+        raise DecodeError("not an image")  # /dev/zero and text end here, after 16 bytes
+    limit = max_pixels * 8 + _JPEG_SLACK
+    data = bytearray(head)
+    while len(data) <= limit:
+        chunk = stream.read(min(1 << 20, limit + 1 - len(data)))
+        if not chunk:
+            return bytes(data)
+        data += chunk
+    raise DecodeError(f"over {limit} bytes, more than a photo of --max-pixels {max_pixels} holds")
+
+
 def read_photo_and_view(path: Path, max_pixels: int, reduce_to: int, data: bytes | None = None
                         ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """A photo at full size, the same photo as read_photo(..., reduce_to=reduce_to) gives it, and

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,76 @@ def test_bad_usage_and_bad_photos(tmp_path, photo, tiny_model_dir):
     assert not (tmp_path / "x.png").exists()
     r = hx("cut", "-", "-", *model, stdin=b"")
     assert r.exit_code == 1 and "stdin: zero bytes" in r.stderr
+
+
+def hx_process(command: str, *args, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`hx-infer cut ARGS` as a real process through the shell, for redirections CliRunner cannot make
+    (a closed stdin or stdout, /dev/zero, a file root cannot read). command: '{hx} ...' in sh.
+
+    Address space is capped at 4 GB, so a read without bound fails in seconds instead of filling
+    the machine, and on a timeout the whole process group goes (sh, cat and hx-infer alike)."""
+    import shlex
+    import signal
+
+    hx_cmd = " ".join(shlex.quote(str(a)) for a in (sys.executable, "-m", "hx_infer", "cut", *args))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(["sh", "-c", "ulimit -v 4000000; " + command.format(hx=hx_cmd)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def assert_one_line(proc: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    lines = proc.stderr.decode(errors="replace").strip().splitlines()
+    assert proc.returncode == code and len(lines) == 1 and lines[0].startswith("hx-infer: error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_in_that_is_missing_or_unreadable_is_one_line(tmp_path, photo, tiny_model_dir):
+    """IN missing while OUT exists (os.path.samefile raised), or IN unreadable: one line, never a traceback."""
+    model = ("--model", tiny_model_dir, "--backend", "ort", "--device", "cpu")
+    out = tmp_path / "x.png"
+    out.write_bytes(b"kept")
+    assert_one_line_error(hx("cut", tmp_path / "nothere.jpg", out, *model), "IN", "nothere.jpg", "no such file")
+    assert out.read_bytes() == b"kept"
+    locked = tmp_path / "locked.jpg"
+    locked.write_bytes(photo.read_bytes())
+    locked.chmod(0)
+    # root reads any file; without these capabilities it is refused as anyone else is
+    drop = "setpriv --bounding-set=-dac_override,-dac_read_search,-fowner " if os.geteuid() == 0 else ""
+    if drop and not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: no file is unreadable")
+    proc = hx_process(drop + "{hx}", locked, tmp_path / "y.png", *model, cwd=tmp_path)
+    assert_one_line(proc, 1, str(locked), "Permission denied")
+    assert not (tmp_path / "y.png").exists()
+
+
+def test_endless_in_is_read_only_as_far_as_a_photo_goes(tmp_path, photo, tiny_model_dir):
+    """/dev/zero as IN or on stdin, and a photo followed by endless bytes: read no further than a
+    photo of --max-pixels can hold, then one line, exit 1 (it read until MemoryError)."""
+    model = ("--model", tiny_model_dir, "--backend", "ort", "--device", "cpu")
+    assert_one_line(hx_process("{hx}", "/dev/zero", "z.png", *model, cwd=tmp_path), 1, "/dev/zero", "not an image")
+    assert_one_line(hx_process("{hx} < /dev/zero", "-", "z.png", *model, cwd=tmp_path), 1, "stdin", "not an image")
+    proc = hx_process(f"cat {photo} /dev/zero | {{hx}}", "-", "z.png", *model, "--max-pixels", "10000",
+                      cwd=tmp_path)
+    assert_one_line(proc, 1, "stdin", "--max-pixels 10000")
+    assert not (tmp_path / "z.png").exists()
+    # a pipe that ends is read whole, as before
+    proc = hx_process(f"cat {photo} | {{hx}}", "-", "piped.png", *model, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "piped.png").read_bytes() == hx_infer.remove(photo.read_bytes(), model=tiny_model_dir,
+                                                                    backend="ort", device="cpu")
+
+
+def test_closed_stdin_or_stdout_is_one_line(tmp_path, photo, tiny_model_dir):
+    """`cut - x.png <&-` and `cut a.jpg - >&-`: sys.stdin / sys.stdout are None (AttributeError before)."""
+    model = ("--model", tiny_model_dir, "--backend", "ort", "--device", "cpu")
+    assert_one_line(hx_process("{hx} <&-", "-", "x.png", *model, cwd=tmp_path), 2, "IN '-'", "stdin is closed")
+    assert not (tmp_path / "x.png").exists()
+    assert_one_line(hx_process("{hx} >&-", photo, "-", *model, cwd=tmp_path), 2, "OUT '-'", "stdout is closed")

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from hx_infer.io.images import (PNG_COMPRESSIONS, TEMP_MARK, DecodeError, atomic_write, clean_temporaries,
-                                encode_jpeg, encode_png, iter_photos, photo_size, read_photo)
+                                encode_jpeg, encode_png, iter_photos, photo_size, read_photo,
+                                read_photo_stream)
 from shared_data import SHARED_DATA
 
 CCP_IMAGES = SHARED_DATA / "ccp" / "images"
@@ -209,6 +210,37 @@ def test_missing_file_is_a_decode_error(tmp_path):
         read_photo(tmp_path / "absent.jpg")
     with pytest.raises(DecodeError, match="cannot read"):
         photo_size(tmp_path / "absent.jpg")
+
+
+class Endless(io.RawIOBase):
+    """A stream that starts with `head` and then gives zeros for ever, as /dev/zero does."""
+
+    def __init__(self, head: bytes = b""):
+        self.head, self.given = head, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = len(buffer)
+        chunk = (self.head[self.given:] + bytes(n))[:n]
+        buffer[:n] = chunk
+        self.given += n
+        return n
+
+
+def test_read_photo_stream_stops_where_no_photo_goes():
+    png = encode_png(quadrants(8, 6))
+    assert read_photo_stream(io.BytesIO(png)) == png
+    for data, reason in [(b"", "zero bytes"), (b"plain text", "not an image"), (b"GIF89a......", "not an image")]:
+        with pytest.raises(DecodeError, match=reason):
+            read_photo_stream(io.BytesIO(data))
+    with pytest.raises(DecodeError, match="not an image"):
+        read_photo_stream(Endless())  # /dev/zero: after its first 16 bytes
+    endless = Endless(png)
+    with pytest.raises(DecodeError, match="more than a photo of --max-pixels 100 holds"):
+        read_photo_stream(io.BufferedReader(endless), max_pixels=100)
+    assert endless.given <= 100 * 8 + (32 << 20) + (1 << 20)  # 8 bytes a pixel and the JPEG slack
 
 
 def test_pixel_limit_is_ours_not_pillows():

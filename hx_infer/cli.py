@@ -309,16 +309,18 @@ _CUT_FORMATS = {".png": ("png", "rgba"), ".jpg": ("jpeg", "composite"), ".jpeg":
               help="A composite written as JPEG.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
               help="Reject larger photos (checked from the header, before decoding).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT when it exists (else refused: exit 2).")
 @click.pass_context
 def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, backend: str, device: str,
-        background: str, refine: str, png_compression: str, jpeg_quality: int, max_pixels: int) -> None:
+        background: str, refine: str, png_compression: str, jpeg_quality: int, max_pixels: int,
+        overwrite: bool) -> None:
     """Cut the person out of one photo: IN to OUT, either of them '-' (stdin, stdout).
 
     `cat me.jpg | hx-infer cut - - > me.png` writes an RGBA PNG. OUT's extension says what to
     write (.png: the rgba cutout, .jpg: the composite on --background) unless --output says
     otherwise; OUT '-' is an RGBA PNG, or a JPEG for --output composite. The matte is the one
-    `hx-infer run` writes for that photo. OUT is written atomically (replacing a file there).
-    Exit 0 done, 1 when IN is not a readable photo, 2 on bad usage.
+    `hx-infer run` writes for that photo. OUT is written atomically; an OUT that exists is
+    refused unless --overwrite. Exit 0 done, 1 when IN is not a readable photo, 2 on bad usage.
     """
     from .api import cut as cut_photo
     from .backends.base import BackendError
@@ -357,6 +359,10 @@ def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, 
             raise click.UsageError(f"OUT {dst}: JPEG has no alpha channel; write a .png for --output {kind}", ctx)
         if in_stat is not None and _same_file(in_stat, dst):
             raise click.UsageError(f"OUT {dst} is IN; hx never writes over a photo", ctx)
+        if os.path.isdir(dst):
+            raise click.UsageError(f"OUT {dst} is a folder; name a file in it", ctx)
+        if os.path.lexists(dst) and not overwrite:  # a dangling link too: it points somewhere the user chose
+            raise click.UsageError(f"OUT {dst} exists; not replaced (give --overwrite to replace it)", ctx)
     name = "stdin" if src == "-" else src
     unreadable = None
     try:  # read bounded: stdin or a path may be /dev/zero, which never ends
@@ -388,7 +394,7 @@ def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, 
             sys.stdout.buffer.write(result)
             sys.stdout.buffer.flush()
         else:
-            atomic_write(Path(dst), result)
+            atomic_write(Path(dst), result, replace=overwrite)  # one made meanwhile is kept too
 
 
 _MAX_TOLERANCE = 100  # px: evaluate.MAX_TOLERANCE (evaluate imports OpenCV, `--help` must not)

@@ -148,3 +148,23 @@ def test_closed_stdin_or_stdout_is_one_line(tmp_path, photo, tiny_model_dir):
     assert_one_line(hx_process("{hx} <&-", "-", "x.png", *model, cwd=tmp_path), 2, "IN '-'", "stdin is closed")
     assert not (tmp_path / "x.png").exists()
     assert_one_line(hx_process("{hx} >&-", photo, "-", *model, cwd=tmp_path), 2, "OUT '-'", "stdout is closed")
+
+
+def test_an_existing_out_is_replaced_only_with_overwrite(tmp_path, photo, tiny_model_dir):
+    """OUT there already (the user's file, or a link) is refused in one line naming it, before the
+    photo is read; --overwrite replaces it. stdout is unaffected."""
+    model = ("--model", tiny_model_dir, "--backend", "ort", "--device", "cpu")
+    out = tmp_path / "mine.png"
+    out.write_bytes(b"the user's own picture")
+    link = tmp_path / "link.png"
+    link.symlink_to(tmp_path / "nowhere.png")
+    for existing in (out, link):
+        assert_one_line_error(hx("cut", photo, existing, *model), f"OUT {existing}", "exists", "--overwrite")
+        assert_one_line_error(hx("cut", "-", existing, *model, stdin=photo.read_bytes()), f"OUT {existing}")
+    assert out.read_bytes() == b"the user's own picture" and link.is_symlink() and not link.exists()
+    r = hx("cut", photo, out, *model, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == hx_infer.remove(photo.read_bytes(), model=tiny_model_dir, backend="ort", device="cpu")
+    r = hx("cut", photo, "-", *model)  # stdout: nothing of the user's to keep
+    assert r.exit_code == 0 and r.stdout_bytes == out.read_bytes()
+    assert "--overwrite" in hx("cut", "--help").stdout

@@ -84,14 +84,16 @@ class Extractor:
         refine: "none" or "guided", as `hx-infer run --refine`."""
         return self.alphas([rgb], refine=refine)[0]
 
-    def alphas(self, photos: "Sequence[np.ndarray]", refine: str = "none") -> "list[np.ndarray]":
-        """Several photos ([H, W, 3] uint8 RGB, already oriented, any sizes) -> their mattes
-        ([H, W] uint8, 255 = person), in order, batch_size photos per inference call. Each matte
-        is the one `hx-infer run` writes for that photo's pixels (decoded at full size)."""
+    def alphas(self, photos: "Iterable[np.ndarray]", refine: str = "none") -> "list[np.ndarray]":
+        """Several photos ([H, W, 3] uint8 RGB, already oriented, any sizes; a list or any iterable,
+        a generator too) -> their mattes ([H, W] uint8, 255 = person), in order, batch_size photos
+        per inference call. Each matte is the one `hx-infer run` writes for that photo's pixels
+        (decoded at full size)."""
         import numpy as np
 
         from .transforms import letterbox
 
+        photos = list(photos)  # checked, then letterboxed: a generator would be empty the second time
         for i, rgb in enumerate(photos):
             if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
                 what = f"{list(rgb.shape)} {rgb.dtype}" if isinstance(rgb, np.ndarray) else type(rgb).__name__

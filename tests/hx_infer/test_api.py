@@ -116,3 +116,17 @@ def test_alphas_batches_photos_of_any_size(model, make_disc_photo):
         assert np.array_equal(single.alpha(rgb), matte)  # ORT on the CPU: batch size changes no pixel
     with pytest.raises(ValueError, match="photo 1"):
         extractor.alphas([photos[0], photos[1].astype(np.float32)])
+
+
+def test_alphas_takes_any_iterable_once(model, make_disc_photo):
+    """A generator was iterated twice (checked, then letterboxed): the second pass was empty and
+    alphas() returned [] without a word."""
+    extractor = Extractor(**model, batch_size=2)
+    photos = [make_disc_photo(h, w, seed=i)[0] for i, (h, w) in enumerate([(40, 60), (80, 30), (50, 50)])]
+    expected = extractor.alphas(photos)
+    for given in ((rgb for rgb in photos), iter(photos), tuple(photos), map(np.asarray, photos)):
+        mattes = extractor.alphas(given)
+        assert len(mattes) == 3 and all(np.array_equal(a, b) for a, b in zip(mattes, expected))
+    with pytest.raises(ValueError, match="photo 1"):
+        extractor.alphas(rgb if i != 1 else rgb.astype(np.float32) for i, rgb in enumerate(photos))
+

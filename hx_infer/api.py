@@ -23,6 +23,7 @@ device) is opened on first use and kept for the process, so only the first call 
 """
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Union, overload
@@ -57,26 +58,27 @@ def extractor_for(model: str | Path = "default", backend: str = "auto", device: 
 
 
 @overload
-def remove(image: "Image.Image", *, output: Output = ..., background: str = ..., model: str | Path = ...,
-           backend: str = ..., device: str = ..., refine: str = ..., png_compression: str = ...,
-           jpeg_quality: int = ...) -> "Image.Image": ...
+def remove(image: "Image.Image", *, output: Output = ..., background: str | os.PathLike = ...,
+           model: str | Path = ..., backend: str = ..., device: str = ..., refine: str = ...,
+           png_compression: str = ..., jpeg_quality: int = ...) -> "Image.Image": ...
 @overload
-def remove(image: np.ndarray, *, output: Output = ..., background: str = ..., model: str | Path = ...,
-           backend: str = ..., device: str = ..., refine: str = ..., png_compression: str = ...,
-           jpeg_quality: int = ...) -> np.ndarray: ...
+def remove(image: np.ndarray, *, output: Output = ..., background: str | os.PathLike = ...,
+           model: str | Path = ..., backend: str = ..., device: str = ..., refine: str = ...,
+           png_compression: str = ..., jpeg_quality: int = ...) -> np.ndarray: ...
 @overload
-def remove(image: bytes | bytearray | memoryview, *, output: Output = ..., background: str = ...,
+def remove(image: bytes | bytearray | memoryview, *, output: Output = ..., background: str | os.PathLike = ...,
            model: str | Path = ..., backend: str = ..., device: str = ..., refine: str = ...,
            png_compression: str = ..., jpeg_quality: int = ...) -> bytes: ...
 
 
-def remove(image: ImageInput, *, output: Output = "rgba", background: str = "white",
+def remove(image: ImageInput, *, output: Output = "rgba", background: str | os.PathLike = "white",
            model: str | Path = "default", backend: str = "auto", device: str = "auto", refine: str = "none",
            png_compression: str = DEFAULT_PNG_COMPRESSION, jpeg_quality: int = 95):
     """Cut the person out of `image`; see the module docstring for the kinds in and out.
 
     output: "rgba" (the photo's pixels with the matte as alpha), "alpha" (the matte, 255 =
-    person) or "composite" (the person on `background`: white, black, #RRGGBB or an image path).
+    person) or "composite" (the person on `background`: white, black, #RRGGBB or an image's path,
+    a str or an os.PathLike such as pathlib.Path).
     model, backend, device, refine: as `hx-infer run`'s options. png_compression ("fast",
     "balanced", "small") and jpeg_quality: only for bytes out. Raises ValueError (bad input or
     option), DecodeError (bytes that are not a photo), ModelError / BackendError / ConfigError.

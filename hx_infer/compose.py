@@ -5,6 +5,7 @@ per photo size.
 """
 from __future__ import annotations
 
+import os
 import re
 import threading
 from pathlib import Path
@@ -66,9 +67,15 @@ def _cover(image: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.ascontiguousarray(resized[top:top + h, left:left + w])
 
 
-def parse_background(spec: str) -> Background:
+def parse_background(spec: str | os.PathLike) -> Background:
     """A CSS colour name ('white', 'black', 'teal', any case), '#RRGGBB' or '#RGB', or the path
-    of an image file. Raises ValueError with one line that starts with --background."""
+    of an image file (a str or an os.PathLike, e.g. pathlib.Path). Raises ValueError with one line
+    that starts with --background (background= for a value of another type, from Python)."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fsdecode(os.fspath(spec))
+    if not isinstance(spec, str):  # bytes too: an image's bytes are not its path
+        raise ValueError(f"background={spec!r:.60}: expected a str or os.PathLike ({BACKGROUND_HELP}), "
+                         f"got {type(spec).__name__}")
     text = spec.strip()
     match = _HEX.fullmatch(text)
     if match:

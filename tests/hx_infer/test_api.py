@@ -130,3 +130,24 @@ def test_alphas_takes_any_iterable_once(model, make_disc_photo):
     with pytest.raises(ValueError, match="photo 1"):
         extractor.alphas(rgb if i != 1 else rgb.astype(np.float32) for i, rgb in enumerate(photos))
 
+
+def test_background_may_be_a_path_object(tmp_path, photo, model, make_disc_photo):
+    """background=pathlib.Path(...) raised AttributeError ('PosixPath' has no strip); other types
+    are a one-line ValueError naming the argument."""
+    from pathlib import Path
+
+    behind = tmp_path / "behind.png"
+    Image.fromarray(make_disc_photo(30, 40, seed=9)[0]).save(behind)
+    data = photo.read_bytes()
+    by_name = hx_infer.remove(data, output="composite", background=str(behind), **model)
+
+    class Where:  # any os.PathLike, not only pathlib's
+        def __fspath__(self):
+            return str(behind)
+
+    for path in (Path(behind), Where()):
+        assert hx_infer.remove(data, output="composite", background=path, **model) == by_name
+    for bad in (None, (0, 255, 0), b"#00ff00", 7):
+        with pytest.raises(ValueError, match="background") as info:
+            hx_infer.remove(data, output="composite", background=bad, **model)
+        assert "\n" not in str(info.value) and type(bad).__name__ in str(info.value)

@@ -119,7 +119,7 @@ def main() -> None:
 @click.option("--png-compression", type=click.Choice(PNG_COMPRESSIONS), default=DEFAULT_PNG_COMPRESSION,
               show_default=True, help="PNG outputs: fast (fpng; ~1.3x the bytes of balanced), balanced "
                                       "(zlib level 1), small (zlib level 6, ~7x slower than balanced).")
-@click.option("--log-every", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_LOG_EVERY_S,
+@click.option("--log-every", type=_FiniteFloatRange(min=0, min_open=True), default=DEFAULT_LOG_EVERY_S,
               show_default=True, help="Without a terminal (logs, cron, CI): a progress line every this "
                                       "many seconds instead of the bar.")
 @click.option("--outputs", default="rgba", show_default=True,
@@ -142,7 +142,7 @@ def main() -> None:
 @click.option("--glob", default=None, help="Only photos whose path below INPUT matches, e.g. '*.jpg'.")
 @click.option("--temporal", is_flag=True,
               help="Videos: smooth the matte over time (moving average, restarted at scene cuts).")
-@click.option("--temporal-strength", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--temporal-strength", type=_FiniteFloatRange(0, 1, max_open=True), default=None,
               help="Videos: weight of the past in --temporal; higher is steadier but lags fast motion "
                    "(implies --temporal).  [default: 0.5]")
 @click.option("--lossless", is_flag=True, help="Videos: alpha and composite as FFV1 .mkv instead of H.264 .mp4.")
@@ -159,9 +159,9 @@ def main() -> None:
 @click.option("--actors", type=click.IntRange(min=1), default=None,
               help="--engine ray: inference actors, each loading the model once.  [default: as many "
                    "as the cluster's GPUs allow, or its CPUs less one]")
-@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=None,
+@click.option("--gpus-per-actor", type=_FiniteFloatRange(min=0), default=None,
               help="--engine ray: GPUs each actor holds.  [default: 1 when the cluster has GPUs, else 0]")
-@click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--cpus-per-actor", type=_FiniteFloatRange(min=0, min_open=True), default=None,
               help="--engine ray: CPUs each actor holds, also its backend's CPU threads.  [default: 1]")
 @click.option("--engine-cache", type=click.Path(path_type=Path), default=None,
               help="--backend trt: folder of built TensorRT engines, one per model, GPU and TensorRT "
@@ -469,7 +469,7 @@ def eval_command(ctx: click.Context, model: str, data: Path, backend: str, devic
               help="Largest batch it takes (larger ones are run in pieces).")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="Layer timings kept across builds.  [default: in --engine-cache, per TensorRT version and GPU]")
-@click.option("--workspace", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--workspace", type=_FiniteFloatRange(min=0, min_open=True), default=None,
               help="GiB of GPU memory TensorRT may use while building.  [default: TensorRT's]")
 @click.option("--engine-cache", type=click.Path(path_type=Path), default=None,
               help="[default: $XDG_CACHE_HOME/hx/trt or ~/.cache/hx/trt]")

@@ -253,3 +253,19 @@ def test_png_compression_reaches_every_png(tmp_path, tiny_model_dir, small_tree,
     for kind in ("alpha", "rgba"):
         data = (tmp_path / "out" / kind / "p000.png").read_bytes()
         assert encode_png(np.asarray(Image.open(tmp_path / "out" / kind / "p000.png")), compression) == data
+
+
+@pytest.mark.parametrize("option", ["--log-every", "--temporal-strength", "--gpus-per-actor", "--cpus-per-actor"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_run_float_options_refuse_nan_and_inf_in_one_line(tmp_path, tiny_model_dir, option, value):
+    """nan passes every bound of a click.FloatRange (no comparison holds for it): --temporal-strength
+    nan was a traceback from deep inside, --log-every nan a run that never logs."""
+    (tmp_path / "in").mkdir()
+    r = hx("run", tmp_path / "in", tmp_path / "out", "--model", tiny_model_dir, option, value)
+    assert_one_line_error(r, option)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_build_workspace_refuses_nan_and_inf_in_one_line(tiny_model_dir, value):
+    assert_one_line_error(hx("build", tiny_model_dir, "--workspace", value), "--workspace", "finite")

@@ -5,6 +5,7 @@ checks them once against the inputs and the model.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -57,3 +58,11 @@ class RunOptions:
     log_every: float = DEFAULT_LOG_EVERY_S
     png_compression: str = DEFAULT_PNG_COMPRESSION
     video: VideoOptions = field(default_factory=VideoOptions)
+
+    def __post_init__(self) -> None:
+        # A picture's path may come as a pathlib.Path from Python; everything downstream parses text.
+        if isinstance(self.background, os.PathLike):
+            object.__setattr__(self, "background", os.fspath(self.background))
+        if not isinstance(self.background, str):
+            raise ValueError(f"background={self.background!r}: give white, black, #RRGGBB, or the path "
+                             f"of a picture or a video")

@@ -151,3 +151,22 @@ def test_background_may_be_a_path_object(tmp_path, photo, model, make_disc_photo
         with pytest.raises(ValueError, match="background") as info:
             hx_infer.remove(data, output="composite", background=bad, **model)
         assert "\n" not in str(info.value) and type(bad).__name__ in str(info.value)
+
+
+def test_extractor_run_takes_a_path_object_as_background(tmp_path, photo, model, make_disc_photo):
+    """RunOptions parsed background with str methods: Extractor.run(background=Path(...)) raised
+    AttributeError."""
+    from pathlib import Path
+
+    from hx_infer import Extractor
+
+    behind = tmp_path / "behind.png"
+    Image.fromarray(make_disc_photo(30, 40, seed=9)[0]).save(behind)
+    with Extractor(**model) as extractor:
+        by_path = extractor.run(photo, tmp_path / "a", outputs="composite", background=Path(behind), progress=False)
+        by_name = extractor.run(photo, tmp_path / "b", outputs="composite", background=str(behind), progress=False)
+        with pytest.raises(ValueError, match="background="):
+            extractor.run(photo, tmp_path / "c", outputs="composite", background=7, progress=False)
+    assert by_path["counts"] == by_name["counts"] == {"processed": 1, "skipped": 0, "failed": 0}
+    made = [next((tmp_path / out / "composite").iterdir()).read_bytes() for out in ("a", "b")]
+    assert made[0] == made[1]

@@ -180,6 +180,10 @@ class VideoReader:
         self._check_complete()
 
     def _frame(self, frame) -> Frame:
+        # FFmpeg conceals a damaged slice (copies neighbours over it) and only flags the frame: its
+        # matte would be of made-up pixels, so the video fails as one damaged midway.
+        if getattr(frame, "is_corrupt", False):
+            raise VideoError(f"corrupt video (frame {self._count} decoded with errors)")
         if self._count == 0:
             self._rotation = int(round(frame.rotation / 90)) * 90 % 360
             self._rotation = self._rotation - 360 if self._rotation > 180 else self._rotation

@@ -378,6 +378,23 @@ def test_videos_next_to_photos_resume_per_whole_video(tmp_path, tiny_model_dir, 
 
 
 @needs_av
+def test_a_video_whose_damage_ffmpeg_conceals_is_failed(tmp_path, tiny_model_dir):
+    """64 stray bytes in the middle of an H.264 stream: FFmpeg decodes every frame, copying
+    neighbours over the lost slice, and only flags the frame; its matte would be of made-up pixels."""
+    frames, _ = disc_frames(30, 64, 48)
+    good, bad = write_clip(tmp_path / "in" / "good.mp4", frames), write_clip(tmp_path / "in" / "bad.mp4", frames)
+    data = bytearray(bad.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    bad.write_bytes(bytes(data))
+    report, logged = run_api(tiny_model_dir, tmp_path / "in", tmp_path / "out", outputs="alpha")
+    assert report["counts"] == {"processed": 1, "skipped": 0, "failed": 1}, report
+    [failure] = report["failures"]
+    assert failure["path"] == str(bad) and "decoded with errors" in failure["reason"], failure
+    assert sorted(p.name for p in (tmp_path / "out" / "alpha").iterdir()) == [good.name]
+
+
+@needs_av
 def test_a_failed_or_interrupted_video_leaves_no_output(tmp_path, tiny_model_dir, monkeypatch):
     from hx_infer.io import video as video_io
 
@@ -449,7 +466,7 @@ def test_bad_videos_are_reported_and_the_run_goes_on(tmp_path, tiny_model_dir, m
     report = json.loads((tmp_path / "out/hx-report.json").read_text())
     reasons = {Path(f["path"]).name: f["reason"] for f in report["failures"]}
     assert report["counts"] == {"processed": 2, "skipped": 0, "failed": 7}, reasons
-    assert reasons["cut.avi"].startswith("truncated video (")
+    assert reasons["cut.avi"].startswith(("truncated video (", "corrupt video ("))  # its first frame, read without an index, is flagged
     assert "truncated video (" in reasons["cut_frames.mp4"]
     assert reasons["cut_index.mp4"].startswith("not a readable video (")
     assert reasons["unknown_codec.avi"] == "no decoder for its video codec"

@@ -225,7 +225,7 @@ def fit(ctx: click.Context, data: Path, out: Path, resume: bool, quiet: bool, **
 @main.command()
 @click.argument("ckpt", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="model folder to write")
-@click.option("--overwrite", is_flag=True, help="replace a non-empty --out folder")
+@click.option("--overwrite", is_flag=True, help="replace an earlier model folder at --out (no other folder)")
 def export(ckpt: Path, out: Path, overwrite: bool) -> None:
     """Write CKPT's generator as a model folder for hx-infer (ONNX fp32 + fp16, weights, model.json)."""
     _require_train("export", "torch", "onnx", "onnxscript")

@@ -74,7 +74,13 @@ class ZeroOneOutput(nn.Module):
 
 def export(ckpt: Path, out: Path, log: Log = lambda s: None, *, overwrite: bool = False) -> ModelDir:
     """Read an hx-ckpt/1 training checkpoint and write its generator as a model folder at `out`."""
-    ckpt = Path(ckpt)
+    ckpt, out = Path(ckpt), Path(out)
+    # --overwrite replaces `out` whole: were the checkpoint inside it (its own run folder, or a
+    # folder of runs), the run it came from would go with it. Links resolved: a link to the run
+    # is the run.
+    real_out, real_ckpt = out.resolve(), ckpt.resolve()
+    if real_out in real_ckpt.parents:
+        raise ExportError(f"--out {out}: holds the checkpoint {ckpt}; export into another folder")
     state = load_checkpoint(ckpt, log)
     config = state["config"]
     try:
@@ -132,7 +138,7 @@ def export_generator(generator: UnetGenerator, out: Path, *, preset: str, size: 
 
     The folder is built beside `out` and renamed into place only after the parity check passes, so
     `out` is either absent, the old folder, or complete. A non-empty `out` is refused unless
-    `overwrite`.
+    `overwrite`, and even then unless it is a model folder (its model.json of hx-model/1).
     """
     out = Path(out)
     try:
@@ -193,8 +199,23 @@ def _check_destination(out: Path, overwrite: bool) -> None:
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise ExportError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not overwrite:
-            raise ExportError(f"{out}: folder exists and is not empty; choose another or pass --overwrite")
+        if any(out.iterdir()):
+            if not overwrite:
+                raise ExportError(f"{out}: folder exists and is not empty; choose another or pass --overwrite")
+            # --overwrite swaps in a new model for an old one; a folder of anything else (a run,
+            # a parent of models, a typo for one's photos) is the user's and stays.
+            if not _is_model_folder(out):
+                raise ExportError(f"{out}: not a model folder (no {CARD} of format {FORMAT}); --overwrite "
+                                  "only replaces a model folder or an empty one")
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """Whether `folder` holds a readable model.json of hx-model/1: an earlier export."""
+    try:
+        card = json.loads((folder / CARD).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(card, dict) and card.get("format") == FORMAT
 
 
 def _to_onnx(shipped: nn.Module, size: int, target: str, out: Path, exporter: str):

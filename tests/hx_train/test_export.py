@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from click.testing import CliRunner
 
 from hx_infer.model import load_model_dir, sha256_file
 from hx_train import export as hx_export
 from hx_train.export import ExportError, ZeroOneOutput, export, export_generator, load_checkpoint
+from hx_train.cli import main
 from hx_train.models import build_generator
 
 SIZE = 64
@@ -169,7 +172,7 @@ def test_rgb_target_graph(tiny_rgb_model_dir):
     assert model.card["output_name"] == "rgb"
 
 
-def test_refuses_non_empty_folder_then_overwrites_when_asked(exported, tmp_path):
+def test_refuses_non_empty_folder_then_overwrites_a_model_folder_when_asked(exported, tmp_path):
     model, _, _ = exported
     out = tmp_path / "model"
     out.mkdir()
@@ -177,11 +180,58 @@ def test_refuses_non_empty_folder_then_overwrites_when_asked(exported, tmp_path)
     generator = _generator_with_running_stats(seed=2)
     with pytest.raises(ExportError, match="not empty"):
         export_generator(generator, out, preset="lite", size=SIZE, target="alpha")
+    # --overwrite replaces a model folder (or an empty one), never a folder of something else.
+    with pytest.raises(ExportError, match="not a model folder") as info:
+        export_generator(generator, out, preset="lite", size=SIZE, target="alpha", overwrite=True)
+    assert str(out) in str(info.value) and "\n" not in str(info.value)
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    (out / "mine.txt").unlink()
+    shutil.copytree(model.root, out, dirs_exist_ok=True)  # an earlier export
     written = export_generator(generator, out, preset="lite", size=SIZE, target="alpha", overwrite=True)
-    assert not (out / "mine.txt").exists()
     assert written.sha256 != model.sha256  # different weights -> different graph
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp or backup folder left
+
+
+def _a_run(folder: Path) -> Path:
+    """A run folder as fit leaves it: checkpoints, metrics, samples."""
+    folder.mkdir(parents=True)
+    _write_checkpoint(folder / "last.pt", build_generator("lite", SIZE))
+    (folder / "best.pt").write_bytes((folder / "last.pt").read_bytes())
+    (folder / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (folder / "samples").mkdir()
+    (folder / "samples" / "epoch_001.png").write_bytes(b"png")
+    return folder
+
+
+def _listing(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["run", "parent", "link"])
+def test_never_exports_over_the_folder_that_holds_the_checkpoint(tmp_path, where):
+    """--out RUN --overwrite used to delete the run it exported from; a parent of it, every run."""
+    run = _a_run(tmp_path / "runs" / "r1")
+    _a_run(tmp_path / "runs" / "r2")
+    out = {"run": run, "parent": tmp_path / "runs", "link": tmp_path / "link"}[where]
+    if where == "link":
+        out.symlink_to(run, target_is_directory=True)
+    before = _listing(tmp_path / "runs")
+    with pytest.raises(ExportError, match="holds the checkpoint") as info:
+        export(run / "last.pt", out, overwrite=True)
+    assert str(out) in str(info.value) and "\n" not in str(info.value)
+    assert _listing(tmp_path / "runs") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["runs"] + (["link"] if where == "link" else []))
+
+
+def test_cli_export_into_its_own_run_is_one_line_and_exit_2(tmp_path):
+    run = _a_run(tmp_path / "run")
+    before = _listing(run)
+    result = CliRunner().invoke(main, ["export", str(run / "last.pt"), "--out", str(run), "--overwrite"],
+                                prog_name="hx-train")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hx-train: ") and "--out" in lines[0], result.output
+    assert _listing(run) == before
 
 
 def test_parity_failure_writes_nothing(tmp_path, monkeypatch):

@@ -215,6 +215,9 @@ def fit(ctx: click.Context, data: Path, out: Path, resume: bool, quiet: bool, **
     except OSError as e:
         raise _io_error(e) from None
     except KeyboardInterrupt:
+        if not (out / "last.pt").exists():  # a new run stopped in its first epoch: nothing to resume
+            raise CommandError(f"interrupted; no epoch finished, nothing was saved in {out}",
+                               EXIT_INTERRUPTED) from None
         raise CommandError(f"interrupted; {out / 'last.pt'} holds the last finished epoch "
                            "(continue with --resume)", EXIT_INTERRUPTED) from None
     key = best_key(config.target)

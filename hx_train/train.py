@@ -489,6 +489,15 @@ def _open_run(out: Path, resume: bool, config: TrainConfig) -> dict | None:
     if not resume:
         if last.exists():
             raise TrainError(f"{last} exists: add --resume to continue that run, or choose another --out")
+        # A new run replaces these; an earlier run's best.pt or metrics without its last.pt (deleted
+        # to save space, say) are no less its results. An empty samples/ holds nothing.
+        samples = out / SAMPLES
+        found = [name for name in (BEST, METRICS, CONFIG) if os.path.lexists(out / name)]
+        if os.path.lexists(samples) and not (samples.is_dir() and not any(samples.iterdir())):
+            found.append(f"{SAMPLES}/")
+        if found:
+            raise TrainError(f"--out {out}: holds an earlier run's {', '.join(found)}; choose another "
+                             "--out (a new run would replace them)")
         return None
     if not last.is_file():
         raise TrainError(f"--resume: {last} does not exist")
@@ -623,8 +632,11 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
     if background_train is not None:
         data_info["backgrounds"] = {"path": config.backgrounds, "train": len(background_train),
                                     "val": len(background_val) if background_val is not None else 0}
+    # Only the folder now: the run's files appear with its first checkpoint (config.json just
+    # after it, samples/ with its first grid), so a run stopped before that leaves nothing that
+    # keeps the same command from starting it again.
     try:
-        (out / SAMPLES).mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TrainError(f"--out {out}: cannot create ({e.strerror})") from None
 
@@ -638,16 +650,13 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
             log(f"note: the run was trained on {ckpt['data']['source']}, now on {data}")
         _trim_metrics(out / METRICS, start)
         log(f"resuming {out} after epoch {start}")
-    else:
-        (out / METRICS).unlink(missing_ok=True)  # left by a run that never finished an epoch
-        if start_weights is not None:
-            run.G.load_state_dict(start_weights)
+    elif start_weights is not None:
+        run.G.load_state_dict(start_weights)
     # One record per invocation (a resumed run adds one): how each span of epochs was made.
     sessions = list(ckpt.get("sessions", [])) if ckpt is not None else []
     session = {"command": command, "machine": machine(device), "epochs": [start + 1, start], "seconds": 0.0}
     sessions.append(session)
     del ckpt
-    _write_json(out / CONFIG, dataclasses.asdict(config))
 
     autocast = autocast_for(config, device)
     if device.type == "cuda":
@@ -695,8 +704,6 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         detail = evaluate_detail(run.G, crops, background_val, config, device, autocast, known={"full": full}) \
             if config.target == "alpha" else {}
         grid = sample_grid(run.G, val, config, device, autocast)
-        if grid is not None:
-            _write_png(out / SAMPLES / f"epoch_{epoch + 1:03d}.png", grid)
         score = metrics[best_key(config.target)]
         improved = score > best_metric
         best_metric = max(best_metric, score)
@@ -715,6 +722,10 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
             _link_or_copy(out / BEST, out / LAST)
         else:
             _atomic_write(out / LAST, lambda f: torch.save(checkpoint, f))
+        if epoch == start:  # this invocation's config, once a checkpoint made with it exists
+            _write_json(out / CONFIG, dataclasses.asdict(config))
+        if grid is not None:  # after the checkpoint: a grid is no result to keep a new run from starting
+            _write_png(out / SAMPLES / f"epoch_{epoch + 1:03d}.png", grid)
         last_record = record
         by_source = {f"{name} {crop}": v["iou"] for name, crops_ in detail.items() if name != "backgrounds"
                      for crop, v in crops_.items() if crop == "full" and len(detail) > 1}

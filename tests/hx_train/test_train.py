@@ -447,6 +447,41 @@ def test_cpu_bf16_autocast_trains_and_resumes_with_fp32_weights(dataset, tmp_pat
     assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
 
 
+@pytest.mark.parametrize("left", ["best.pt", "metrics.jsonl", "config.json", "samples/epoch_003.png"])
+def test_a_new_run_never_replaces_an_earlier_runs_files(dataset, tmp_path, left):
+    """The guard looked at last.pt only: a folder left with an earlier run's best.pt or metrics
+    (last.pt deleted to save space, say) lost them to the new run."""
+    run = tmp_path / "run"
+    (run / left).parent.mkdir(parents=True, exist_ok=True)
+    (run / left).write_bytes(b"an earlier run's")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    with pytest.raises(TrainError) as info:
+        fit(TrainConfig(**TINY, epochs=1, epochs_decay=0), dataset, run)
+    message = str(info.value)
+    assert str(run) in message and left.split("/")[0] in message and "\n" not in message
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert (run / left).read_bytes() == b"an earlier run's"
+
+
+def test_a_run_stopped_before_its_first_epoch_leaves_nothing_in_the_way(dataset, tmp_path, monkeypatch):
+    """Ctrl-C before a first checkpoint: nothing of the run is kept, so the same command starts it
+    again (there is nothing to --resume)."""
+    import hx_train.train as hxtrain
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    config = TrainConfig(**TINY, epochs=1, epochs_decay=0)
+    monkeypatch.setattr(hxtrain, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, dataset, run)
+    assert not run.exists() or list(run.iterdir()) == []
+    monkeypatch.undo()
+    fit(config, dataset, run)
+    assert read_checkpoint(run / LAST)["epoch"] == 1
+
+
 def test_resume_must_keep_the_networks(dataset, tmp_path):
     fit(TrainConfig(**TINY, epochs=1, epochs_decay=0), dataset, tmp_path / "run")
     with pytest.raises(TrainError, match="--size 128 differs"):

@@ -57,6 +57,21 @@ def test_fit_writes_a_checkpoint_and_resumes(dataset, tmp_path):
     assert torch.load(run / "last.pt", weights_only=True)["config"]["size"] == 64
 
 
+def test_ctrl_c_before_the_first_epoch_says_nothing_was_saved(dataset, tmp_path, monkeypatch):
+    import hx_train.train as hxtrain
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(hxtrain, "train_step", interrupted)
+    result = invoke("fit", dataset, "--out", run, *TINY, "-q")
+    assert result.exit_code == 130, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "no epoch finished" in line and "--resume" not in line, line
+    assert not (run / "last.pt").exists()
+
+
 def test_prepare_then_fit(tmp_path):
     """The real prepare's output is what fit reads."""
     src = make_dataset(tmp_path / "photos", n_train=10, n_val=0) / "train"  # SRC/{images,masks}

@@ -6,6 +6,7 @@ its defaults and choices for `hx-train --help` without loading torch.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from hx_infer.crops import BANDS
@@ -110,6 +111,16 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in choices:
                 raise TrainError(f"{option(name)}: {value!r} is not one of {', '.join(choices)}")
+        # Every float field: inf and NaN pass the range checks below (inf >= 0) and train on
+        # NaN losses, or fail deep inside torch.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float" and not math.isfinite(value):
+                raise TrainError(f"{option(f.name)} must be a finite number, got {value}")
+        # numpy's global generator (seeded with it) takes 0..2**32 - 1, and fit seeds it only
+        # after every photo is decoded.
+        if not 0 <= self.seed < 2**32:
+            raise TrainError(f"--seed must be from 0 to {2**32 - 1}, got {self.seed}")
         for name, low in (("epochs", 0), ("epochs_decay", 0), ("batch_size", 1), ("workers", 0),
                           ("samples", 0)):
             if getattr(self, name) < low:

@@ -120,6 +120,13 @@ def load_checkpoint(path: Path, log: Log = lambda s: None) -> dict:
             state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
         raise ExportError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+    check_checkpoint(path, state)
+    return state
+
+
+def check_checkpoint(path: Path, state: object) -> None:
+    """ExportError naming `path` unless `state` (what torch.load gave) is an hx-ckpt/1 checkpoint
+    with a generator state_dict and the config (preset, size, target) that builds it."""
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ExportError(f"{path}: not an {CHECKPOINT_FORMAT} checkpoint (format {found!r})")
@@ -128,7 +135,6 @@ def load_checkpoint(path: Path, log: Log = lambda s: None) -> dict:
         raise ExportError(f"{path}: checkpoint config lacks preset, size or target")
     if not isinstance(state.get("generator"), dict):
         raise ExportError(f"{path}: checkpoint has no generator state_dict")
-    return state
 
 
 def export_generator(generator: UnetGenerator, out: Path, *, preset: str, size: int, target: str,

@@ -40,6 +40,7 @@ from hx_infer.model import CARD, ModelError, load_model_dir, model_root
 
 from . import data as hxdata
 from .config import ARCHITECTURE_FIELDS, FIELD_NAMES, RUNTIME_FIELDS, TrainConfig, TrainError, option
+from .export import ExportError, check_checkpoint
 from .losses import discriminator_loss, generator_loss
 from .models import build_discriminator, build_generator, check_size, get_preset, widen
 from .prepare import MIN_VAL, VAL_FRACTION, PrepareError, choose_val, read_sources
@@ -48,6 +49,9 @@ __all__ = ["fit", "TrainError", "resume_config", "read_checkpoint"]
 
 CKPT_FORMAT = "hx-ckpt/1"
 LAST, BEST, METRICS, CONFIG, SAMPLES = "last.pt", "best.pt", "metrics.jsonl", "config.json", "samples"
+# What _Training.load and fit read from a checkpoint to continue its run (beyond read_checkpoint's).
+RESUME_KEYS = ("discriminator", "opt_g", "opt_d", "sched_g", "sched_d", "scaler", "rng", "best_metric",
+               "val_metrics", "data")
 POSTFIX_EVERY = 10  # steps between progress-bar loss updates (each one is a GPU sync)
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -128,8 +132,13 @@ def read_checkpoint(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch raises many kinds for a damaged file
         raise TrainError(f"{path}: not a readable checkpoint ({' '.join(str(e).split())[:200]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
-        raise TrainError(f"{path}: not an {CKPT_FORMAT} checkpoint")
+    try:
+        check_checkpoint(path, ckpt)  # the format, the config that builds its generator, the generator
+    except ExportError as e:
+        raise TrainError(str(e)) from None
+    epoch = ckpt.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:  # --resume and lineage read it
+        raise TrainError(f"{path}: checkpoint has no epoch count")
     return ckpt
 
 
@@ -502,6 +511,10 @@ def _open_run(out: Path, resume: bool, config: TrainConfig) -> dict | None:
     if not last.is_file():
         raise TrainError(f"--resume: {last} does not exist")
     ckpt = read_checkpoint(last)
+    missing = [key for key in RESUME_KEYS if key not in ckpt]
+    if missing:
+        raise TrainError(f"--resume: {last} lacks {', '.join(missing)}, so its run cannot go on "
+                         "(--init-from starts a new run from its generator)")
     for name in ARCHITECTURE_FIELDS:
         if ckpt["config"][name] != getattr(config, name):
             raise TrainError(f"{option(name)} {getattr(config, name)} differs from the run in {out} "

@@ -407,10 +407,21 @@ def test_bad_options_and_folders_raise_train_error(dataset, tmp_path):
         (dict(batch_size=0), "--batch-size"),
         (dict(epochs=0, epochs_decay=0), "--epochs"),
         (dict(seg_loss="dice", target="rgb"), "--seg-loss"),
+        # numpy's global seed takes 0..2**32 - 1; it failed after every photo was decoded
+        (dict(seed=-1), "--seed"),
+        (dict(seed=2**32), "--seed"),
+        # infinite weights and rates passed ">= 0" and trained on NaN losses
+        (dict(lr=float("inf")), "--lr"),
+        (dict(lr=float("nan")), "--lr"),
+        (dict(lambda_l1=float("inf")), "--lambda-l1"),
+        (dict(seg_weight=float("inf")), "--seg-weight"),
+        (dict(beta1=float("nan")), "--beta1"),
+        (dict(rotate_deg=float("inf")), "--rotate-deg"),
     ]
     for overrides, option in cases:
-        with pytest.raises(TrainError, match=option):
+        with pytest.raises(TrainError, match=option) as info:
             fit(TrainConfig(**{**TINY, **overrides}), dataset, tmp_path / "never")
+        assert "\n" not in str(info.value)
     with pytest.raises(TrainError, match="no such folder"):
         fit(TrainConfig(**TINY), tmp_path / "nowhere", tmp_path / "never")
     with pytest.raises(TrainError, match="--resume"):
@@ -445,6 +456,31 @@ def test_cpu_bf16_autocast_trains_and_resumes_with_fp32_weights(dataset, tmp_pat
                for v in ckpt["generator"].values() if v.is_floating_point())
     fit(TrainConfig(**TINY, epochs=2, epochs_decay=0, amp="bf16"), dataset, run, resume=True)
     assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
+
+
+def test_checkpoints_without_what_init_from_and_resume_read_are_named(dataset, tmp_path):
+    """An hx-ckpt/1 file lacking its config or epoch raised KeyError from --init-from; one
+    lacking D or the optimisers, from --resume."""
+    generator = build_generator("lite", 64).state_dict()
+    config = {"preset": "lite", "size": 64, "target": "alpha"}
+    cases = {"no-config": {"generator": generator, "epoch": 1},
+             "no-epoch": {"config": config, "generator": generator},
+             "no-generator": {"config": config, "epoch": 1}}
+    for name, state in cases.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save({"format": "hx-ckpt/1", **state}, path)
+        with pytest.raises(TrainError) as info:
+            fit(TrainConfig(**TINY, init_from=str(path)), dataset, tmp_path / "never")
+        assert str(path) in str(info.value) and "\n" not in str(info.value), name
+    assert not (tmp_path / "never").exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"format": "hx-ckpt/1", "config": {**config, "epochs": 1, "epochs_decay": 0}, "generator": generator,
+                "epoch": 1}, run / LAST)
+    with pytest.raises(TrainError, match="last.pt") as info:
+        fit(TrainConfig(**TINY, epochs=2, epochs_decay=0), dataset, run, resume=True)
+    assert "\n" not in str(info.value)
+    assert [p.name for p in run.iterdir()] == [LAST]
 
 
 @pytest.mark.parametrize("left", ["best.pt", "metrics.jsonl", "config.json", "samples/epoch_003.png"])

@@ -100,6 +100,10 @@ def test_bad_input_is_one_line_and_exit_2(dataset, tmp_path):
     assert_one_line_error(fit(data=tmp_path / "nowhere"), "nowhere")
     assert_one_line_error(invoke("fit", dataset, "--out", run, "--resume"), "--resume", "last.pt")
     assert_one_line_error(fit(init_from=tmp_path / "missing.pt"), "missing.pt")
+    assert_one_line_error(fit(seed="-1"), "--seed")
+    assert_one_line_error(fit(seed="4294967296"), "--seed")
+    assert_one_line_error(fit(lr="inf"), "--lr")
+    assert_one_line_error(fit(lambda_l1="nan"), "--lambda-l1")
     if not torch.cuda.is_available():
         assert_one_line_error(fit(device="cuda"), "--device cuda")
 

@@ -519,6 +519,12 @@ def _open_run(out: Path, resume: bool, config: TrainConfig) -> dict | None:
         if ckpt["config"][name] != getattr(config, name):
             raise TrainError(f"{option(name)} {getattr(config, name)} differs from the run in {out} "
                              f"({ckpt['config'][name]}); a resumed run keeps its networks")
+    # A schedule that ends at or before the run's epoch trains nothing; say so before anything
+    # (config.json included) is written.
+    done = ckpt["epoch"]
+    if config.total_epochs <= done:
+        raise TrainError(f"--epochs {config.epochs} plus --epochs-decay {config.epochs_decay} end at epoch "
+                         f"{config.total_epochs}, and the run in {out} has {done} epochs done; ask for more to go on")
     return ckpt
 
 

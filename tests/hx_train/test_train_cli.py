@@ -56,6 +56,12 @@ def test_fit_writes_a_checkpoint_and_resumes(dataset, tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert torch.load(run / "last.pt", weights_only=True)["config"]["size"] == 64
 
+    # A schedule that ends where the run already is trains nothing: refused, the run's config kept.
+    config, metrics = (run / "config.json").read_bytes(), (run / "metrics.jsonl").read_bytes()
+    assert_one_line_error(invoke("fit", dataset, "--out", run, "--resume", "--epochs", "1"),
+                          "--epochs", "2 epochs")
+    assert (run / "config.json").read_bytes() == config and (run / "metrics.jsonl").read_bytes() == metrics
+
 
 def test_ctrl_c_before_the_first_epoch_says_nothing_was_saved(dataset, tmp_path, monkeypatch):
     import hx_train.train as hxtrain

@@ -22,6 +22,7 @@ import os
 import platform
 import random
 import re
+import secrets
 import time
 import warnings
 from collections import defaultdict
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hx_infer.io.images import atomic_write, fsync_path
+from hx_infer.io.images import TEMP_MARK, atomic_write, clean_temporaries, fsync_path, is_temp_name
 from hx_infer.model import CARD, ModelError, load_model_dir, model_root
 
 from . import data as hxdata
@@ -168,8 +169,9 @@ _atomic_write = functools.partial(atomic_write, durable=True)
 def _link_or_copy(source: Path, dest: Path) -> None:
     """Make `dest` hold `source`'s bytes, atomically. A hard link costs nothing; files are only
     ever replaced, never written in place, so the two names never see each other's changes."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
+    # Named as hx_infer.io.images names its temporaries, so a rerun's clean_temporaries removes
+    # one that a kill left behind.
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}{TEMP_MARK}")
     try:
         os.link(source, tmp)
     except OSError:
@@ -499,10 +501,11 @@ def _open_run(out: Path, resume: bool, config: TrainConfig) -> dict | None:
         if last.exists():
             raise TrainError(f"{last} exists: add --resume to continue that run, or choose another --out")
         # A new run replaces these; an earlier run's best.pt or metrics without its last.pt (deleted
-        # to save space, say) are no less its results. An empty samples/ holds nothing.
+        # to save space, say) are no less its results. An empty samples/ (or one holding only a
+        # killed write's temporary, removed below) holds nothing.
         samples = out / SAMPLES
         found = [name for name in (BEST, METRICS, CONFIG) if os.path.lexists(out / name)]
-        if os.path.lexists(samples) and not (samples.is_dir() and not any(samples.iterdir())):
+        if os.path.lexists(samples) and not (samples.is_dir() and all(is_temp_name(p.name) for p in samples.iterdir())):
             found.append(f"{SAMPLES}/")
         if found:
             raise TrainError(f"--out {out}: holds an earlier run's {', '.join(found)}; choose another "
@@ -658,6 +661,11 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TrainError(f"--out {out}: cannot create ({e.strerror})") from None
+    # A run killed while writing a checkpoint or grid left its temporary (a partial checkpoint is
+    # as large as a whole one); only names atomic_write makes are removed, never the data's.
+    keep_out = tuple(Path(p) for p in (data, config.backgrounds) if p is not None)
+    if removed := clean_temporaries(out, keep_out=keep_out):
+        log(f"removed {removed} temporary file(s) a killed run left in {out}")
 
     run = _Training.start(config, device)
     start, best_metric, last_record = 0, -math.inf, None

@@ -518,6 +518,27 @@ def test_a_run_stopped_before_its_first_epoch_leaves_nothing_in_the_way(dataset,
     assert read_checkpoint(run / LAST)["epoch"] == 1
 
 
+def test_a_rerun_removes_the_temporaries_a_killed_run_left(dataset, tmp_path):
+    """kill -9 during a checkpoint write left RUN/.best.pt.<hex>.hx-tmp (a partial checkpoint,
+    44 MB for wide) that no later run removed. Only names hx makes go; the user's stay."""
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = ".best.pt.0123456789ab.hx-tmp"
+    (run / stale).write_bytes(b"partial checkpoint")
+    mine = ["notes.hx-tmp", ".best.pt.tmp", "best.pt.0123456789ab.hx-tmp"]
+    for name in mine:
+        (run / name).write_bytes(b"the user's")
+    fit(TrainConfig(**TINY, epochs=1, epochs_decay=0), dataset, run)
+    assert not (run / stale).exists()
+    assert all((run / name).read_bytes() == b"the user's" for name in mine)
+
+    (run / stale).write_bytes(b"partial checkpoint")
+    (run / "samples" / ".epoch_002.png.0123456789ab.hx-tmp").write_bytes(b"partial grid")
+    fit(TrainConfig(**TINY, epochs=2, epochs_decay=0), dataset, run, resume=True)
+    left = sorted(p.name for p in run.rglob("*") if p.name.startswith(".") or "tmp" in p.name)
+    assert left == sorted(mine[1:2] + mine[:1] + mine[2:])
+
+
 def test_resume_must_keep_the_networks(dataset, tmp_path):
     fit(TrainConfig(**TINY, epochs=1, epochs_decay=0), dataset, tmp_path / "run")
     with pytest.raises(TrainError, match="--size 128 differs"):

@@ -24,7 +24,8 @@ Several sources go into one prepared set: each source's keys get its name as a p
 DST/sources.json records each source's path, format and counts.
 
 Output (DST/train and DST/val are built in a staging folder inside DST and renamed into place at
-the end, so an interrupted run leaves no half-filled split behind):
+the end, so an interrupted run leaves no half-filled split behind; one that a kill -9 left is
+removed by the next run, `remove_stale_staging`):
 
   DST/{train,val}/images/<key>.<jpg|jpeg|png>   JPEG/PNG photos that need no change are copied byte
                                                 for byte; anything else (EXIF-rotated, CMYK, WebP,
@@ -46,6 +47,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -69,6 +71,10 @@ VAL_FRACTION = 0.1  # share of each source held out for validation
 # mean over 17 photos (10 % of 170) moves by several points with one photo.
 MIN_VAL = 30
 SOURCES_JSON = "sources.json"
+STAGING_PREFIX = ".prepare-"  # DST/.prepare-XXXXXXXX: one run's staging folder (tempfile.mkdtemp)
+# What mkdtemp makes of the prefix: 8 characters of its alphabet. Only such names are removed
+# as a killed run's staging folder; ".prepare-notes" is the user's.
+_STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"[a-z0-9_]{8}")
 PHOTO_SUFFIXES = PHOTO_EXTENSIONS  # what hx-infer reads as a photo
 MIN_SIDE = 16  # px; smaller photos cannot survive the crop/resize augmentation
 NEAR_WHITE = 250  # a person-on-white pixel with every channel >= this is background
@@ -698,7 +704,9 @@ def prepare(src: Path | list[Path], dst: Path, fmt: str = "auto", val_fraction: 
 
     try:
         dst.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=dst))
+        remove_stale_staging(dst, log)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dst))
+        held = _hold(staging)
     except OSError as e:
         raise PrepareError(f"{dst}: cannot write ({e.strerror or e})") from None
     try:
@@ -708,10 +716,51 @@ def prepare(src: Path | list[Path], dst: Path, fmt: str = "auto", val_fraction: 
         raise PrepareError(f"{e.filename or dst}: cannot write ({e.strerror or e})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        os.close(held)
     if summary is None:
         raise PrepareError(f"{sources[0] if not several else 'SRC'}: none of the {len(pairs)} pairs is "
                            f"usable (see the skipped list)")
     return summary
+
+
+def _hold(staging: Path) -> int:
+    """Lock `staging` for this run (flock on the folder; the kernel drops it when the process ends,
+    however it ends) -> the fd to close when done. remove_stale_staging leaves a held folder alone."""
+    import fcntl
+
+    fd = os.open(staging, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # no flock on this file system: the folder is simply not held
+        pass
+    return fd
+
+
+def remove_stale_staging(dst: Path, log: Callable[[str], None] = lambda s: None) -> int:
+    """Remove the staging folders killed runs left in `dst` (a kill -9 skips the clean-up; each
+    holds every pair decoded before it): folders named as prepare names them that no running
+    prepare holds (_hold). -> how many were removed."""
+    import fcntl
+
+    removed = 0
+    with os.scandir(dst) as entries:
+        stale = [e.path for e in entries if _STAGING_NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
+    for path in stale:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: another prepare is writing into it now (or no flock here: leave it)
+            continue
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+            log(f"removed {path}: a stale staging folder of a killed prepare")
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _run(pairs: list[_Pair], skipped: list[Skipped], records: list[dict], staging: Path, dst: Path,

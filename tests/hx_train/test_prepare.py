@@ -216,6 +216,36 @@ def test_existing_dst_is_protected_and_overwrite_replaces_it(tmp_path):
     assert listing(src) == before  # SRC untouched throughout
 
 
+def test_a_rerun_removes_the_staging_folder_a_killed_prepare_left(tmp_path):
+    """kill -9 left DST/.prepare-XXXXXXXX (every pair decoded so far, 52 MB of them) for good.
+    Only folders named as prepare names them go, and none a running prepare holds."""
+    import fcntl
+    import os
+
+    src = make_folders(tmp_path / "src", 4)
+    dst = tmp_path / "dst"
+    stale = dst / ".prepare-k9x_2ab7"
+    save(noise(0), stale / "pool" / "images" / "p00.jpg")
+    live = dst / ".prepare-live0001"
+    live.mkdir()
+    mine = [dst / ".prepare-notes", dst / ".prepare-ABCDEFGH", dst / ".prepare-abcd12345"]
+    for folder in mine:
+        (folder / "keep").mkdir(parents=True)
+    (dst / ".prepare-file0001").write_bytes(b"a file, not a staging folder")
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running prepare holds its own
+        lines: list[str] = []
+        prepare(src, dst, log=lines.append)
+    finally:
+        os.close(fd)
+    assert not stale.exists() and live.is_dir() and (dst / ".prepare-file0001").is_file()
+    assert all((folder / "keep").is_dir() for folder in mine)
+    assert any("stale" in line and ".prepare-k9x_2ab7" in line for line in lines), lines
+    assert sorted(p.name for p in dst.iterdir() if not p.name.startswith(".prepare-")) == \
+        ["sources.json", "train", "val"]
+
+
 def test_dst_inside_src_is_refused(tmp_path):
     src = make_folders(tmp_path / "src", 2)
     with pytest.raises(PrepareError, match="inside SRC"):

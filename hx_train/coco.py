@@ -19,8 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hx_infer.run.options import DEFAULT_MAX_PIXELS
+
 POLYGON_SHIFT = 3  # cv2.fillPoly fixed-point bits: vertices at 1/8 px instead of rounded to pixels
 POLYGON_SUPERSAMPLE = 4  # polygons are filled at 4x and averaged down (polygons_mask)
+MAX_PIXELS = DEFAULT_MAX_PIXELS  # an image entry's width x height; larger photos are skipped anyway
 
 
 class CocoError(Exception):
@@ -71,6 +74,10 @@ def list_images(src: Path, category: str = "person") -> tuple[list[tuple[Path, O
         raise CocoError(f"{json_path}: cannot read ({e.strerror or e})") from None
     except (ValueError, KeyError, TypeError) as e:
         raise CocoError(f"{json_path}: not a COCO instances file ({type(e).__name__}: {e})") from None
+    # The rest is iterated and indexed below: a wrong type is a wrong file, not a bad entry.
+    if not isinstance(images, list) or not isinstance(annotations, list):
+        raise CocoError(f"{json_path}: not a COCO instances file (\"images\" and \"annotations\" must be lists, "
+                        f"got {type(images).__name__} and {type(annotations).__name__})")
     if category not in categories:
         names = ", ".join(sorted(categories)[:20]) or "none"
         raise CocoError(f"{json_path}: no category {category!r} (--category); it has {names}")
@@ -78,14 +85,26 @@ def list_images(src: Path, category: str = "person") -> tuple[list[tuple[Path, O
     by_image: dict[object, list[str]] = {}
     for ann in annotations:
         if isinstance(ann, dict) and ann.get("category_id") == wanted and "segmentation" in ann:
-            by_image.setdefault(ann.get("image_id"), []).append(json.dumps(ann["segmentation"]))
+            image_id = ann.get("image_id")
+            # A person whose image cannot be told would be missing from its mask unseen.
+            if not isinstance(image_id, (int, str)) or isinstance(image_id, bool):
+                raise CocoError(f"{json_path}: annotation {str(ann.get('id'))[:20]} has image_id "
+                                f"{json.dumps(image_id)[:40]}, not a number or string")
+            by_image.setdefault(image_id, []).append(json.dumps(ann["segmentation"]))
     found, missing = [], []
-    for image in sorted(images, key=lambda im: str(im.get("file_name", ""))):
+    entries = [im for im in images if isinstance(im, dict)]
+    missing += [(json_path, f"image entry is not an object: {json.dumps(im)[:80]}")
+                for im in images if not isinstance(im, dict)]
+    for image in sorted(entries, key=lambda im: str(im.get("file_name", ""))):
         try:
             path = _image_path(json_path, str(image["file_name"]))
             objects = Objects(int(image["width"]), int(image["height"]), tuple(by_image.get(image["id"], ())))
         except (KeyError, TypeError, ValueError):
             missing.append((json_path, f"image entry without file_name/width/height/id: {str(image)[:80]}"))
+            continue
+        # The mask is drawn on this canvas (4x finer for polygons): it must exist and fit in memory.
+        if not (0 < objects.width and 0 < objects.height and objects.width * objects.height <= MAX_PIXELS):
+            missing.append((path, f"image entry with unusable width/height {objects.width}x{objects.height}"))
             continue
         if path.is_file():
             found.append((path, objects))

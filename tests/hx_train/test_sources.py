@@ -232,6 +232,45 @@ def test_coco_category_option_and_errors(tmp_path):
         prepare(tmp_path / "bad" / "x.json", tmp_path / "dst3", fmt="coco")
 
 
+def test_bad_coco_image_entries_are_skipped_with_reasons(tmp_path):
+    """A zero or negative width crashed in OpenCV or numpy; now the entry is listed and skipped."""
+    src = coco_source(tmp_path / "coco")
+    doc = json.loads((src / "instances.json").read_text())
+    save(noise(5), src / "images" / "d.jpg")
+    save(noise(6), src / "images" / "e.jpg")
+    doc["images"][0]["width"] = 0  # a.jpg
+    doc["images"][2]["height"] = -5  # c.jpg
+    doc["images"] += [{"id": 5, "file_name": "d.jpg", "width": 10**6, "height": 10**6}, "e.jpg", 7]
+    doc["annotations"] += [{"id": 9, "image_id": 5, "category_id": 7, "segmentation": [[0, 0, 9, 0, 9, 9]]}]
+    (src / "instances.json").write_text(json.dumps(doc))
+    summary = prepare(src, tmp_path / "dst", val_fraction=0.0)
+    assert summary.train == 1  # b.jpg
+    reasons = sorted(s.reason for s in summary.skipped)
+    assert len(reasons) == 6, reasons  # a, c, d, "e.jpg", 7 and gone.jpg
+    assert sum("width" in r or "height" in r for r in reasons) >= 3, reasons
+    assert sum("not an object" in r for r in reasons) == 2, reasons
+
+
+@pytest.mark.parametrize("change", [{"annotations": 5}, {"images": {"1": {}}}, {"images": 5},
+                                    {"images": "a.jpg"}, {"annotation_image_id": [1]}, {"categories": 3}])
+def test_a_malformed_coco_structure_is_one_line_naming_the_json(tmp_path, change):
+    src = coco_source(tmp_path / "coco")
+    doc = json.loads((src / "instances.json").read_text())
+    if "annotation_image_id" in change:
+        doc["annotations"][0]["image_id"] = change["annotation_image_id"]
+    else:
+        doc.update(change)
+    (src / "instances.json").write_text(json.dumps(doc))
+    with pytest.raises(PrepareError) as info:
+        prepare(src, tmp_path / "dst")
+    message = str(info.value)
+    assert "instances.json" in message and "\n" not in message
+    assert not (tmp_path / "dst").exists()
+    r = CliRunner().invoke(main, ["prepare", str(src), str(tmp_path / "dst")], prog_name="hx-train")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.output.strip().splitlines()[-1].startswith("hx-train: ")
+
+
 def test_cli_several_sources_and_one_line_errors(tmp_path):
     a = folders_source(tmp_path / "a", 6)
     c = coco_source(tmp_path / "c")

@@ -20,7 +20,8 @@ Source layouts (SRC is only ever read):
                and crowd regions alike (hx_train.coco).
 
 Several sources go into one prepared set: each source's keys get its name as a prefix
-("ccp_0001", "pennfudan_FudanPed00001"), the train/val split is drawn per source, and
+("ccp_0001", "pennfudan_FudanPed00001"; a name holds no "_", so the first one ends the prefix:
+`source_names`), the train/val split is drawn per source, and
 DST/sources.json records each source's path, format and counts.
 
 Output (DST/train and DST/val are built in a staging folder inside DST and renamed into place at
@@ -634,9 +635,35 @@ def _check_paths(sources: list[Path], dst: Path, overwrite: bool) -> None:
 
 
 def source_names(sources: list[Path]) -> list[str]:
-    """A short unique name per source: its folder's name (a COCO JSON's folder), made unique."""
-    names = [(src.parent if src.is_file() else src).resolve().name or "source" for src in sources]
-    return unique_keys([("", name) for name in names])
+    """A short unique name per source: its folder's name (a COCO JSON's folder) with "_" made "-"
+    and leading dots dropped (a hidden file is no photo to fit), made unique with "-2", "-3", ...
+    (case-insensitively, as disks may be).
+
+    The prefix is the name and "_", so the first "_" of a file name ends its prefix: no source's
+    prefix begins another's, two sources' keys never meet (sources a and a_b made "a_b_c" of
+    b_c.jpg and c.jpg alike), and source_of finds each file's source."""
+    names = [((src.parent if src.is_file() else src).resolve().name.replace("_", "-").lstrip(".")
+              or "source") for src in sources]
+    seen: set[str] = set()
+    unique = []
+    for base in names:
+        name, n = base, 1
+        while name.lower() in seen:
+            n += 1
+            name = f"{base}-{n}"
+        seen.add(name.lower())
+        unique.append(name)
+    return unique
+
+
+def _check_prefixes(prefixes: list[str]) -> None:
+    """PrepareError unless no prefix begins another (case-insensitively): what keeps every
+    source's keys apart and each file's source known. source_names' names always pass."""
+    for i, a in enumerate(prefixes):
+        for b in prefixes[i + 1:]:
+            if a.lower().startswith(b.lower()) or b.lower().startswith(a.lower()):
+                raise PrepareError(f"source prefixes {a!r} and {b!r} could make one name of two pairs; "
+                                   "rename one of the source folders")
 
 
 def _list_source(src: Path, fmt: str, category: str) -> tuple[list[_Pair], list[Skipped]]:
@@ -682,6 +709,8 @@ def prepare(src: Path | list[Path], dst: Path, fmt: str = "auto", val_fraction: 
     _check_paths(sources, dst, overwrite)
     names = source_names(sources)
     several = len(sources) > 1
+    if several:
+        _check_prefixes([f"{name}_" for name in names])
     pairs: list[_Pair] = []
     records: list[dict] = []
     skipped: list[Skipped] = []
@@ -841,6 +870,8 @@ def read_sources(data: Path) -> list[dict]:
 
 
 def source_of(name: str, sources: list[dict]) -> str:
-    """The source whose prefix a file name starts with (the longest prefix wins)."""
+    """The source whose prefix a file name starts with. Sets prepared now have prefixes that no
+    other begins (source_names), so one matches at most; in older ones, whose names kept their
+    "_", the longest prefix wins, the best guess there is."""
     best = max((s for s in sources if name.startswith(s["prefix"])), key=lambda s: len(s["prefix"]), default=None)
     return best["name"] if best is not None else "data"

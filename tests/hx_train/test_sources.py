@@ -76,11 +76,52 @@ def test_several_sources_are_prefixed_split_per_source_and_recorded(tmp_path):
 def test_source_names_collide_and_are_made_unique(tmp_path):
     a = folders_source(tmp_path / "x" / "data", 4)
     b = folders_source(tmp_path / "y" / "data", 4)
-    prepare([a, b], tmp_path / "dst", min_val=0)
+    c = folders_source(tmp_path / "z" / "DATA", 4)  # the same name on a case-insensitive disk
+    prepare([a, b, c], tmp_path / "dst", min_val=0)
     sources = read_sources(tmp_path / "dst")
-    assert [s["name"] for s in sources] == ["data", "data_2"]
-    assert source_of("data_2_p001.jpg", sources) == "data_2"  # the longest prefix wins
+    assert [s["name"] for s in sources] == ["data", "data-2", "DATA-3"]
+    assert source_of("data-2_p001.jpg", sources) == "data-2"
     assert source_of("data_p001.jpg", sources) == "data"
+    # A set prepared before names lost their "_": the longest recorded prefix still decides.
+    legacy = [{"name": "data", "prefix": "data_"}, {"name": "data_2", "prefix": "data_2_"}]
+    assert source_of("data_2_p001.jpg", legacy) == "data_2" and source_of("data_p001.jpg", legacy) == "data"
+
+
+def test_a_prefix_and_a_name_never_make_one_key(tmp_path):
+    """Sources col/a (b_c.jpg) and col/a_b (c.jpg) both became a_b_c: one pair vanished uncounted,
+    and the longest-prefix rule credited the other to the wrong source."""
+    a = tmp_path / "col" / "a"
+    ab = tmp_path / "col" / "a_b"
+    for folder, stem, seed in ((a, "b_c", 1), (ab, "c", 2), (a, "d", 3), (ab, "d", 4)):
+        save(noise(seed), folder / "images" / f"{stem}.jpg")
+        mask = np.zeros((H, W), np.uint8)
+        mask[5:25, 10:20] = 255
+        save(mask, folder / "masks" / f"{stem}.png")
+    dst = tmp_path / "dst"
+    summary = prepare([a, ab], dst, val_fraction=0.0)
+    assert summary.train == 4 and not summary.skipped
+    sources = read_sources(dst)
+    assert [(s["name"], s["train"]) for s in sources] == [("a", 2), ("a-b", 2)]
+    # Every file is credited (as fit and eval_sources credit it) to the source it came from.
+    by_source = {}
+    for photo in sorted((dst / "train" / "images").iterdir()):
+        by_source.setdefault(source_of(photo.name, sources), []).append(photo.stem)
+    assert by_source == {"a": ["a_b_c", "a_d"], "a-b": ["a-b_c", "a-b_d"]}
+    np.testing.assert_array_equal(read(dst / "train" / "images" / "a_b_c.jpg").shape, (H, W, 3))
+
+
+def test_names_that_could_make_one_key_are_refused(tmp_path, monkeypatch):
+    """The names prepare makes contain no "_"; were two ever to start alike, prepare stops
+    rather than drop or mix pairs."""
+    import hx_train.prepare as hxprepare
+
+    a = folders_source(tmp_path / "a", 2)
+    b = folders_source(tmp_path / "b", 2)
+    monkeypatch.setattr(hxprepare, "source_names", lambda sources: ["a", "a_b"])
+    with pytest.raises(PrepareError, match="a_b") as info:
+        prepare([a, b], tmp_path / "dst")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "dst").exists()
 
 
 def test_one_source_keeps_its_names_and_a_set_without_sources_json_is_one_source(tmp_path):

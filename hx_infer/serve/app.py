@@ -58,7 +58,9 @@ class RemoveService:
             yield
         finally:  # after uvicorn has drained the in-flight requests
             await self.batcher.close()
-            self.pool.shutdown(wait=True)
+            # What is still queued belongs to requests cut short (cancelled): drop it; a decode
+            # under way cannot be stopped, so it is waited for.
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
     def refuse(self, e: RequestError, headers: dict[str, str] | None = None) -> Response:
         self.metrics.failed(e.kind)
@@ -83,6 +85,15 @@ class RemoveService:
         except ClientDisconnect:
             self.metrics.failed("disconnected")
             return Response(status_code=499)  # nobody reads it; uvicorn drops it
+        except asyncio.CancelledError:
+            # The server stops before this request is done: uvicorn cancels it when --drain-timeout
+            # runs out, asyncio.run after a second Ctrl-C. Nothing else cancels a request's task.
+            # Left to propagate, uvicorn would log a traceback and send a plain-text 500; answered
+            # here, the task ends normally, which is all either of them waits for (neither awaits
+            # it to end cancelled). Its photo has already left the batcher (_remove cancels it).
+            return self.refuse(RequestError(503, "shutting_down", "the server is stopping before this request "
+                                            f"was done; retry in {RETRY_AFTER_S} s"),
+                               headers={"Retry-After": str(RETRY_AFTER_S)})
         except Exception as e:  # noqa: BLE001 - a bug or a backend failure: this request only
             self.log(f"hx-infer: internal error on a request: {type(e).__name__}: {e}")
             return self.refuse(RequestError(500, "internal", f"internal error: {type(e).__name__}"))

@@ -87,3 +87,13 @@ async def _serve(server: uvicorn.Server, sock: socket.socket, announce: Callable
     if server.started:
         announce()
     await task
+    if server.started and server.force_exit:
+        # A second Ctrl-C: uvicorn returns without cancelling the requests in flight or running the
+        # app's shutdown, and asyncio.run would cancel both, the app's lifespan with a logged
+        # traceback. Do instead what uvicorn does when --drain-timeout runs out: cancel the
+        # requests (each answers 503 shutting_down), then shut the app down (batcher, pixel pool).
+        requests = list(server.server_state.tasks)
+        for request in requests:
+            request.cancel()
+        await asyncio.gather(*requests, return_exceptions=True)
+        await server.lifespan.shutdown()

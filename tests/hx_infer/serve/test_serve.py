@@ -482,3 +482,36 @@ def test_answers_are_the_bytes_hx_infer_cut_writes(server, photos, tiny_model_di
     assert r.exit_code == 0, r.output
     status, _, body = server.post("/api/remove" + query, photos["tall"].read_bytes())
     assert status == 200 and body == out.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["drain-timeout", "second-ctrl-c"])
+def test_requests_cut_short_by_a_stop_get_a_json_503(tiny_model_dir, photos, how):
+    """--drain-timeout runs out (uvicorn cancels the requests) or a second Ctrl-C (asyncio.run
+    cancels them): each is answered 503 shutting_down in one JSON line, and no traceback is logged.
+    One request is sending its body, the other's photo waits 30 s for it to share a batch."""
+    served = Served(tiny_model_dir, "--max-wait-ms", "30000", "--drain-timeout", "0.5")
+    photo = photos["wide"].read_bytes()
+    uploading = _hold_a_slot(served, photo)
+    served.wait_health("in_server", 1)
+    answers = []
+    client = threading.Thread(target=lambda: answers.append(served.post("/api/remove", photo)))
+    client.start()
+    served.wait_health("waiting", 1)
+    if how == "drain-timeout":
+        served.proc.send_signal(signal.SIGTERM)
+    else:
+        served.proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        served.proc.send_signal(signal.SIGINT)
+    try:
+        code = served.proc.wait(timeout=60)
+        client.join(timeout=30)
+        for status, headers, body in (read_response(uploading), answers[0]):
+            status, kind, message = _error((status, headers, body))
+            assert (status, kind) == (503, "shutting_down") and "stopping" in message
+    finally:
+        uploading.close()
+        served.stop()
+    log = "".join(served.log)
+    assert "Traceback" not in log and "CancelledError" not in log, log
+    assert code == 0, log

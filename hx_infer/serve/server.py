@@ -46,11 +46,26 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def _unbreakable(log: Callable[[str], None]) -> Callable[[str], None]:
+    """log, made unable to raise: stderr can be a pipe whose reader has gone (`2>&1 | head`) or a
+    full disk, and a line that cannot be written must not fail a request or the stop. Above all
+    in the signal handler, where an exception would break uvicorn's drain."""
+
+    def write(line: str) -> None:
+        try:
+            log(line)
+        except Exception:  # noqa: BLE001 - nowhere left to say it
+            pass
+
+    return write
+
+
 def run_server(options: ServeOptions, log: Callable[[str], None] = print) -> None:
     from .. import load_model
     from ..backends.base import BackendSpec, open_backend
 
     options.check()
+    log = _unbreakable(log)
     model = load_model(options.model)
     # spin=False (ort on CPU): idle threads spinning between requests would take the decoders' cores.
     backend = open_backend(model, BackendSpec(options.backend, options.device, batch_size=options.max_batch,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -515,3 +516,33 @@ def test_requests_cut_short_by_a_stop_get_a_json_503(tiny_model_dir, photos, how
     log = "".join(served.log)
     assert "Traceback" not in log and "CancelledError" not in log, log
     assert code == 0, log
+
+
+def test_sigterm_drains_even_when_stderr_is_a_broken_pipe(tiny_model_dir, photos, run_files):
+    """`hx-infer serve 2>&1 | head -1`: once the reader has gone, each log line fails to write. The
+    "finishing ... in flight" line, written from the signal handler, made SIGTERM a BrokenPipeError:
+    the requests in flight got a 500 at once and the server exited 1."""
+    command = [sys.executable, "-m", "hx_infer.cli", "serve", "--model", str(tiny_model_dir), "--host", "127.0.0.1",
+               "--port", "0", "--backend", "ort", "--device", "cpu", "--max-wait-ms", "1500"]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        line = proc.stderr.readline()
+        assert "serving" in line, line
+        proc.stderr.close()  # the reader goes away: every later write to stderr is EPIPE
+        served = Served.__new__(Served)  # its client methods only, on the port the line names
+        served.port = int(line.rsplit(":", 1)[1])
+        photo = photos["wide"].read_bytes()
+        uploading = _hold_a_slot(served, photo)
+        served.wait_health("in_server", 1)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        uploading.sendall(photo[len(photo) // 2:])
+        status, _, body = read_response(uploading)
+        uploading.close()
+        assert status == 200 and body == run_files["", "wide"]
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

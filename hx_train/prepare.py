@@ -160,12 +160,13 @@ def _subfolders(folder: Path) -> list[Path]:
     return [folder / name for name in sorted(names)]
 
 
-def unique_keys(candidates: list[tuple[str, str]]) -> list[str]:
+def unique_keys(candidates: list[tuple[str, str]], separator: str = "_") -> list[str]:
     """Output stems for (group, stem) candidates, in order; unique even on case-insensitive disks.
 
     A stem that occurs more than once gets its group (the Supervisely dataset or AB sub-folder) as
-    a prefix, "ds2_0001"; a counter is added if that still collides. Callers pass candidates in
-    sorted order, so the keys do not depend on the order the filesystem lists files in.
+    a prefix, "ds2_0001"; a counter is added after `separator` if that still collides. Callers
+    pass candidates in sorted order, so the keys do not depend on the order the filesystem lists
+    files in.
     """
     counts = Counter(stem.lower() for _, stem in candidates)
     seen: set[str] = set()
@@ -175,7 +176,7 @@ def unique_keys(candidates: list[tuple[str, str]]) -> list[str]:
         key, n = base, 1
         while key.lower() in seen:
             n += 1
-            key = f"{base}_{n}"
+            key = f"{base}{separator}{n}"
         seen.add(key.lower())
         keys.append(key)
     return keys
@@ -644,16 +645,7 @@ def source_names(sources: list[Path]) -> list[str]:
     b_c.jpg and c.jpg alike), and source_of finds each file's source."""
     names = [((src.parent if src.is_file() else src).resolve().name.replace("_", "-").lstrip(".")
               or "source") for src in sources]
-    seen: set[str] = set()
-    unique = []
-    for base in names:
-        name, n = base, 1
-        while name.lower() in seen:
-            n += 1
-            name = f"{base}-{n}"
-        seen.add(name.lower())
-        unique.append(name)
-    return unique
+    return unique_keys([("", name) for name in names], separator="-")  # "-": a name holds no "_"
 
 
 def _check_prefixes(prefixes: list[str]) -> None:

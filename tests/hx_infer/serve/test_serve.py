@@ -229,6 +229,19 @@ def _hold_a_slot(served: Served, photo: bytes):
     return sock
 
 
+def _two_in_flight(served: Served, photo: bytes):
+    """Two requests in flight: one sending its body (_hold_a_slot), and one whose photo waits in
+    the batcher for it -> (the first's socket, the second's client thread, [its answer] once
+    the thread ends)."""
+    uploading = _hold_a_slot(served, photo)
+    served.wait_health("in_server", 1)
+    answers: list = []
+    client = threading.Thread(target=lambda: answers.append(served.post("/api/remove", photo)))
+    client.start()
+    served.wait_health("waiting", 1)
+    return uploading, client, answers
+
+
 def test_full_queue_answers_503_and_a_client_that_leaves_frees_its_slot(tiny_model_dir, photos):
     served = Served(tiny_model_dir, "--queue", "2", "--max-wait-ms", "3000", "--workers", "1")
     try:
@@ -265,12 +278,7 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(tiny_model_dir, photos, r
     answered, then the server exits 0."""
     served = Served(tiny_model_dir, "--max-wait-ms", "1500", "--max-batch", "8")
     photo = photos["wide"].read_bytes()
-    uploading = _hold_a_slot(served, photo)
-    served.wait_health("in_server", 1)
-    answers = []
-    client = threading.Thread(target=lambda: answers.append(served.post("/api/remove", photo)))
-    client.start()
-    served.wait_health("waiting", 1)
+    uploading, client, answers = _two_in_flight(served, photo)
     served.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     uploading.sendall(photo[len(photo) // 2:])
@@ -492,12 +500,7 @@ def test_requests_cut_short_by_a_stop_get_a_json_503(tiny_model_dir, photos, how
     One request is sending its body, the other's photo waits 30 s for it to share a batch."""
     served = Served(tiny_model_dir, "--max-wait-ms", "30000", "--drain-timeout", "0.5")
     photo = photos["wide"].read_bytes()
-    uploading = _hold_a_slot(served, photo)
-    served.wait_health("in_server", 1)
-    answers = []
-    client = threading.Thread(target=lambda: answers.append(served.post("/api/remove", photo)))
-    client.start()
-    served.wait_health("waiting", 1)
+    uploading, client, answers = _two_in_flight(served, photo)
     if how == "drain-timeout":
         served.proc.send_signal(signal.SIGTERM)
     else:

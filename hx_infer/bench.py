@@ -134,13 +134,8 @@ def _time_one(backend, model: ModelDir, name: str, batch: int, gflops, cuda: boo
     precision = getattr(backend, "precision", None)
     row = _row(name, precision, batch, gflops)
     row["backend_description"] = backend.describe()
-    s = model.size
-    images = np.random.default_rng(batch).uniform(-1, 1, (batch, 3, s, s)).astype(np.float32)
-    if cuda:
-        import torch
-
-        images = torch.from_numpy(images).to(str(backend.device))
     try:
+        images = random_inputs(batch, model.size, backend.device)
         latencies, total_s = time_calls(lambda: backend.infer(images), iterations, warmup, cuda)
     except Exception as e:  # noqa: BLE001 - one configuration failing (out of memory, say) ends only its row
         row["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
@@ -154,6 +149,20 @@ def _time_one(backend, model: ModelDir, name: str, batch: int, gflops, cuda: boo
     log(f"{name} {precision} batch {batch}: {row['img_per_s']:.1f} img/s, "
         f"p50 {row['latency_ms']['p50']:.3f} ms")
     return row
+
+
+def random_inputs(batch: int, size: int, device: Device):
+    """[batch, 3, size, size] float32 in [-1, 1), on the CUDA device when there is one. Drawn in
+    float32 (not float64 and then cast), so a batch too big for memory fails at its true size, and
+    inside its row's try: it ends that row, not the whole bench."""
+    images = np.random.default_rng(batch).random((batch, 3, size, size), dtype=np.float32)
+    images *= 2
+    images -= 1
+    if not device.cuda:
+        return images
+    import torch
+
+    return torch.from_numpy(images).to(str(device))
 
 
 def _hardware(device: Device) -> dict:

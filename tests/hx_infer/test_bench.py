@@ -85,6 +85,28 @@ def test_a_configuration_that_fails_keeps_its_error_and_the_rest_go_on(tiny_mode
     assert (tmp_path / "chart.png").is_file()
 
 
+def test_a_batch_too_big_to_allocate_ends_only_its_row(tiny_model_dir, monkeypatch):
+    real_inputs = bench.random_inputs
+
+    def no_memory_for_two(batch, size, device):
+        if batch == 2:
+            raise MemoryError("Unable to allocate 146. GiB")
+        return real_inputs(batch, size, device)
+
+    monkeypatch.setattr(bench, "random_inputs", no_memory_for_two)
+    result = bench.bench_model(load_model_dir(tiny_model_dir), backends=("ort",), batches=(2, 1), device="cpu",
+                               threads=1, **FAST)
+    failed, ok = result["rows"]
+    assert failed["error"] == "MemoryError: Unable to allocate 146. GiB" and failed["img_per_s"] is None
+    assert ok["error"] is None and ok["img_per_s"] > 0
+
+
+def test_random_inputs_are_float32_in_the_model_range():
+    images = bench.random_inputs(3, 8, bench.Device.parse("cpu"))
+    assert images.shape == (3, 3, 8, 8) and images.dtype == np.float32
+    assert -1 <= images.min() < 0 < images.max() <= 1
+
+
 def test_backend_that_cannot_run_here_is_a_backend_error(tiny_model_dir):
     model = load_model_dir(tiny_model_dir)
     with pytest.raises(BackendError, match="--precision fp16"):

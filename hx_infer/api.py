@@ -84,11 +84,12 @@ def remove(image: ImageInput, *, output: Output = "rgba", background: str | os.P
     option), DecodeError (bytes that are not a photo), ModelError / BackendError / ConfigError.
     """
     from .compose import parse_background
-    from .io.images import check_png_compression
+    from .io.images import check_jpeg_quality, check_png_compression
 
     if output not in OUTPUTS:
         raise ValueError(f"output={output!r}: choose rgba, alpha or composite")
     check_png_compression(png_compression)
+    check_jpeg_quality(jpeg_quality)
     behind = parse_background(background)  # a bad one fails before any inference
     extractor = extractor_for(model, backend, device)
     rgb, alpha = _matte(extractor, image, output, refine)
@@ -164,9 +165,10 @@ def cut(data: bytes, *, output: Output = "rgba", file_format: str = "png", backg
     if file_format == "jpeg" and output != "composite":
         raise ValueError(f"--output {output}: JPEG has no alpha channel; write a .png")
     from .compose import parse_background
-    from .io.images import check_png_compression
+    from .io.images import check_jpeg_quality, check_png_compression
 
     check_png_compression(png_compression)
+    check_jpeg_quality(jpeg_quality)
     behind = parse_background(background)
     extractor = extractor_for(model, backend, device)
     rgb, alpha = decode_and_matte(extractor, data, keep_pixels=output != "alpha", refine=refine,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import io
+import numbers
 import os
 import re
 import secrets
@@ -461,6 +462,14 @@ def check_png_compression(compression: str) -> str:
     return compression
 
 
+def check_jpeg_quality(quality: int) -> int:
+    """ValueError naming --jpeg-quality unless it is a whole number from 1 to 100: OpenCV takes a
+    float or a bool to a multi-line overload error, and the Python API passes whatever it is given."""
+    if isinstance(quality, bool) or not isinstance(quality, numbers.Integral) or not 1 <= quality <= 100:
+        raise ValueError(f"--jpeg-quality {quality!r}: use a whole number from 1 to 100")
+    return int(quality)
+
+
 def encode_png(image: np.ndarray, compression: str = DEFAULT_PNG_COMPRESSION) -> bytes:
     """[H, W] grey, [H, W, 3] RGB or [H, W, 4] RGBA uint8 -> PNG bytes; same input, same bytes.
 
@@ -486,8 +495,7 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     _check_uint8(rgb, "[H,W,3]")
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"encode_jpeg: expected [H,W,3] RGB, got {list(rgb.shape)}")
-    if not 1 <= quality <= 100:
-        raise ValueError(f"--jpeg-quality {quality}: use 1 to 100")
+    check_jpeg_quality(quality)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError(f"encode_jpeg: OpenCV could not encode a {list(rgb.shape)} image")

@@ -101,6 +101,21 @@ def test_bad_inputs_are_one_line_value_errors(model, photo):
         hx_infer.remove(b"plain text, not a photo", **model)
 
 
+@pytest.mark.parametrize("quality", [95.5, "90", True, 0, 101, float("nan")])
+def test_a_bad_jpeg_quality_is_refused_before_any_inference(model, photo, monkeypatch, quality):
+    # OpenCV took 95.5 and True to a multi-line 'Overload resolution failed', "90" to a TypeError,
+    # and only after the model had run
+    def no_inference(*args, **kwargs):
+        raise AssertionError("the model ran before jpeg_quality was checked")
+
+    monkeypatch.setattr(hx_infer.api, "extractor_for", no_inference)
+    for call in (lambda: hx_infer.remove(photo.read_bytes(), output="composite", jpeg_quality=quality, **model),
+                 lambda: hx_infer.api.cut(photo.read_bytes(), output="composite", file_format="jpeg",
+                                          jpeg_quality=quality, **model)):
+        with pytest.raises(ValueError, match="--jpeg-quality .*: use a whole number from 1 to 100$"):
+            call()
+
+
 def test_one_extractor_per_model_backend_device(model):
     assert extractor_for(**model) is extractor_for(**model)
     assert extractor_for(model["model"], "ort", "auto") is not extractor_for(**model)

@@ -138,6 +138,7 @@ def as_rgb(image: "Image.Image | np.ndarray") -> np.ndarray:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(f"remove(): expected a uint8 array, got {image.dtype}")
+        _check_not_empty(*image.shape[1::-1])
         if image.ndim == 2:
             return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
         if image.ndim == 3 and image.shape[2] == 3:
@@ -149,9 +150,15 @@ def as_rgb(image: "Image.Image | np.ndarray") -> np.ndarray:
 
     if not isinstance(image, Image.Image):
         raise ValueError(f"remove(): expected a PIL image, a uint8 array or encoded bytes, got {type(image).__name__}")
+    _check_not_empty(*image.size)
     from .io.images import upright_rgb
 
     return upright_rgb(image)
+
+
+def _check_not_empty(width: int, height: int) -> None:
+    if not width or not height:  # caught here, it is the caller's image, not an internal letterbox error
+        raise ValueError(f"remove(): the image is empty ({width}x{height} pixels)")
 
 
 def cut(data: bytes, *, output: Output = "rgba", file_format: str = "png", background: str = "white",

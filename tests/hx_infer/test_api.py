@@ -88,7 +88,9 @@ def test_arrays_in_arrays_out(photo, model, make_disc_photo):
 
 def test_bad_inputs_are_one_line_value_errors(model, photo):
     for bad, words in [(np.zeros((4, 4, 3), np.float32), "uint8"), (np.zeros((4, 4, 2), np.uint8), "[H, W"),
-                       ("me.jpg", "str"), (np.zeros((4, 4, 3), np.uint8).tolist(), "list")]:
+                       ("me.jpg", "str"), (np.zeros((4, 4, 3), np.uint8).tolist(), "list"),
+                       (np.zeros((0, 5, 3), np.uint8), "empty"), (np.zeros((5, 0), np.uint8), "empty"),
+                       (Image.new("RGB", (0, 0)), "empty")]:
         with pytest.raises(ValueError, match=words.replace("[", r"\[")):
             hx_infer.remove(bad, **model)
     with pytest.raises(ValueError, match="output="):

@@ -18,7 +18,12 @@ LOCK_NAME = ".hx-lock"
 
 
 class LockError(Exception):
-    """OUTPUT is in use by another run. str(e) is one line naming OUTPUT and the holder."""
+    """OUTPUT is in use by another run. str(e) is one line naming OUTPUT and the holder; `holder`
+    is the holder alone (pid, host, start), for a caller that words its own message (hx-train fit)."""
+
+    def __init__(self, message: str, holder: str = ""):
+        super().__init__(message)
+        self.holder = holder
 
 
 class OutputLock:
@@ -78,7 +83,7 @@ class OutputLock:
     def _in_use(self, holder: str) -> LockError:
         who = holder or "a process that has not written its pid yet"
         return LockError(f"OUTPUT {self.folder} is in use by another hx-infer run ({who}; lock file "
-                         f"{self.path}); wait for it to finish or choose another OUTPUT")
+                         f"{self.path}); wait for it to finish or choose another OUTPUT", who)
 
     def release(self) -> None:
         if self._fd is None:

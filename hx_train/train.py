@@ -6,6 +6,7 @@
       metrics.jsonl         one JSON line per epoch: losses, val metrics, lr, seconds, img/s
       config.json           the resolved TrainConfig, for people
       samples/epoch_NNN.png rows of photo | target | output for the first val photos
+      .hx-lock              while a fit runs in RUN: its pid (hold_run); a second fit is refused
 
 Checkpoints hold only tensors, numbers, strings, lists and dicts, so `torch.load(...,
 weights_only=True)` reads them. Their "generator" is a state_dict of
@@ -28,7 +29,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -37,6 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from hx_infer.io.images import TEMP_MARK, atomic_write, clean_temporaries, fsync_path, is_temp_name
+from hx_infer.io.lock import LockError, OutputLock
 from hx_infer.model import CARD, ModelError, load_model_dir, model_root
 
 from . import data as hxdata
@@ -494,6 +496,52 @@ class _Training:
         _set_rng_state(ckpt["rng"], self.generators)
 
 
+@contextlib.contextmanager
+def hold_run(out: Path) -> Iterator[None]:
+    """RUN for this process alone while the block runs: two fits in one RUN would write over each
+    other's checkpoints and metrics. The lock is hx-infer's OUTPUT lock (an flock on RUN/.hx-lock,
+    holding the pid), which the kernel drops however the process ends, so one left by kill -9 is
+    stale and taken over. TrainError, with nothing in RUN touched, while another fit holds it.
+
+    RUN (and any parent) is created here, so that it can hold the lock from the start, and removed
+    again if the run leaves it empty: one that cannot start, or stopped before its first
+    checkpoint, leaves nothing that keeps the same command from starting it again.
+    """
+    created = _make_folders(out)
+    lock = OutputLock(out)
+    try:
+        lock.acquire()
+    except LockError as e:
+        raise TrainError(f"--out {out}: another hx-train fit is running there ({e.holder}); wait for it "
+                         "to finish, or choose another --out") from None
+    except OSError as e:
+        _remove_if_empty(created)
+        raise TrainError(f"--out {out}: cannot write its lock file ({e.strerror or e})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+        _remove_if_empty(created)
+
+
+def _make_folders(out: Path) -> list[Path]:
+    """mkdir -p `out` -> the folders it created, deepest first; TrainError if it cannot."""
+    missing = [folder for folder in (out, *out.parents) if not os.path.lexists(folder)]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainError(f"--out {out}: cannot create ({e.strerror})") from None
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first; rmdir leaves a folder that holds anything
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def _open_run(out: Path, resume: bool, config: TrainConfig) -> dict | None:
     """The checkpoint to resume from (None for a new run); TrainError if `out` does not fit."""
     last = out / LAST
@@ -613,10 +661,19 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
 
     resume: continue from RUN/last.pt (take `config` from `resume_config`); without it an
     existing RUN/last.pt is an error. progress: tqdm bar; None shows it on a terminal only.
-    Returns the last epoch's metrics record, plus "best_metric".
+    Returns the last epoch's metrics record, plus "best_metric". TrainError while another fit
+    runs in RUN (hold_run).
     """
     data, out = Path(data), Path(out)
     config, device = resolve(config, log)
+    # Before RUN is looked at: what is in it says nothing while another fit is writing there.
+    with hold_run(out):
+        return _fit_held(config, device, data, out, resume, log, progress, command)
+
+
+def _fit_held(config: TrainConfig, device: torch.device, data: Path, out: Path, resume: bool, log: Log,
+              progress: bool | None, command: str | None) -> dict:
+    """fit, in a RUN this process holds."""
     ckpt = _open_run(out, resume, config)
     # What the run started from: a resumed run's checkpoint says, and has its own weights; a new
     # run's --init-from is checked here, before anything is read or written.
@@ -654,13 +711,6 @@ def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log
     if background_train is not None:
         data_info["backgrounds"] = {"path": config.backgrounds, "train": len(background_train),
                                     "val": len(background_val) if background_val is not None else 0}
-    # Only the folder now: the run's files appear with its first checkpoint (config.json just
-    # after it, samples/ with its first grid), so a run stopped before that leaves nothing that
-    # keeps the same command from starting it again.
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TrainError(f"--out {out}: cannot create ({e.strerror})") from None
     # A run killed while writing a checkpoint or grid left its temporary (a partial checkpoint is
     # as large as a whole one); only names atomic_write makes are removed, never the data's.
     keep_out = tuple(Path(p) for p in (data, config.backgrounds) if p is not None)

@@ -1,7 +1,11 @@
 """hx_train.data / losses / train: tiny synthetic data sets (a bright disc on noise), lite at 64 px."""
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -537,6 +541,42 @@ def test_a_rerun_removes_the_temporaries_a_killed_run_left(dataset, tmp_path):
     fit(TrainConfig(**TINY, epochs=2, epochs_decay=0), dataset, run, resume=True)
     left = sorted(p.name for p in run.rglob("*") if p.name.startswith(".") or "tmp" in p.name)
     assert left == sorted(mine[1:2] + mine[:1] + mine[2:])
+
+
+def test_a_lock_left_by_a_killed_fit_does_not_block_and_is_taken_over(dataset, tmp_path, monkeypatch):
+    """kill -9 leaves RUN/.hx-lock behind; the kernel dropped its flock with the process, so the
+    next fit goes on, holds RUN itself while it trains, and removes the file when done."""
+    import hx_train.train as hxtrain
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from hx_infer.io.lock import OutputLock\n"
+        f"OutputLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(120)")],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()  # SIGKILL: no clean-up ran
+    holder.wait()
+    assert (run / ".hx-lock").read_text().startswith(f"pid {holder.pid} ")
+
+    held_while_training = []
+
+    def step(*args, **kwargs):
+        if not held_while_training:
+            fd = os.open(run / ".hx-lock", os.O_RDONLY)
+            try:  # another open file of the lock: refused while this fit holds it
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held_while_training.append((run / ".hx-lock").read_text())
+            finally:
+                os.close(fd)
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(hxtrain, "train_step", step)
+    fit(TrainConfig(**TINY, epochs=1, epochs_decay=0), dataset, run)
+    assert read_checkpoint(run / LAST)["epoch"] == 1
+    assert [holder.split()[:2] for holder in held_while_training] == [["pid", str(os.getpid())]]
+    assert not (run / ".hx-lock").exists()  # released with the run
 
 
 def test_resume_must_keep_the_networks(dataset, tmp_path):

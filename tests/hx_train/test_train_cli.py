@@ -168,6 +168,44 @@ def test_an_existing_run_is_not_overwritten(dataset, tmp_path):
     assert (run / "last.pt").read_bytes() == before
 
 
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding `folder` as a running fit does (hx_infer.io.lock), until killed."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from hx_infer.io.lock import OutputLock\n"
+        f"OutputLock({str(folder)!r}).acquire(); print('held', flush=True); time.sleep(120)")],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_second_fit_on_a_run_in_use_is_refused_and_touches_nothing(dataset, tmp_path):
+    """There was no lock on RUN: a `--resume` started while the first fit still ran (or a second
+    new run in a RUN whose first epoch was not done) trained too, and the two wrote over each
+    other's last.pt, best.pt and metrics.jsonl. Exporting a checkpoint meanwhile is still fine."""
+    run, starting = tmp_path / "run", tmp_path / "starting"
+    assert invoke("fit", dataset, "--out", run, *TINY, "-q").exit_code == 0
+    starting.mkdir()  # a new run in its first epoch: nothing but its lock yet
+    holders = [_hold_lock(run), _hold_lock(starting)]
+    try:
+        before = {folder: _snapshot(folder) for folder in (run, starting)}
+        assert (run / ".hx-lock").is_file() and list(before[starting]) == [".hx-lock"]
+        for folder, args in ((run, ["--resume", "--epochs", "2"]), (starting, TINY)):
+            result = invoke("fit", dataset, "--out", folder, *args, "-q")
+            assert_one_line_error(result, f"--out {folder}", "another hx-train fit is running there",
+                                  f"pid {holders[0 if folder == run else 1].pid} ")
+            assert _snapshot(folder) == before[folder]
+        result = invoke("export", run / "best.pt", "--out", tmp_path / "model")
+        assert result.exit_code == 0, result.output
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
 def test_help_names_every_preset_and_needs_no_torch():
     result = invoke("fit", "--help")
     assert result.exit_code == 0

@@ -573,17 +573,17 @@ def bench(ctx: click.Context, model: str, backends: tuple[str, ...], precisions:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Photos of concurrent requests per backend call.")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("--max-wait-ms", type=_FiniteFloatRange(min=0), default=5.0, show_default=True,
               help="How long a photo waits for others to share its backend call.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode and encode threads.  [default: number of cores]")
-@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=32.0, show_default=True,
+@click.option("--max-body-mb", type=_FiniteFloatRange(min=0, min_open=True), default=32.0, show_default=True,
               help="Larger bodies are refused (413) before they are read. MiB.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
               help="Larger images are refused (413) from their header, before decoding.")
 @click.option("--queue", type=click.IntRange(min=1), default=256, show_default=True,
               help="Requests in the server at once; one more is answered 503 with Retry-After.")
-@click.option("--drain-timeout", "drain_timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--drain-timeout", "drain_timeout_s", type=_FiniteFloatRange(min=0), default=30.0, show_default=True,
               help="On SIGTERM, seconds that requests in flight may take to finish.")
 @click.option("--access-log", is_flag=True, help="Log every request to stdout.")
 @click.pass_context

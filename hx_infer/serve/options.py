@@ -1,6 +1,7 @@
 """The options of `hx-infer serve`, validated once before the model loads."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 MiB = 1 << 20
@@ -39,6 +40,12 @@ class ServeOptions:
                                  ("--workers", self.workers if self.workers is not None else 1, 1)):
             if value < low:
                 raise ServeError(f"{flag} must be at least {low}, got {value}")
+        # nan passes every bound below (no comparison holds for it); the CLI's type refuses both,
+        # the Python API has only this.
+        for flag, value in (("--max-wait-ms", self.max_wait_ms), ("--max-body-mb", self.max_body_mb),
+                            ("--drain-timeout", self.drain_timeout_s)):
+            if not math.isfinite(value):
+                raise ServeError(f"{flag} must be a finite number, got {value}")
         if self.max_wait_ms < 0:
             raise ServeError(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}")
         if self.max_body_mb <= 0:

@@ -27,7 +27,7 @@ pytest.importorskip("prometheus_client")
 from hx_infer.cli import main  # noqa: E402
 from hx_infer.compose import Background, composite  # noqa: E402
 from hx_infer.io.images import encode_png  # noqa: E402
-from hx_infer.serve import ServeOptions  # noqa: E402
+from hx_infer.serve import ServeError, ServeOptions  # noqa: E402
 from hx_infer.serve.batcher import DynamicBatcher  # noqa: E402
 from hx_infer.serve.params import RequestError, parse_params  # noqa: E402
 from hx_infer_asserts import assert_one_line_error  # noqa: E402
@@ -317,6 +317,24 @@ def test_help_imports_no_web_stack():
              "print(sorted({'starlette', 'uvicorn', 'python_multipart', 'prometheus_client'} & set(sys.modules)))")
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("option", ["--max-body-mb", "--max-wait-ms", "--drain-timeout"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_float_options_refuse_nan_and_inf_in_one_line(tmp_path, option, value):
+    """nan passes every bound of a click.FloatRange (no comparison holds for it), and inf is no
+    number of ms, MiB or s: both were taken, and the server started with them."""
+    assert_one_line_error(CliRunner().invoke(main, ["serve", "--model", str(tmp_path / "none"), option, value]),
+                          option, "finite")
+
+
+@pytest.mark.parametrize("field, flag", [("max_body_mb", "--max-body-mb"), ("max_wait_ms", "--max-wait-ms"),
+                                         ("drain_timeout_s", "--drain-timeout")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_options_check_refuses_nan_and_inf(field, flag, value):
+    """The Python API (serve(ServeOptions(...))) has no click in front: check() says it."""
+    with pytest.raises(ServeError, match=f"{flag} must be a finite number"):
+        ServeOptions(**{field: value}).check()
 
 
 def test_cli_defaults_are_the_options_defaults():

@@ -33,11 +33,12 @@ class Connection(http.client.HTTPConnection):
 class Served:
     """A `hx-infer serve` subprocess; stderr is read on a thread (kept in .log) so it never blocks."""
 
-    def __init__(self, model_dir: Path, *args: str, timeout_s: float = 120):
+    def __init__(self, model_dir: Path, *args: str, timeout_s: float = 120, stdout=subprocess.DEVNULL):
+        """stdout: where the server's stdout goes (a file to read its --access-log)."""
         command = [sys.executable, "-m", "hx_infer.cli", "serve", "--model", str(model_dir), "--host", HOST,
                    "--port", "0", "--backend", "ort", "--device", "cpu", *args]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=stdout,
                                      stderr=subprocess.PIPE, text=True)
         self.log: list[str] = []
         lines: queue.Queue[str | None] = queue.Queue()

@@ -8,6 +8,7 @@ server that is still loading.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -75,9 +76,7 @@ def run_server(options: ServeOptions, log: Callable[[str], None] = print) -> Non
         workers = options.workers or len(os.sched_getaffinity(0))
         app = create_app(model, backend, options, workers, log)
         sock = _listen(options.host, options.port)
-        config = uvicorn.Config(app, log_level="warning", access_log=options.access_log, lifespan="on",
-                                timeout_graceful_shutdown=options.drain_timeout_s)
-        server = _Server(config)
+        server = _Server(_uvicorn_config(app, options))
         server.log = log
         # uvicorn re-raises the signal it stopped on once it has drained, to the handler it found:
         # with the default one that would kill the process. This one stops the server instead (a
@@ -93,6 +92,16 @@ def run_server(options: ServeOptions, log: Callable[[str], None] = print) -> Non
         log("hx-infer: stopped")
     finally:
         backend.close()
+
+
+def _uvicorn_config(app, options: ServeOptions) -> uvicorn.Config:
+    config = uvicorn.Config(app, log_level="warning", access_log=options.access_log, lifespan="on",
+                            timeout_graceful_shutdown=options.drain_timeout_s)
+    if options.access_log:
+        # log_level="warning" keeps uvicorn's own info lines ("Started server process", ...) out of
+        # the log, but uvicorn gives the access logger that level too, and its lines are info.
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    return config
 
 
 async def _serve(server: uvicorn.Server, sock: socket.socket, announce: Callable[[], None]) -> None:

@@ -294,6 +294,21 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(tiny_model_dir, photos, r
     assert "Traceback" not in log
 
 
+def test_access_log_writes_one_line_per_request_to_stdout(tiny_model_dir, photos, tmp_path):
+    """uvicorn's access logger was left at serve's log level (warning) and its lines are info:
+    --access-log printed nothing."""
+    with open(tmp_path / "stdout", "w") as stdout:
+        served = Served(tiny_model_dir, "--access-log", stdout=stdout)
+        try:
+            assert served.post("/api/remove", photos["wide"].read_bytes())[0] == 200
+            assert served.request("GET", "/no/such/page")[0] == 404
+        finally:
+            served.stop()  # drained and exited: its stdout is flushed
+    lines = (tmp_path / "stdout").read_text().splitlines()
+    assert len(lines) == 2, lines
+    assert '"POST /api/remove HTTP/1.1" 200' in lines[0] and '"GET /no/such/page HTTP/1.1" 404' in lines[1]
+
+
 def test_a_port_in_use_is_one_line_exit_2(tiny_model_dir):
     import socket
 

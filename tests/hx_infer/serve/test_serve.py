@@ -273,6 +273,33 @@ def test_full_queue_answers_503_and_a_client_that_leaves_frees_its_slot(tiny_mod
         served.stop()
 
 
+def test_a_client_that_half_closes_after_its_request_is_taken_as_gone(tiny_model_dir, photos):
+    """What the README says of shutdown(SHUT_WR) (`nc -N`): uvicorn closes the connection at the
+    client's FIN, which cannot be told from that of a client that closed and left, so the request
+    is dropped like a disconnect: no answer, its slot and batch place given back. If a uvicorn
+    release starts answering it, this fails: update the README's serve section."""
+    import socket
+
+    served = Served(tiny_model_dir, "--max-wait-ms", "30000")
+    try:
+        photo = photos["wide"].read_bytes()
+        held = _hold_a_slot(served, photo)  # on its way to the batcher: the next photo waits for it
+        served.wait_health("in_server", 1)
+        half_closed = served.raw()
+        half_closed.sendall(b"POST /api/remove HTTP/1.1\r\nHost: hx\r\nContent-Length: %d\r\n\r\n" % len(photo)
+                            + photo)
+        served.wait_health("waiting", 1)
+        half_closed.shutdown(socket.SHUT_WR)
+        assert half_closed.recv(65536) == b""  # closed, unanswered
+        half_closed.close()
+        served.wait_health("in_server", 1)
+        _, _, text = served.request("GET", "/metrics")
+        assert _metric(text.decode(), 'hx_request_errors_total{kind="disconnected"}') == 1
+        held.close()
+    finally:
+        served.stop()
+
+
 def test_sigterm_drains_requests_in_flight_and_exits_0(tiny_model_dir, photos, run_files):
     """At SIGTERM one request is sending its body and another's photo waits for a batch: both are
     answered, then the server exits 0."""

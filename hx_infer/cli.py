@@ -564,6 +564,19 @@ def bench(ctx: click.Context, model: str, backends: tuple[str, ...], precisions:
     ctx.exit(EXIT_FAILED if any(row["error"] for row in result["rows"]) else EXIT_OK)
 
 
+@contextlib.contextmanager
+def _stopped_before_ready(ctx: click.Context) -> Iterator[None]:
+    """serve: SIGTERM or Ctrl-C while the model loads (or a TensorRT engine builds) is a stop like
+    one after start-up: one line, exit 0. Until the server puts its own handlers in place (they
+    drain and return), both signals arrive here as KeyboardInterrupt; there is nothing to resume."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        how = "SIGTERM" if _terminated.is_set() else "SIGINT"
+        click.echo(f"hx-infer: {how} before the server was ready: stopped", err=True)
+        ctx.exit(EXIT_OK)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; there is no authentication, so keep it on loopback behind a proxy.")
@@ -604,7 +617,7 @@ def serve(ctx: click.Context, **options) -> None:
     from .backends.base import BackendError
     from .model import ModelError
 
-    with _exit_on_errors(ctx, ServeError, ModelError, BackendError):
+    with _stopped_before_ready(ctx), _exit_on_errors(ctx, ServeError, ModelError, BackendError):
         serve_forever(ServeOptions(**options), log=lambda line: click.echo(line, err=True))
 
 

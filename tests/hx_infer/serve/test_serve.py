@@ -336,6 +336,34 @@ def test_access_log_writes_one_line_per_request_to_stdout(tiny_model_dir, photos
     assert '"POST /api/remove HTTP/1.1" 200' in lines[0] and '"GET /no/such/page HTTP/1.1" 404' in lines[1]
 
 
+_SIGNAL_WHILE_LOADING = """
+import os, signal, sys, time
+import hx_infer
+from hx_infer.cli import entry_point
+
+SIG = getattr(signal, sys.argv[1])
+
+def load_model(name):  # the signal comes while the model loads
+    os.kill(os.getpid(), SIG)
+    time.sleep(60)  # not reached: the handler raises at once
+
+hx_infer.load_model = load_model
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's Ctrl-C, even if started with SIGINT ignored
+sys.argv[1:] = ["serve", "--port", "0"]
+entry_point()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_model_loads_stops_in_one_line_exit_0(sig):
+    """It was serve's SIGTERM handled as `run`'s: "terminated; run the same command again to
+    resume" after a blank line, exit 143. Now a stop like one after start-up: one line, exit 0."""
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_WHILE_LOADING, sig], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [f"hx-infer: {sig} before the server was ready: stopped"]
+
+
 def test_a_port_in_use_is_one_line_exit_2(tiny_model_dir):
     import socket
 

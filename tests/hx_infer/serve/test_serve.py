@@ -3,10 +3,12 @@ queue, disconnects, SIGTERM. Servers run as subprocesses on a free port of 127.0
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -169,6 +171,10 @@ BAD = [  # (query, body, headers, status, kind, words in the message)
     ("?png_compression=max", "PHOTO", {}, 400, "bad_parameter", "png_compression="),
     ("", "FORM-WITHOUT-FILE", {}, 400, "bad_parameter", "no field 'file'"),
     ("", b"--x\r\ngarbage", {"Content-Type": "multipart/form-data"}, 400, "bad_form", "multipart"),
+    ("", b"", {"Content-Type": "multipart/form-data; boundary=x"}, 400, "empty_body", "empty body"),
+    ("", b"", {"Content-Type": "multipart/form-data"}, 400, "empty_body", "empty body"),
+    ("", "FORM-WITHOUT-CLOSING-BOUNDARY", {}, 400, "truncated_form", "cut short"),
+    ("", "FORM-CUT-IN-THE-FILE", {}, 400, "truncated_form", "cut short"),
 ]
 
 
@@ -181,6 +187,10 @@ def test_bad_requests(server, photos, query, body, headers, status, kind, words)
         body = photo
     elif body == "FORM-WITHOUT-FILE":
         body, ctype = multipart({"om": "true"}, None)
+        headers = {"Content-Type": ctype}
+    elif body in ("FORM-WITHOUT-CLOSING-BOUNDARY", "FORM-CUT-IN-THE-FILE"):  # its Content-Length says what is sent
+        form, ctype = multipart({"om": "true"}, photo)
+        body = form[: form.rindex(b"--hx-test")] if body == "FORM-WITHOUT-CLOSING-BOUNDARY" else form[: len(form) // 2]
         headers = {"Content-Type": ctype}
     got_status, got_kind, message = _error(server.post("/api/remove" + query, body, headers))
     assert (got_status, got_kind) == (status, kind), message
@@ -278,8 +288,6 @@ def test_a_client_that_half_closes_after_its_request_is_taken_as_gone(tiny_model
     client's FIN, which cannot be told from that of a client that closed and left, so the request
     is dropped like a disconnect: no answer, its slot and batch place given back. If a uvicorn
     release starts answering it, this fails: update the README's serve section."""
-    import socket
-
     served = Served(tiny_model_dir, "--max-wait-ms", "30000")
     try:
         photo = photos["wide"].read_bytes()
@@ -365,8 +373,6 @@ def test_a_signal_while_the_model_loads_stops_in_one_line_exit_0(sig):
 
 
 def test_a_port_in_use_is_one_line_exit_2(tiny_model_dir):
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -511,8 +517,6 @@ def test_the_servers_ort_backend_does_not_spin(tiny_model_dir):
 def test_the_listening_socket_says_tcp_so_answers_are_not_held_back():
     """asyncio sets TCP_NODELAY only on sockets created with IPPROTO_TCP; with proto 0 every answer
     waited for the client's delayed ACK (/healthz took 44 ms on a keep-alive connection, 0.3 ms now)."""
-    import socket
-
     from hx_infer.serve.server import _listen
 
     with _listen("127.0.0.1", 0) as sock:
@@ -524,15 +528,33 @@ def test_the_listening_socket_says_tcp_so_answers_are_not_held_back():
                 assert accepted.proto == socket.IPPROTO_TCP
 
 
-def test_a_backend_failure_is_a_500_for_its_batch_only(tiny_model_dir, photos):
-    """In process: the app on uvicorn in a thread, over a backend whose first call fails."""
-    import http.client
-
+@contextlib.contextmanager
+def _in_process(app):
+    """The app on uvicorn in a thread of this process -> its (host, port)."""
     import uvicorn
+
+    from hx_infer.serve.server import _listen
+
+    sock = _listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield sock.getsockname()[:2]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_a_backend_failure_is_a_500_for_its_batch_only(tiny_model_dir, photos):
+    """In process, over a backend whose first call fails."""
+    import http.client
 
     from hx_infer import load_model
     from hx_infer.serve.app import create_app
-    from hx_infer.serve.server import _listen
 
     class FailsOnce:
         name, device, calls = "fails-once", "cpu", 0
@@ -545,17 +567,10 @@ def test_a_backend_failure_is_a_500_for_its_batch_only(tiny_model_dir, photos):
 
     logged: list[str] = []
     app = create_app(load_model(tiny_model_dir), FailsOnce(), ServeOptions(), workers=1, log=logged.append)
-    sock = _listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with _in_process(app) as address:
 
         def post() -> tuple[int, bytes]:
-            conn = http.client.HTTPConnection(*sock.getsockname()[:2], timeout=30)
+            conn = http.client.HTTPConnection(*address, timeout=30)
             conn.request("POST", "/api/remove?output=alpha", body=photos["wide"].read_bytes())
             response = conn.getresponse()
             return response.status, response.read()
@@ -565,9 +580,25 @@ def test_a_backend_failure_is_a_500_for_its_batch_only(tiny_model_dir, photos):
         assert logged == ["hx-infer: internal error on a request: RuntimeError: the device went away"]
         status, body = post()
         assert status == 200 and np.asarray(Image.open(io.BytesIO(body))).min() == 255  # the matte of ones
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+
+
+def test_a_content_length_larger_than_the_body_sent_is_a_408(tiny_model_dir, photos, monkeypatch):
+    """As the README says: the server cannot tell a short body from a slow one, so it waits
+    (BODY_TIMEOUT_S, 60 s; 0.5 s here) and answers 408 timeout, not a 400 from a cut-short form."""
+    import types
+
+    from hx_infer import load_model
+    from hx_infer.serve import app as app_module
+
+    monkeypatch.setattr(app_module, "BODY_TIMEOUT_S", 0.5)
+    unused = types.SimpleNamespace(name="unused", device="cpu", infer=None)
+    app = app_module.create_app(load_model(tiny_model_dir), unused, ServeOptions(), workers=1)
+    form, ctype = multipart({"om": "true"}, photos["wide"].read_bytes())
+    with _in_process(app) as address, socket.create_connection(address, timeout=30) as sock:
+        sock.sendall(b"POST /api/remove HTTP/1.1\r\nHost: hx\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+                     % (ctype.encode(), len(form) + 100) + form)
+        status, kind, message = _error(read_response(sock))
+    assert (status, kind) == (408, "timeout") and "not received" in message
 
 
 @pytest.mark.parametrize("query, output", [("", "rgba"), ("?output=alpha", "alpha"),

@@ -8,10 +8,12 @@ server that is still loading.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
 import socket
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -34,6 +36,47 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.close()
         raise ServeError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
     return sock
+
+
+# They log what is wrong with a client's upload ("No boundary given", a TIFF's bad samples count).
+_UPLOAD_LOGGERS = ("python_multipart", "PIL")
+
+
+def _quiet_about_uploads() -> None:
+    """What a malformed upload makes python-multipart, Pillow and libtiff say stays out of the
+    log: the request gets its own one-line answer, and the log is for the server's own lines
+    (ours and uvicorn's). Process-wide: it is the server's process."""
+    for name in _UPLOAD_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    warnings.filterwarnings("ignore", module=r"PIL\.")  # "Corrupt EXIF data", "Truncated File Read"
+    _quiet_libtiff()
+
+
+def _quiet_libtiff() -> None:
+    """libtiff writes its warnings and errors to stderr itself, in C ("tempfile.tif: Using code not
+    yet in table."), past logging and warnings: give the copy Pillow loaded no handlers."""
+    from PIL import Image  # noqa: F401 - Pillow's C module, which loads libtiff
+
+    for path in _loaded_libtiffs():
+        try:
+            lib = ctypes.CDLL(path)  # the copy already loaded, not a second one
+            setters = (lib.TIFFSetWarningHandler, lib.TIFFSetErrorHandler)
+        except (OSError, AttributeError):  # not libtiff itself (libtiffxx)
+            continue
+        for set_handler in setters:
+            set_handler.restype, set_handler.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+            set_handler(None)  # no handler: libtiff says nothing
+
+
+def _loaded_libtiffs() -> set[str]:
+    """The paths of the libtiffs in this process, from /proc/self/maps: Pillow's wheels carry a
+    renamed one (pillow.libs/libtiff-<hash>.so), which no library search finds. None where there
+    is no /proc (macOS): there libtiff's lines stay."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return {line.split(maxsplit=5)[-1].strip() for line in maps if "/libtiff" in line}
+    except OSError:
+        return set()
 
 
 class _Server(uvicorn.Server):
@@ -67,6 +110,7 @@ def run_server(options: ServeOptions, log: Callable[[str], None] = print) -> Non
 
     options.check()
     log = _unbreakable(log)
+    _quiet_about_uploads()
     model = load_model(options.model)
     # spin=False (ort on CPU): idle threads spinning between requests would take the decoders' cores.
     backend = open_backend(model, BackendSpec(options.backend, options.device, batch_size=options.max_batch,

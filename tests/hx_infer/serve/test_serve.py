@@ -372,6 +372,39 @@ def test_a_signal_while_the_model_loads_stops_in_one_line_exit_0(sig):
     assert done.stderr.splitlines() == [f"hx-infer: {sig} before the server was ready: stopped"]
 
 
+def _junk_uploads() -> list[tuple[bytes, dict[str, str]]]:
+    """Uploads that made third-party code write to the server's log: python-multipart's logger,
+    libtiff in C ("tempfile.tif: Using code not yet in table."), Pillow's UserWarnings."""
+    rgb = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "TIFF", compression="tiff_lzw")
+    tiff = buf.getvalue()
+    lzw_damaged = tiff[:200] + bytes(b ^ 0x5A for b in tiff[200:len(tiff) // 2]) + tiff[len(tiff) // 2:]
+    jpeg = _jpeg(rgb)  # with an EXIF block whose orientation points past the end of the file
+    exif = b"Exif\0\0II*\0\x08\0\0\0\x01\0" + b"\x12\x01\x03\0\xe8\x03\0\0\xa0\x0f\0\0"
+    bad_exif = jpeg[:2] + b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif + jpeg[2:]
+    return [(b"abc", {"Content-Type": "multipart/form-data"}),
+            (b"hello", {"Content-Type": "multipart/form-data; boundary=x"}),
+            (lzw_damaged, {}), (tiff[: len(tiff) * 2 // 3], {}), (bad_exif, {})]
+
+
+def test_junk_uploads_leave_only_our_lines_in_the_log(tiny_model_dir):
+    """Each junk upload gets its own answer; the log keeps the server's own lines and nothing of
+    python-multipart's, libtiff's or Pillow's."""
+    served = Served(tiny_model_dir)
+    try:
+        statuses = [served.post("/api/remove", body, headers)[0] for body, headers in _junk_uploads()]
+    finally:
+        served.stop()
+    assert statuses[:4] == [400, 400, 400, 415] and statuses[4] == 200, statuses
+    deadline = time.monotonic() + 10
+    while not any("hx-infer: stopped" in line for line in served.log) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the reader thread has the last lines still to append
+    lines = "".join(served.log).splitlines()
+    assert len(lines) == 3, lines
+    assert "serving" in lines[0] and "SIGTERM: finishing" in lines[1] and lines[2] == "hx-infer: stopped"
+
+
 def test_a_port_in_use_is_one_line_exit_2(tiny_model_dir):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

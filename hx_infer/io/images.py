@@ -7,6 +7,7 @@ a killed process could leave half a file.
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import functools
 import io
@@ -540,6 +541,11 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], replace: 
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:  # a file where a folder of the path goes
+        raise WriteError(path, _file_in_the_way(path.parent) or e) from None
+    except OSError as e:
+        raise WriteError(path, e) from None
+    try:
         temp = path.parent / _temp_name(path.name)
         f = open(temp, "xb")  # "x": never write into, or later delete, someone else's file
     except OSError as e:
@@ -567,6 +573,16 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], replace: 
         raise
     if durable:
         fsync_path(path.parent)
+
+
+def _file_in_the_way(folder: Path) -> NotADirectoryError | None:
+    """The error naming the first of `folder` and its parents that is there but is no folder (a
+    file, a link to nothing), or None. mkdir says "File exists" for it, which reads as if the
+    output itself were there."""
+    for place in (*reversed(folder.parents), folder):
+        if os.path.lexists(place) and not place.is_dir():
+            return NotADirectoryError(errno.ENOTDIR, f"{place} is not a folder")
+    return None
 
 
 def fsync_path(path: Path) -> None:

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from hx_infer.io.images import atomic_write
+from hx_infer.io.images import WriteError, atomic_write
 
 
 @pytest.fixture
@@ -51,6 +51,21 @@ def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path):
         atomic_write(target, broken, durable=True)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+@pytest.mark.parametrize("below", [(), ("deeper",)], ids=["parent", "grandparent"])
+def test_a_file_where_a_folder_goes_is_named(tmp_path, below):
+    """mkdir reports a file in the output's folder's place as EEXIST ("File exists", which reads
+    as if the output itself were there) and one further up as ENOTDIR; either way the reason
+    names the file that stands where a folder goes."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").write_text("the user's")
+    target = tmp_path.joinpath("out", "sub", *below, "a.png")
+    with pytest.raises(WriteError) as caught:
+        atomic_write(target, b"png")
+    assert str(caught.value) == f"cannot write {target}: {tmp_path / 'out' / 'sub'} is not a folder"
+    assert caught.value.filename == str(target)
+    assert (tmp_path / "out" / "sub").read_text() == "the user's"
 
 
 def test_training_writes_are_durable(tmp_path, fsyncs):

@@ -117,7 +117,7 @@ def main() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Photos per inference call.  [default: 8 on CPU, 32 on CUDA]")
 @click.option("--png-compression", type=click.Choice(PNG_COMPRESSIONS), default=DEFAULT_PNG_COMPRESSION,
-              show_default=True, help="PNG outputs: fast (fpng; ~1.3x the bytes of balanced), balanced "
+              show_default=True, help="PNG outputs: fast (fpng; 1.1-1.3x the bytes of balanced), balanced "
                                       "(zlib level 1), small (zlib level 6, ~7x slower than balanced).")
 @click.option("--log-every", type=_FiniteFloatRange(min=0, min_open=True), default=DEFAULT_LOG_EVERY_S,
               show_default=True, help="Without a terminal (logs, cron, CI): a progress line every this "

@@ -84,7 +84,8 @@ class Frame:
 
 @dataclass(frozen=True)
 class AudioPacket:
-    """One compressed audio packet, detached from its container so several writers can mux it."""
+    """One compressed audio packet, detached from its container so several writers can mux it.
+    pts, dts, duration: in the input audio stream's time base."""
 
     data: bytes
     pts: int | None
@@ -407,6 +408,9 @@ class ContainerWriter(VideoWriter):
         if name not in AUDIO_CODECS.get(self.encoding.muxer, self._out.supported_codecs):
             self.notes.append(f"{self.final.suffix} cannot hold {name} audio; written without it")
             return None
+        # The packets keep the input's timestamps; Matroska then counts in ms, so they are
+        # re-timed from this (mux rescales them), never read in the output stream's units.
+        self._audio_time_base = template.time_base
         return self._out.add_stream_from_template(template)
 
     def _frame(self, image: np.ndarray):
@@ -442,7 +446,7 @@ class ContainerWriter(VideoWriter):
             return
         copy = self._av.Packet(packet.data)
         copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
-        copy.time_base = self._audio.time_base
+        copy.time_base = self._audio_time_base  # the input's (see _add_audio_stream)
         copy.is_keyframe = packet.keyframe
         copy.stream = self._audio
         with self._writing():

@@ -238,6 +238,36 @@ def test_audio_goes_only_into_outputs_whose_container_takes_its_codec(tmp_path, 
         f"{src / 'flac.mkv'}: rgba: .mov cannot hold flac audio; written without it"])
 
 
+def audio_packets(path: Path) -> list[tuple[float, float, int]]:
+    """(start s, duration s, size) of each audio packet, in the file's order."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return [(float(p.pts * stream.time_base), float(p.duration * stream.time_base), p.size)
+                for p in container.demux(stream) if p.size]
+
+
+@needs_av
+@pytest.mark.parametrize("name,audio", [("cam.avi", "pcm_s16le"), ("voice.mp4", "libopus")])
+def test_audio_copied_into_matroska_and_webm_keeps_its_timing(tmp_path, tiny_model_dir, name, audio):
+    """Matroska counts in milliseconds: each copied packet is re-timed from the input's time base
+    (1/16000 here), not read as milliseconds (which made 1.2 s of sound last 19 s)."""
+    frames, _ = disc_frames(12, 64, 48)
+    clip = write_clip(tmp_path / "in" / name, frames, audio=audio)
+    report, _ = run_api(tiny_model_dir, clip, tmp_path / "out", outputs="alpha,rgba,composite",
+                        video=VideoOptions(lossless=True, rgba="vp9"))
+    assert report["counts"]["processed"] == 1, report["failures"]
+    source = audio_packets(clip)
+    outputs = ["alpha/cam.mkv", "composite/cam.mkv"] if audio == "pcm_s16le" else \
+        ["alpha/voice.mkv", "composite/voice.mkv", "rgba/voice.webm"]
+    for rel in outputs:
+        got = audio_packets(tmp_path / "out" / rel)
+        assert [size for *_, size in got] == [size for *_, size in source], rel
+        np.testing.assert_allclose([t for t, _, _ in got], [t for t, _, _ in source], atol=0.001, err_msg=rel)
+        np.testing.assert_allclose([d for _, d, _ in got], [d for _, d, _ in source], atol=0.001, err_msg=rel)
+
+
 @needs_av
 def test_an_ffmpeg_error_while_writing_fails_that_video_only(tmp_path, tiny_model_dir, monkeypatch):
     """Whatever the muxer refuses (here: let the PCM through to mp4, whose trailer then fails) is

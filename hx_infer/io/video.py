@@ -14,6 +14,7 @@ Audio is copied packet for packet (never re-encoded) into containers that can ho
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -288,20 +289,45 @@ class Encoding:
 
 # CRF 16 keeps a matte's edges within a few levels of 255; mattes are mostly flat, so the
 # files stay small. The colour encodings are tagged BT.709, limited range.
+# x264 and libvpx get a fixed thread count: left to FFmpeg it is the CPUs this process may use,
+# and x264's slices (or frame threads) and libvpx's threading change the bitstream with it, so
+# the same run on another machine, or in a smaller container, wrote other bytes. FFV1 and ProRes
+# write the same bytes whatever their threads. Frame threads: x264 scales further with them
+# than with slices, and at the same CRF they made vtest.avi's composite 5 % smaller.
+_X264_THREADS = {"threads": "8", "thread_type": "frame"}
+
+
+@functools.cache
+def _x264_cpu_options() -> dict[str, str]:
+    """x264's AVX-512 code path, with its macroblock tree (mbtree, on by default), wrote other
+    bytes for the same frames from run to run (an AMD EPYC with AVX-512: what else the process
+    had run, and on how many CPUs, changed a composite; mbtree=0, or x264 kept to AVX2, gave the
+    same bytes every time). On such a CPU x264 is held at AVX2 (which every AVX-512 CPU has):
+    the same CRF and quality, and no slower for vtest.avi's composite (768x576); elsewhere it
+    keeps what it detects."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as cpu  # numpy's own detection
+    except ImportError:
+        return {}
+    if all(cpu.get(f"AVX512{part}") for part in ("F", "CD", "BW", "DQ", "VL")):  # x264's AVX512 flag
+        return {"x264-params": "asm=AVX2"}  # x264's name for AVX2 and all below it
+    return {}
+
 ENCODINGS: dict[str, Encoding] = {e.name: e for e in (
     # Mattes: the luma plane is alpha, full range (0 = background, 255 = person). 4:2:0 plays
     # everywhere; an odd-sized matte is 4:0:0 (High profile, grey only), which 4:2:0 cannot be.
     Encoding("h264-matte", ".mp4", "gray", "mp4", "libx264", ("yuv420p", "gray"),
-             {"crf": "16", "preset": "medium"}),
+             {"crf": "16", "preset": "medium", **_X264_THREADS}),
     Encoding("ffv1-matte", ".mkv", "gray", "matroska", "ffv1", ("gray", "gray"), {"level": "3"}),
     # Composites: 4:2:0, or 4:4:4 (High 4:4:4 profile) for an odd side.
-    Encoding("h264", ".mp4", "rgb", "mp4", "libx264", ("yuv420p", "yuv444p"), {"crf": "18", "preset": "medium"}),
+    Encoding("h264", ".mp4", "rgb", "mp4", "libx264", ("yuv420p", "yuv444p"),
+             {"crf": "18", "preset": "medium", **_X264_THREADS}),
     Encoding("ffv1", ".mkv", "rgb", "matroska", "ffv1", ("bgr0", "bgr0"), {"level": "3"}),
     # Cutouts with alpha: ProRes 4444 (editors), VP9 with an alpha plane in WebM (browsers).
     Encoding("prores", ".mov", "rgba", "mov", "prores_ks", ("yuva444p10le", "yuva444p10le"),
              {"profile": "4444", "vendor": "apl0"}),
     Encoding("vp9", ".webm", "rgba", "webm", "libvpx-vp9", ("yuva420p", "yuva420p"),
-             {"crf": "30", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"}),
+             {"crf": "30", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1", "threads": "8"}),
     Encoding("png", "", "rgba"),
 )}
 
@@ -367,7 +393,9 @@ class ContainerWriter(VideoWriter):
         av = self._av = import_av()
         even = info.width % 2 == 0 and info.height % 2 == 0
         self._pix_fmt = encoding.pix_fmt[0 if even else 1]
-        options = {}
+        # bitexact: no random Matroska/WebM segment and track UIDs, no FFmpeg version string:
+        # the same frames give the same file.
+        options = {"fflags": "+bitexact"}
         if encoding.muxer in _TIMESCALE_MUXERS:
             options["video_track_timescale"] = str(info.time_base.denominator)
         try:
@@ -391,6 +419,8 @@ class ContainerWriter(VideoWriter):
         stream.time_base = info.time_base
         stream.codec_context.time_base = info.time_base
         stream.options = dict(self.encoding.options)
+        if self.encoding.codec == "libx264":
+            stream.options = {**stream.options, **_x264_cpu_options()}
         ctx = stream.codec_context
         if self.encoding.channels == "gray":
             ctx.color_range = 2  # JPEG (full): the matte's 0..255 as they are

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -209,6 +210,37 @@ def test_vp9_webm_and_png_frames_carry_alpha(tmp_path, tiny_model_dir):
     with Image.open(folder / "000005.png") as im:
         assert im.mode == "RGBA" and im.size == (65, 47)
         assert np.abs(np.asarray(im)[..., 3].astype(int) - alpha[5]).mean() < 3
+
+
+@needs_av
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two CPUs (and Linux's affinity) to vary the encoders' threads")
+@pytest.mark.parametrize("video", [VideoOptions(), VideoOptions(lossless=True, rgba="vp9")],
+                         ids=["mp4-mov", "mkv-webm"])
+def test_the_same_run_writes_the_same_video_bytes_on_any_number_of_cpus(tmp_path, tiny_model_dir, video):
+    """No random Matroska/WebM UIDs; x264's and libvpx's threads do not follow the CPUs the run
+    may use; and x264's AVX-512 path, whose macroblock tree changed a composite with what else
+    ran (here: one CPU for everything), is not taken: a rerun, on one CPU or on all, gives the
+    same files."""
+    frames, _ = disc_frames(12, 96, 64)
+    clip = write_clip(tmp_path / "clip.mp4", frames, audio="libopus" if video.lossless else "aac")
+    cpus = os.sched_getaffinity(0)
+    written = []
+    for out, allowed in [("a", cpus), ("b", cpus), ("c", {min(cpus)})]:
+        os.sched_setaffinity(0, allowed)  # this thread's; the run's threads inherit it
+        try:
+            report, _ = run_api(tiny_model_dir, clip, tmp_path / out, outputs="alpha,rgba,composite",
+                                video=video)
+        finally:
+            os.sched_setaffinity(0, cpus)
+        assert report["counts"]["processed"] == 1, report["failures"]
+        written.append({p.relative_to(tmp_path / out): p.read_bytes()
+                        for p in sorted((tmp_path / out).glob("*/clip.*"))})
+    assert len(written[0]) == 3
+    for other in written[1:]:
+        assert other.keys() == written[0].keys()
+        for name in written[0]:
+            assert other[name] == written[0][name], name
 
 
 @needs_av

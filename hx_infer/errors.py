@@ -1,4 +1,5 @@
-"""The one-line errors every layer raises for bad usage; the CLI turns them into exit code 2."""
+"""The one-line errors every layer raises: bad usage (ConfigError, exit code 2 in the CLI) and an
+engine that stopped part-way (EngineError, exit code 1)."""
 from __future__ import annotations
 
 

@@ -98,7 +98,7 @@ def main() -> None:
                    "(fit --size S sees at most 2*S px, so 2*S loses nothing)")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=92, show_default=True,
               help="of the photos --max-side shrinks")
-@click.option("--overwrite", is_flag=True, help="replace an existing DST")
+@click.option("--overwrite", is_flag=True, help="replace DST/train, DST/val and DST/sources.json")
 def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int, category: str, seed: int,
             max_side: int | None, jpeg_quality: int, overwrite: bool) -> None:
     """Turn photos + person masks in each SRC into DST/{train,val}/{images,masks}.

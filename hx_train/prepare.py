@@ -633,6 +633,9 @@ def _check_paths(sources: list[Path], dst: Path, overwrite: bool) -> None:
             raise PrepareError(f"{out}: exists and is not a folder")
         if out.is_dir() and any(out.iterdir()) and not overwrite:
             raise PrepareError(f"{out}: exists and is not empty (--overwrite replaces it)")
+    # The third file prepare writes into DST; anything else there is not prepare's and stays.
+    if os.path.lexists(dst / SOURCES_JSON) and not overwrite:
+        raise PrepareError(f"{dst / SOURCES_JSON}: exists (--overwrite replaces it)")
 
 
 def source_names(sources: list[Path]) -> list[str]:
@@ -675,7 +678,8 @@ def prepare(src: Path | list[Path], dst: Path, fmt: str = "auto", val_fraction: 
     min_val: at least this many per source where it has three times as many (`choose_val`).
     With several sources every key gets its source's name as a prefix.
     overwrite: replace non-empty DST/train and DST/val (both are removed first, so no stale file
-    from an earlier run can leak across the split); without it they are never touched.
+    from an earlier run can leak across the split) and DST/sources.json; without it none of the
+    three is touched. Other files in DST are never touched.
     workers: decoding threads, 0 = one per CPU (at most 8). Pillow and OpenCV release the GIL.
     category: the COCO category whose annotations are person.
     max_side: > 0 shrinks every pair whose longer side exceeds it (`shrink`): a smaller copy of a
@@ -835,6 +839,8 @@ def _run(pairs: list[_Pair], skipped: list[Skipped], records: list[dict], stagin
     for part in ("train", "val"):
         if not overwrite and (dst / part).is_dir() and any((dst / part).iterdir()):
             raise PrepareError(f"{dst / part}: filled while preparing; nothing replaced")
+    if not overwrite and os.path.lexists(dst / SOURCES_JSON):
+        raise PrepareError(f"{dst / SOURCES_JSON}: made while preparing; nothing replaced")
     for part in ("train", "val"):
         if (dst / part).exists():
             os.replace(dst / part, staging / f"old-{part}")

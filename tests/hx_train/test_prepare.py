@@ -216,6 +216,25 @@ def test_existing_dst_is_protected_and_overwrite_replaces_it(tmp_path):
     assert listing(src) == before  # SRC untouched throughout
 
 
+def test_a_sources_json_in_dst_is_kept_without_overwrite(tmp_path):
+    """Only DST/train and DST/val were checked: a DST holding a sources.json (an earlier set's,
+    whose splits were moved away, or the user's own file) lost it to the new set's."""
+    src = make_folders(tmp_path / "src", 4)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "sources.json").write_bytes(b"the user's")
+    (dst / "notes.txt").write_bytes(b"the user's")
+    with pytest.raises(PrepareError, match="sources.json.*--overwrite"):
+        prepare(src, dst)
+    assert sorted(p.name for p in dst.iterdir()) == ["notes.txt", "sources.json"]
+    assert (dst / "sources.json").read_bytes() == b"the user's"
+
+    summary = prepare(src, dst, overwrite=True)
+    assert summary.train + summary.val == 4
+    assert json.loads((dst / "sources.json").read_text())["format"] == "hx-sources/1"
+    assert (dst / "notes.txt").read_bytes() == b"the user's"  # not a file prepare writes: left alone
+
+
 def test_a_rerun_removes_the_staging_folder_a_killed_prepare_left(tmp_path):
     """kill -9 left DST/.prepare-XXXXXXXX (every pair decoded so far, 52 MB of them) for good.
     Only folders named as prepare names them go, and none a running prepare holds."""

@@ -187,18 +187,22 @@ def _write_json(path: Path, value: dict) -> None:
     _atomic_write(path, lambda f: f.write((json.dumps(value, indent=2) + "\n").encode()))
 
 
-def _trim_metrics(path: Path, epochs: int) -> None:
-    """Keep the lines of epochs 1..`epochs`: a run stopped between writing its metrics line and
-    its checkpoint repeats that epoch when resumed."""
+def _trim_metrics(path: Path, epochs: int, record: dict | None = None) -> None:
+    """Keep the lines of epochs 1..`epochs`, and put back the line of epoch `epochs` from
+    `record` (the checkpoint's copy) when a run stopped between its checkpoint and that line."""
     if not path.exists():
         return
-    kept = []
+    kept, last = [], None
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line)["epoch"] <= epochs:
-                kept.append(line + "\n")
+            epoch = json.loads(line)["epoch"]
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by a crash
+        if isinstance(epoch, int) and epoch <= epochs:
+            kept.append(line + "\n")
+            last = epoch
+    if last != epochs and record is not None and record.get("epoch") == epochs:
+        kept.append(json.dumps(record) + "\n")
     _atomic_write(path, lambda f: f.write("".join(kept).encode()))
 
 
@@ -725,12 +729,13 @@ def _fit_held(config: TrainConfig, device: torch.device, data: Path, out: Path, 
         last_record = {"epoch": start, "val": ckpt["val_metrics"]}
         if ckpt["data"]["source"] != str(data):
             log(f"note: the run was trained on {ckpt['data']['source']}, now on {data}")
-        _trim_metrics(out / METRICS, start)
+        _trim_metrics(out / METRICS, start, ckpt.get("record"))
         log(f"resuming {out} after epoch {start}")
     elif start_weights is not None:
         run.G.load_state_dict(start_weights)
     # One record per invocation (a resumed run adds one): how each span of epochs was made.
     sessions = list(ckpt.get("sessions", [])) if ckpt is not None else []
+    new_run = ckpt is None
     session = {"command": command, "machine": machine(device), "epochs": [start + 1, start], "seconds": 0.0}
     sessions.append(session)
     del ckpt
@@ -790,15 +795,23 @@ def _fit_held(config: TrainConfig, device: torch.device, data: Path, out: Path, 
         record = {"epoch": epoch + 1, "loss": losses, "val": metrics, "val_sources": detail, "lr": lr,
                   "seconds": round(epoch_seconds, 3),
                   "img_per_s": round(steps * batch / train_seconds, 2)}
-        # Metrics line, then best.pt, then last.pt: a crash in between repeats this epoch on resume.
+        # best.pt, then last.pt, then the metrics line: a crash before last.pt repeats this epoch
+        # on resume; one after it leaves the line to the checkpoint's copy (record), which resume
+        # writes back. So a new run stopped before its first last.pt has written no metrics.
+        checkpoint = run.state_dict(epoch + 1, best_metric, metrics, data_info, sessions, detail, started_from)
+        checkpoint["record"] = record
+        try:
+            if improved:
+                _atomic_write(out / BEST, lambda f: torch.save(checkpoint, f))
+                _link_or_copy(out / BEST, out / LAST)
+            else:
+                _atomic_write(out / LAST, lambda f: torch.save(checkpoint, f))
+        except BaseException:
+            if new_run and epoch == start and not (out / LAST).exists():
+                (out / BEST).unlink(missing_ok=True)  # this run's own, with no last.pt beside it
+            raise
         with open(out / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
-        checkpoint = run.state_dict(epoch + 1, best_metric, metrics, data_info, sessions, detail, started_from)
-        if improved:
-            _atomic_write(out / BEST, lambda f: torch.save(checkpoint, f))
-            _link_or_copy(out / BEST, out / LAST)
-        else:
-            _atomic_write(out / LAST, lambda f: torch.save(checkpoint, f))
         if epoch == start:  # this invocation's config, once a checkpoint made with it exists
             _write_json(out / CONFIG, dataclasses.asdict(config))
         if grid is not None:  # after the checkpoint: a grid is no result to keep a new run from starting

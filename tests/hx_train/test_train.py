@@ -522,6 +522,47 @@ def test_a_run_stopped_before_its_first_epoch_leaves_nothing_in_the_way(dataset,
     assert read_checkpoint(run / LAST)["epoch"] == 1
 
 
+@pytest.mark.parametrize("stop_at", ["best.pt", "last.pt"])
+def test_a_run_stopped_while_writing_its_first_checkpoint_leaves_nothing_in_the_way(dataset, tmp_path,
+                                                                                  monkeypatch, stop_at):
+    """The first epoch's metrics line (and best.pt) were written before last.pt: Ctrl-C while a
+    first checkpoint was being written (seconds for a large preset) left them, so the same command
+    was refused for holding an earlier run's files, and the CLI said nothing was saved."""
+    import hx_train.train as hxtrain
+
+    write = hxtrain._atomic_write
+
+    def interrupted(path, *args, **kwargs):
+        if Path(path).name == stop_at:
+            raise KeyboardInterrupt
+        return write(path, *args, **kwargs)
+
+    run = tmp_path / "run"
+    config = TrainConfig(**TINY, epochs=1, epochs_decay=0)
+    monkeypatch.setattr(hxtrain, "_atomic_write", interrupted)
+    if stop_at == "last.pt":  # best.pt is linked to last.pt; make it a write, as on a disk without links
+        monkeypatch.setattr(hxtrain.os, "link", lambda *a: (_ for _ in ()).throw(OSError("no links")))
+        monkeypatch.setattr(hxtrain, "_link_or_copy", lambda source, dest: interrupted(dest, b""))
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, dataset, run)
+    assert not run.exists() or list(run.iterdir()) == []
+    monkeypatch.undo()
+    fit(config, dataset, run)
+    assert read_checkpoint(run / LAST)["epoch"] == 1 and [m["epoch"] for m in read_metrics(run)] == [1]
+
+
+def test_a_metrics_line_lost_after_its_checkpoint_comes_back_on_resume(dataset, tmp_path):
+    """The metrics line follows the checkpoint now; a run killed between the two gets the line
+    back from the checkpoint when resumed."""
+    run = tmp_path / "run"
+    fit(TrainConfig(**TINY, epochs=2, epochs_decay=0), dataset, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1][:20])  # epoch 2's line cut short
+    fit(TrainConfig(**TINY, epochs=3, epochs_decay=0), dataset, run, resume=True)
+    again = (run / "metrics.jsonl").read_text().splitlines()
+    assert again[:2] == lines and [json.loads(line)["epoch"] for line in again] == [1, 2, 3]
+
+
 def test_a_rerun_removes_the_temporaries_a_killed_run_left(dataset, tmp_path):
     """kill -9 during a checkpoint write left RUN/.best.pt.<hex>.hx-tmp (a partial checkpoint,
     44 MB for wide) that no later run removed. Only names hx makes go; the user's stay."""

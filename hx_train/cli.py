@@ -197,7 +197,6 @@ def prepare(paths: tuple[Path, ...], fmt: str, val_fraction: float, min_val: int
 def fit(ctx: click.Context, data: Path, out: Path, resume: bool, quiet: bool, **options) -> None:
     """Train on DATA/train, validate on DATA/val (the output of `hx-train prepare`)."""
     _require_train("fit", "torch")
-    from .train import best_key, resume_config
     from .train import fit as run_fit
 
     given = {name: value for name, value in options.items()
@@ -207,8 +206,10 @@ def fit(ctx: click.Context, data: Path, out: Path, resume: bool, quiet: bool, **
             for name in ("backgrounds", "init_from"):
                 if values.get(name) is not None:
                     values[name] = str(values[name])
-        config = resume_config(out, given) if resume else TrainConfig(**options)
-        result = run_fit(config, data, out, resume=resume, log=(lambda _: None) if quiet else _log,
+        # With --resume the run's own config, read by fit once it holds RUN, with `given` over it.
+        config = None if resume else TrainConfig(**options)
+        result = run_fit(config, data, out, resume=resume, overrides=given if resume else None,
+                         log=(lambda _: None) if quiet else _log,
                          progress=False if quiet else None, command=shlex.join(["hx-train", *sys.argv[1:]]))
     except TrainError as e:
         raise CommandError(str(e)) from None
@@ -220,7 +221,7 @@ def fit(ctx: click.Context, data: Path, out: Path, resume: bool, quiet: bool, **
                                EXIT_INTERRUPTED) from None
         raise CommandError(f"interrupted; {out / 'last.pt'} holds the last finished epoch "
                            "(continue with --resume)", EXIT_INTERRUPTED) from None
-    key = best_key(config.target)
+    key = result["best_key"]
     click.echo(f"{out}: {result.get('epoch', 0)} epochs, val {key} {result.get('val', {}).get(key, float('nan')):.4f}, "
                f"best {result['best_metric']:.4f}")
 

@@ -659,19 +659,27 @@ def machine(device: torch.device) -> dict:
     return info
 
 
-def fit(config: TrainConfig, data: Path, out: Path, *, resume: bool = False, log: Log = _quiet,
-        progress: bool | None = None, command: str | None = None) -> dict:
+def fit(config: TrainConfig | None, data: Path, out: Path, *, resume: bool = False,
+        overrides: dict | None = None, log: Log = _quiet, progress: bool | None = None,
+        command: str | None = None) -> dict:
     """Train on DATA/train, validate on DATA/val each epoch, write RUN (see the module docstring).
 
-    resume: continue from RUN/last.pt (take `config` from `resume_config`); without it an
-    existing RUN/last.pt is an error. progress: tqdm bar; None shows it on a terminal only.
-    Returns the last epoch's metrics record, plus "best_metric". TrainError while another fit
-    runs in RUN (hold_run).
+    resume: continue from RUN/last.pt; without it an existing RUN/last.pt is an error. With
+    resume, config None is the run's own config with `overrides` (config field -> value) replacing
+    its values (`resume_config`), read once RUN is held. progress: tqdm bar; None shows it on a
+    terminal only. Returns the last epoch's metrics record, plus "best_metric" and "best_key" (the
+    val metric it is of). TrainError while another fit runs in RUN (hold_run).
     """
     data, out = Path(data), Path(out)
-    config, device = resolve(config, log)
-    # Before RUN is looked at: what is in it says nothing while another fit is writing there.
+    if config is None and not resume:
+        raise ValueError("fit: config None is for resume=True (the run's own config)")
+    if config is not None:
+        config, device = resolve(config, log)
+    # Before RUN is looked at (its last.pt included): what is in it says nothing while another
+    # fit is writing there.
     with hold_run(out):
+        if config is None:
+            config, device = resolve(resume_config(out, overrides or {}), log)
         return _fit_held(config, device, data, out, resume, log, progress, command)
 
 
@@ -825,4 +833,4 @@ def _fit_held(config: TrainConfig, device: torch.device, data: Path, out: Path, 
             + " ".join(f"{k} {v:.4g}" for k, v in {**losses, **metrics, **by_source}.items())
             + f" | {record['img_per_s']:.1f} img/s, {record['seconds']:.1f} s" + (" | best" if improved else ""))
 
-    return {**(last_record or {}), "best_metric": best_metric}
+    return {**(last_record or {}), "best_metric": best_metric, "best_key": best_key(config.target)}

@@ -206,6 +206,22 @@ def test_a_second_fit_on_a_run_in_use_is_refused_and_touches_nothing(dataset, tm
             holder.wait()
 
 
+def test_a_resume_while_a_new_run_trains_its_first_epoch_is_refused_by_the_lock(dataset, tmp_path):
+    """`--resume` read RUN/last.pt before taking the lock: beside a fit still in its first epoch
+    it said that last.pt does not exist, as if the run were gone, instead of naming the fit."""
+    starting = tmp_path / "starting"
+    starting.mkdir()
+    holder = _hold_lock(starting)
+    try:
+        result = invoke("fit", dataset, "--out", starting, "--resume", "--epochs", "2", "-q")
+        assert_one_line_error(result, f"--out {starting}", "another hx-train fit is running there",
+                              f"pid {holder.pid} ")
+        assert [p.name for p in starting.iterdir()] == [".hx-lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_help_names_every_preset_and_needs_no_torch():
     result = invoke("fit", "--help")
     assert result.exit_code == 0

@@ -230,14 +230,17 @@ def fit(ctx: click.Context, data: Path, out: Path, resume: bool, quiet: bool, **
 @click.argument("ckpt", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="model folder to write")
 @click.option("--overwrite", is_flag=True, help="replace an earlier model folder at --out (no other folder)")
-def export(ckpt: Path, out: Path, overwrite: bool) -> None:
+@click.option("--trust-checkpoint", is_flag=True,
+              help="load a checkpoint that holds Python objects, not only tensors and plain data (full "
+                   "unpickling runs any code in the file: only for checkpoints you made)")
+def export(ckpt: Path, out: Path, overwrite: bool, trust_checkpoint: bool) -> None:
     """Write CKPT's generator as a model folder for hx-infer (ONNX fp32 + fp16, weights, model.json)."""
     _require_train("export", "torch", "onnx", "onnxscript")
     from .export import ExportError
     from .export import export as run_export
 
     try:
-        model = run_export(ckpt, out, log=_log, overwrite=overwrite)
+        model = run_export(ckpt, out, log=_log, overwrite=overwrite, trust=trust_checkpoint)
     except ExportError as e:
         raise CommandError(str(e)) from None
     except OSError as e:

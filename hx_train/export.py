@@ -72,8 +72,10 @@ class ZeroOneOutput(nn.Module):
         return (self.generator(image) + 1) / 2
 
 
-def export(ckpt: Path, out: Path, log: Log = lambda s: None, *, overwrite: bool = False) -> ModelDir:
-    """Read an hx-ckpt/1 training checkpoint and write its generator as a model folder at `out`."""
+def export(ckpt: Path, out: Path, log: Log = lambda s: None, *, overwrite: bool = False,
+           trust: bool = False) -> ModelDir:
+    """Read an hx-ckpt/1 training checkpoint and write its generator as a model folder at `out`.
+    trust: unpickle a checkpoint that holds Python objects (load_checkpoint)."""
     ckpt, out = Path(ckpt), Path(out)
     # --overwrite replaces `out` whole: were the checkpoint inside it (its own run folder, or a
     # folder of runs), the run it came from would go with it. Links resolved: a link to the run
@@ -81,7 +83,7 @@ def export(ckpt: Path, out: Path, log: Log = lambda s: None, *, overwrite: bool 
     real_out, real_ckpt = out.resolve(), ckpt.resolve()
     if real_out in real_ckpt.parents:
         raise ExportError(f"--out {out}: holds the checkpoint {ckpt}; export into another folder")
-    state = load_checkpoint(ckpt, log)
+    state = load_checkpoint(ckpt, log, trust=trust)
     config = state["config"]
     try:
         generator = build_generator(config["preset"], int(config["size"]), config["target"])
@@ -106,18 +108,27 @@ def export(ckpt: Path, out: Path, log: Log = lambda s: None, *, overwrite: bool 
                             target=config["target"], card_extra=extra, log=log, overwrite=overwrite)
 
 
-def load_checkpoint(path: Path, log: Log = lambda s: None) -> dict:
-    """Load and validate an hx-ckpt/1 checkpoint on the CPU; ExportError names the file on any fault."""
+def load_checkpoint(path: Path, log: Log = lambda s: None, *, trust: bool = False) -> dict:
+    """Load and validate an hx-ckpt/1 checkpoint on the CPU; ExportError names the file on any fault.
+
+    fit's checkpoints hold only tensors and plain data and load with weights_only=True. One that
+    holds other Python objects (a Path in the config, say) needs full unpickling, which runs any
+    code the file carries: only with trust (export --trust-checkpoint), else ExportError.
+    """
     if not path.is_file():
         raise ExportError(f"{path}: no such checkpoint file")
     try:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
-            # weights_only refuses Python objects beyond tensors and containers (a Path in the
-            # config, say). Full unpickling can run code, so say that it happened.
-            log(f"note: {path.name} needs full unpickling (weights_only=False); export only checkpoints you trust")
+            if not trust:
+                raise ExportError(f"{path}: holds Python objects beyond tensors and plain data, and loading "
+                                  "it would run any code it carries; if you made it yourself, export it "
+                                  "with --trust-checkpoint") from None
+            log(f"note: {path.name} needs full unpickling (weights_only=False), as --trust-checkpoint allows")
             state = torch.load(path, map_location="cpu", weights_only=False)
+    except ExportError:
+        raise
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
         raise ExportError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
     check_checkpoint(path, state)

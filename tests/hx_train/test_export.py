@@ -266,13 +266,45 @@ def test_bad_checkpoint_names_the_file(tmp_path, case):
     assert not (tmp_path / "out").exists()
 
 
-def test_checkpoint_with_python_objects_loads_with_a_note(tmp_path):
+class _RunsCode:
+    """Unpickled, it touches a file: what a booby-trapped checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_with_python_objects_is_refused_without_trust(tmp_path):
+    # It was unpickled in full after a note: any code in the file ran.
+    marker = tmp_path / "code-ran"
+    path = _write_checkpoint(tmp_path / "ckpt.pt", build_generator("lite", SIZE), payload=_RunsCode(marker))
+    with pytest.raises(ExportError, match="--trust-checkpoint") as info:
+        export(path, tmp_path / "out")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_checkpoint_with_python_objects_loads_when_trusted_with_a_note(tmp_path):
     path = _write_checkpoint(tmp_path / "ckpt.pt", build_generator("lite", SIZE),
                              config={"preset": "lite", "size": SIZE, "target": "alpha", "root": Path("/data")})
     lines: list[str] = []
-    state = load_checkpoint(path, log=lines.append)
+    state = load_checkpoint(path, log=lines.append, trust=True)
     assert state["config"]["root"] == Path("/data")
     assert lines and "weights_only=False" in lines[0]
+
+
+def test_cli_export_trusts_a_checkpoint_only_when_told(tmp_path):
+    path = _write_checkpoint(tmp_path / "ckpt.pt", build_generator("lite", SIZE),
+                             config={"preset": "lite", "size": SIZE, "target": "alpha", "root": Path("/data")})
+    refused = CliRunner().invoke(main, ["export", str(path), "--out", str(tmp_path / "a")])
+    assert refused.exit_code == 2 and "--trust-checkpoint" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+    trusted = CliRunner().invoke(main, ["export", str(path), "--out", str(tmp_path / "b"),
+                                                  "--trust-checkpoint"])
+    assert trusted.exit_code == 0, trusted.output
+    assert (tmp_path / "b" / "model.json").is_file()
 
 
 def test_bad_arguments(tmp_path):

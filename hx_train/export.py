@@ -26,6 +26,7 @@ import pickle
 import shutil
 import uuid
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -121,6 +122,8 @@ def load_checkpoint(path: Path, log: Log = lambda s: None, *, trust: bool = Fals
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
+            if not trust and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+                raise ExportError(f"{path}: not a readable checkpoint (not a torch.save archive)") from None
             if not trust:
                 raise ExportError(f"{path}: holds Python objects beyond tensors and plain data, and loading "
                                   "it would run any code it carries; if you made it yourself, export it "

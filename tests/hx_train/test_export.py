@@ -286,6 +286,14 @@ def test_checkpoint_with_python_objects_is_refused_without_trust(tmp_path):
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
+def test_a_text_file_is_not_a_checkpoint_not_one_to_trust(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "iou": 0.5}\n')
+    with pytest.raises(ExportError, match="not a readable checkpoint") as info:
+        export(path, tmp_path / "out")
+    assert "--trust-checkpoint" not in str(info.value)
+
+
 def test_checkpoint_with_python_objects_loads_when_trusted_with_a_note(tmp_path):
     path = _write_checkpoint(tmp_path / "ckpt.pt", build_generator("lite", SIZE),
                              config={"preset": "lite", "size": SIZE, "target": "alpha", "root": Path("/data")})

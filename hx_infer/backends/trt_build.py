@@ -239,9 +239,9 @@ def _attach_timing_cache(config, path: Path | None, log: Log):
     data = b""
     if path is not None and path.is_file():
         data = path.read_bytes()
-    cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, False):  # ignore_mismatch=False: refuse another GPU's timings
-        log(f"{path}: timing cache from another TensorRT version or GPU; starting a new one")
+    cache = config.create_timing_cache(data)  # None when TensorRT cannot read the blob
+    if cache is None or not config.set_timing_cache(cache, False):  # False: refuse another GPU's timings
+        log(f"{path}: timing cache unreadable or from another TensorRT version or GPU; starting a new one")
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, False)
     return cache

@@ -38,6 +38,7 @@ class FakeTensorRT(types.ModuleType):
         super().__init__("tensorrt")
         self.__version__ = version
         self.calls: list[tuple] = []
+        self.current_device = lambda: None  # a test sets it to see which CUDA device a build ran on
         fake = self
 
         class Logger:
@@ -68,7 +69,8 @@ class FakeTensorRT(types.ModuleType):
 
             def create_timing_cache(self, data):
                 fake.calls.append(("timing cache in", bytes(data)))
-                return TimingCache(bytes(data))
+                # like createTimingCache, None (nullptr) for a blob it cannot read
+                return None if bytes(data).startswith(b"corrupt") else TimingCache(bytes(data))
 
             def set_timing_cache(self, cache, ignore_mismatch):
                 return not cache.data.startswith(b"other-gpu")
@@ -112,7 +114,7 @@ class FakeTensorRT(types.ModuleType):
                 return OptimizationProfile()
 
             def build_serialized_network(self, network, config):
-                fake.calls.append(("build",))
+                fake.calls.append(("build", fake.current_device()))
                 return b"plan:" + fake.__version__.encode() if build_ok else None
 
         self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
@@ -244,6 +246,15 @@ def test_timing_cache_is_reused_across_builds_and_a_foreign_one_replaced(tmp_pat
     build_engine(trt, model, key, tmp_path / "c.engine", timing_cache=timing, log=logged.append)
     assert any("another TensorRT version or GPU" in line for line in logged)
     assert timing.read_bytes() == b"+timings"
+
+
+def test_a_timing_cache_tensorrt_cannot_read_is_replaced(tmp_path, model, key):
+    timing = tmp_path / "timing.cache"
+    timing.write_bytes(b"corrupt: written by another TensorRT")
+    logged = []
+    build_engine(FakeTensorRT(), model, key, tmp_path / "a.engine", timing_cache=timing, log=logged.append)
+    assert any("starting a new one" in line for line in logged)
+    assert timing.read_bytes() == b"+timings" and read_sidecar(tmp_path / "a.engine") is not None
 
 
 def test_ensure_engine_builds_once_then_reuses(tmp_path, model):

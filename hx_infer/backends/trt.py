@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..model import ModelDir
 from .base import Backend, BackendError, BackendSpec, Device
 from .trt_build import (NEEDS_CUDA, NOT_INSTALLED, PRECISIONS, current_gpu, default_cache_dir, ensure_engine,
-                        import_tensorrt, profile_for_batch)
+                        import_tensorrt, on_device, profile_for_batch)
 
 __all__ = ["TrtBackend", "NOT_INSTALLED", "NEEDS_CUDA"]
 
@@ -39,10 +39,10 @@ class TrtBackend(Backend):
         self._torch = torch
         self._device = torch.device(str(self.device))
         cache = spec.engine_cache or default_cache_dir()
-        self.engine_path = ensure_engine(trt, model, self.precision, self.profile, cache, current_gpu(str(self.device)),
-                                         log=log or (lambda line: None))
         logger = trt.Logger(trt.Logger.WARNING)
-        with torch.cuda.device(self._device):
+        with on_device(str(self.device)):
+            self.engine_path = ensure_engine(trt, model, self.precision, self.profile, cache,
+                                             current_gpu(str(self.device)), log=log or (lambda line: None))
             self._engine = trt.Runtime(logger).deserialize_cuda_engine(self.engine_path.read_bytes())
         if self._engine is None:
             raise BackendError(f"{self.engine_path}: TensorRT cannot load this engine; delete it to rebuild")
@@ -67,8 +67,9 @@ class TrtBackend(Backend):
         return self._max_batch  # batches over the profile's maximum are run in pieces
 
     def _run(self, chunk):
-        x = chunk.to(self._device, self._in_dtype, non_blocking=True).contiguous()
-        return self._enqueued(x, self._torch.cuda.current_stream(self._device)).float()
+        with on_device(str(self.device)):  # execution contexts are made and enqueued on the current device
+            x = chunk.to(self._device, self._in_dtype, non_blocking=True).contiguous()
+            return self._enqueued(x, self._torch.cuda.current_stream(self._device)).float()
 
     def _context(self, stream):
         context = self._contexts.get(stream.cuda_stream)

@@ -21,6 +21,7 @@ CPU; the tensorrt module is imported only by import_tensorrt() and passed in fro
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -96,6 +97,15 @@ def current_gpu(device: str = "cuda") -> Gpu:
     index = torch.device(device).index or 0
     major, minor = torch.cuda.get_device_capability(index)
     return Gpu(torch.cuda.get_device_name(index), f"{major}.{minor}")
+
+
+def on_device(device: str):
+    """A context in which `device` ('cuda:N') is the current CUDA device; plain 'cuda' keeps the
+    current one. TensorRT builds, deserializes, creates contexts and enqueues on the current device."""
+    import torch
+
+    chosen = torch.device(device)
+    return contextlib.nullcontext() if chosen.index is None else torch.cuda.device(chosen)
 
 
 @dataclass(frozen=True)
@@ -290,12 +300,13 @@ def build_for_model(model: ModelDir, *, precision: str = "fp16", profile: Profil
     resolve_device(device)  # BackendError when no CUDA device is visible
     gpu = current_gpu(device)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if out is None:
-        return ensure_engine(trt, model, precision, profile, cache_dir, gpu, workspace_gib=workspace_gib,
-                             timing_cache=timing_cache, log=log)
-    key = engine_key(model, precision, profile, trt.__version__, gpu)
-    if timing_cache is None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        timing_cache = timing_cache_path(cache_dir, trt.__version__, gpu)
-    build_engine(trt, model, key, Path(out), timing_cache=timing_cache, workspace_gib=workspace_gib, log=log)
+    with on_device(device):
+        if out is None:
+            return ensure_engine(trt, model, precision, profile, cache_dir, gpu, workspace_gib=workspace_gib,
+                                 timing_cache=timing_cache, log=log)
+        key = engine_key(model, precision, profile, trt.__version__, gpu)
+        if timing_cache is None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            timing_cache = timing_cache_path(cache_dir, trt.__version__, gpu)
+        build_engine(trt, model, key, Path(out), timing_cache=timing_cache, workspace_gib=workspace_gib, log=log)
     return Path(out)

@@ -117,7 +117,53 @@ class FakeTensorRT(types.ModuleType):
                 fake.calls.append(("build", fake.current_device()))
                 return b"plan:" + fake.__version__.encode() if build_ok else None
 
+        # the runtime half: an engine with one input "image" and one output "out", fp16, batch 1..128
+        class TensorIOMode:
+            INPUT, OUTPUT = 1, 2
+
+        class DataType:
+            FLOAT, HALF = 0, 1
+
+        class Context:
+            def set_input_shape(self, name, shape):
+                return True
+
+            def set_tensor_address(self, name, address):
+                pass
+
+            def execute_async_v3(self, stream_handle):
+                fake.calls.append(("enqueue", fake.current_device()))
+                return True
+
+        class Engine:
+            num_io_tensors = 2
+
+            def get_tensor_name(self, i):
+                return ("image", "out")[i]
+
+            def get_tensor_mode(self, name):
+                return TensorIOMode.INPUT if name == "image" else TensorIOMode.OUTPUT
+
+            def get_tensor_dtype(self, name):
+                return DataType.HALF
+
+            def get_tensor_profile_shape(self, name, profile_index):
+                return [(1, 3, 64, 64), (32, 3, 64, 64), (128, 3, 64, 64)]
+
+            def create_execution_context(self):
+                fake.calls.append(("context", fake.current_device()))
+                return Context()
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, data):
+                fake.calls.append(("deserialize", fake.current_device()))
+                return Engine()
+
         self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
+        self.Runtime, self.TensorIOMode, self.DataType = Runtime, TensorIOMode, DataType
         self.NetworkDefinitionCreationFlag, self.MemoryPoolType = NetworkDefinitionCreationFlag, MemoryPoolType
 
     def builds(self) -> int:
@@ -255,6 +301,78 @@ def test_a_timing_cache_tensorrt_cannot_read_is_replaced(tmp_path, model, key):
     build_engine(FakeTensorRT(), model, key, tmp_path / "a.engine", timing_cache=timing, log=logged.append)
     assert any("starting a new one" in line for line in logged)
     assert timing.read_bytes() == b"+timings" and read_sidecar(tmp_path / "a.engine") is not None
+
+
+@pytest.fixture
+def cuda_device(monkeypatch):
+    """torch.cuda.device as a recorder; returns a probe: the index of the CUDA device made current
+    (None when none was chosen, as when the process's current device is used)."""
+    import contextlib
+
+    import torch
+
+    current = [None]
+
+    @contextlib.contextmanager
+    def device(d):
+        before, current[0] = current[0], torch.device(d).index
+        try:
+            yield
+        finally:
+            current[0] = before
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    return lambda: current[0]
+
+
+def test_build_runs_on_the_chosen_gpu(tmp_path, model, monkeypatch, cuda_device):
+    """TensorRT builds on the current CUDA device: --device cuda:1 must make GPU 1 current, or the
+    engine is built on GPU 0 and its sidecar names GPU 1."""
+    trt = FakeTensorRT()
+    trt.current_device = cuda_device
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr("hx_infer.backends.base.resolve_device", lambda device: device)
+    monkeypatch.setattr("hx_infer.backends.trt_build.current_gpu", lambda device: H100)
+    build_for_model(model, device="cuda:1", cache_dir=tmp_path, profile=Profile(1, 2, 4))
+    build_for_model(model, device="cuda:1", out=tmp_path / "out.engine", timing_cache=tmp_path / "t.cache")
+    assert [call for call in trt.calls if call[0] == "build"] == [("build", 1), ("build", 1)]
+
+
+class _FakeCudaTensor:
+    """Just enough of a torch CUDA tensor for TrtBackend._run: shape, to, contiguous, data_ptr, float."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def to(self, *args, **kwargs):
+        return self
+
+    contiguous = float = lambda self: self
+
+    def data_ptr(self):
+        return 4096
+
+
+def test_trt_backend_builds_loads_and_runs_on_the_chosen_gpu(tmp_path, model, monkeypatch, cuda_device):
+    import torch
+
+    from hx_infer.backends.trt import TrtBackend
+
+    trt = FakeTensorRT()
+    trt.current_device = cuda_device
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("hx_infer.backends.trt.current_gpu", lambda device: H100)
+    backend = TrtBackend(model, BackendSpec(device="cuda:1", batch_size=2, engine_cache=tmp_path))
+    # torch's CUDA side faked for the run: streams and buffers
+    backend._torch = types.SimpleNamespace(
+        cuda=types.SimpleNamespace(current_stream=lambda device: types.SimpleNamespace(cuda_stream=7)),
+        empty=lambda shape, dtype, device: _FakeCudaTensor(shape), float16=torch.float16)
+    assert backend._run(_FakeCudaTensor((2, 3, 64, 64))).shape == (2, 1, 64, 64)
+    assert trt.calls[-4:] == [("build", 1), ("deserialize", 1), ("context", 1), ("enqueue", 1)]
 
 
 def test_ensure_engine_builds_once_then_reuses(tmp_path, model):

@@ -74,6 +74,14 @@ def cuda_providers(model: ModelDir, device_id: int, precision: str, batch_size: 
     return [(TRT_PROVIDER, trt), cuda]
 
 
+def _open_session(ort, path: Path, options, providers: list):
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BackendError(f"{path}: onnxruntime cannot open it ({first})") from None
+
+
 class OrtBackend(Backend):
     name = "ort"
     precisions = ("fp32", "fp16")  # the two graphs a model folder holds
@@ -85,6 +93,7 @@ class OrtBackend(Backend):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only; the Cast/fallback warnings are expected
+        with_trt = False
         if not self.device.cuda:
             options.intra_op_num_threads = cpu_threads(spec.threads)
             if not spec.spin:
@@ -105,11 +114,11 @@ class OrtBackend(Backend):
                 Path(spec.engine_cache or default_engine_cache(model)).mkdir(parents=True, exist_ok=True)
         if not path.is_file():
             raise BackendError(f"{path}: missing from the model folder")
-        try:
-            self._session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise BackendError(f"{path}: onnxruntime cannot open it ({first})") from None
+        self._session = _open_session(ort, path, options, providers)
+        if with_trt and TRT_PROVIDER not in self._session.get_providers():
+            # The TensorRT EP failed and onnxruntime retried by itself with a bare CUDA EP (device 0,
+            # default options): open our own CUDA entry, on our device, instead.
+            self._session = _open_session(ort, path, options, providers[1:])
         model.check_graph(self._session.get_inputs()[0].shape,  # a card edited by hand: one line, not ORT's error
                           {o.name: o.shape for o in self._session.get_outputs()})
         self._input = self._session.get_inputs()[0].name

@@ -201,6 +201,44 @@ def test_ort_cuda_provider_lists(tiny_model_dir, tmp_path):
     assert trt32["trt_fp16_enable"] is False and trt32["trt_profile_max_shapes"] == "image:4x3x64x64"
 
 
+def test_ort_cuda_keeps_its_own_cuda_options_when_tensorrt_ep_fails(tiny_model_dir, tmp_path, monkeypatch):
+    """When the TensorRT EP fails (TensorRT 11 beside an EP built for 10, an engine that will not
+    build), onnxruntime's InferenceSession retries by itself with a bare ["CUDAExecutionProvider",
+    "CPUExecutionProvider"]: device 0 and no options. The backend must open its own CUDA entry instead,
+    or --device cuda:1 runs on GPU 0 with inputs bound on GPU 1."""
+    import importlib.machinery
+
+    import onnxruntime as ort
+
+    real_session, opened = ort.InferenceSession, []
+
+    class FallingBackSession:  # the session onnxruntime hands back after its fallback
+        def __init__(self, path, options, providers):
+            opened.append(providers)
+            names = [p[0] if isinstance(p, tuple) else p for p in providers]
+            self._providers = [CUDA_PROVIDER, "CPUExecutionProvider"] if TRT_PROVIDER in names else names
+            self._cpu = real_session(path, providers=["CPUExecutionProvider"])  # for the graph's inputs/outputs
+
+        def get_providers(self):
+            return self._providers
+
+        def get_inputs(self):
+            return self._cpu.get_inputs()
+
+        def get_outputs(self):
+            return self._cpu.get_outputs()
+
+    tensorrt = types.ModuleType("tensorrt")
+    tensorrt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT_PROVIDER, CUDA_PROVIDER, "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", FallingBackSession)
+    backend = OrtBackend(load_model_dir(tiny_model_dir), BackendSpec(device="cuda:1", engine_cache=tmp_path))
+    assert opened[0][0][0] == TRT_PROVIDER
+    assert opened[-1] == [(CUDA_PROVIDER, {"device_id": 1, "cudnn_conv_algo_search": "EXHAUSTIVE"})]
+    assert backend.describe() == "ort fp16 on cuda:1 (CUDA)"
+
+
 def test_default_engine_cache_is_per_model(tiny_model_dir, tiny_rgb_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     alpha, rgb = load_model_dir(tiny_model_dir), load_model_dir(tiny_rgb_model_dir)

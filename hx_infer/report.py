@@ -2,6 +2,9 @@
 
 The report is the one place a user learns which of 10^6 photos could not be read, so it keeps
 every failure (path and one-line reason) but nothing per successful file: memory stays flat.
+The one exception is `warnings`: photos processed although their decoder noticed something that
+may be damage (stray bytes before a JPEG's end marker), each with its reason. They are few in a
+healthy archive, and their owner needs the list to check those originals.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ class Tally:
     processed: int = 0
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of processed photos
 
     @property
     def failed(self) -> int:
@@ -32,6 +36,10 @@ class Tally:
 
     def fail(self, path: str, reason: str) -> None:
         self.failures.append((printable(path), printable(reason)))
+
+    def warn(self, path: str, reason: str) -> None:
+        """A processed photo the report names all the same (counted in `processed`)."""
+        self.warnings.append((printable(path), printable(reason)))
 
 
 # Control characters (newline, ESC, ...) are legal in Linux names: printed raw, one failure
@@ -80,13 +88,15 @@ def has_json_keys(path: Path, keys: set[str], max_bytes: int) -> bool:
 def build_report(tally: Tally, wall_s: float, **run_facts) -> dict:
     """The JSON-ready report; `run_facts` (model, backend, outputs, ...) are stored as given.
 
-    Failures are sorted by path so two runs over the same inputs give the same list whatever
-    order the worker threads finished in.
+    Failures and warnings are sorted by path so two runs over the same inputs give the same lists
+    whatever order the worker threads finished in. `counts` keeps its three keys (a warned photo
+    is processed): readers that compare it whole, or sum it, read it as before.
     """
     return {
         **run_facts,
         "counts": {"processed": tally.processed, "skipped": tally.skipped, "failed": tally.failed},
         "failures": [{"path": p, "reason": r} for p, r in sorted(tally.failures)],
+        "warnings": [{"path": p, "reason": r} for p, r in sorted(tally.warnings)],
         "wall_s": round(wall_s, 3),
         "files_per_s": round(tally.processed / wall_s, 2) if wall_s > 0 else 0.0,
     }
@@ -108,7 +118,8 @@ def summary_line(report: dict, report_path: Path | str | None) -> str:
     """`hx-infer: 290 processed, 0 skipped, 2 failed in 7.1 s (40.8 files/s); report: OUT/hx-report.json`
 
     With videos, their frames and frames/s replace files/s (a few files an hour say nothing), and
-    the size of the rgba videos is given: ProRes 4444 runs to GBs for minutes of video.
+    the size of the rgba videos is given: ProRes 4444 runs to GBs for minutes of video. Photos
+    processed with warnings are counted (`; 3 photos with warnings`) when there are any.
     """
     c = report["counts"]
     line = f"hx-infer: {c['processed']} processed, {c['skipped']} skipped, {c['failed']} failed in {report['wall_s']:.1f} s"
@@ -122,6 +133,9 @@ def summary_line(report: dict, report_path: Path | str | None) -> str:
         codec = report.get("video", {}).get("rgba", "")
         hint = "; --video-codec vp9 writes far smaller files" if codec == "prores" else ""
         line += f"; rgba videos: {_size(rgba_bytes)} of {_RGBA_CODECS.get(codec, codec)}{hint}"
+    warned = len(report.get("warnings", ()))  # absent from the reports of hx before warnings
+    if warned:
+        line += "; 1 photo with a warning" if warned == 1 else f"; {warned} photos with warnings"
     return f"{line}; report: {report_path}" if report_path else line
 
 

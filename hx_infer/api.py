@@ -123,10 +123,10 @@ def decode_and_matte(extractor: "Extractor", data: bytes, keep_pixels: bool, ref
     name = Path("<bytes>")
     size = extractor.model.size
     if not keep_pixels and refine == "none":
-        x, box = matte_input(name, size, max_pixels, data=data)
+        x, box, _ = matte_input(name, size, max_pixels, data=data)  # a decoder's warning: for run's report only
         rgb = None
     else:  # shown the matte-only decode, as `hx-infer run` shows it: the same matte
-        rgb, view, photo_size = read_photo_and_view(name, max_pixels, size, data=data)
+        rgb, view, photo_size, _ = read_photo_and_view(name, max_pixels, size, data=data)
         x, box = letterbox(view, size, src_size=photo_size)
     return rgb, extractor.mattes([(x, box, rgb)], refine)[0]
 

@@ -254,7 +254,7 @@ def _items(photo: Path, mask_path: Path, crops: tuple[str, ...], size: int,
         # run --refine guided decodes at full size too, for the guide; so does eval then.
         rgb = read_photo(photo, DEFAULT_MAX_PIXELS) if guided or (boxes and None not in boxes.values()) else None
         if "full" in crops:
-            x, geometry = matte_input(photo, size, DEFAULT_MAX_PIXELS)  # what run shows the model, any outputs
+            x, geometry, _ = matte_input(photo, size, DEFAULT_MAX_PIXELS)  # what run shows the model, any outputs
             items.append(_Item(photo, "full", (0, 0, width, height), x, geometry, mask, rgb if guided else None))
         if not boxes or None in boxes.values():
             return items, list(boxes)

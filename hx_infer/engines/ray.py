@@ -7,7 +7,7 @@
                                       per actor: backend.infer        out [N, C, S, S] float32
       -> map_batches(_finish)         CPU tasks: PhotoStages.finish (un-letterbox, refine, encode,
                                       atomic write under OUTPUT/<kind>/<rel>)
-      -> driver: one record per photo {src, reason} -> Outcomes -> the local engine's report
+      -> driver: one record per photo {src, reason, warning} -> Outcomes -> the local engine's report
 
 Every stage calls the same functions as the local engine, so each photo's files are the same
 bytes (the backends give a photo the same output whatever else shares its batch).
@@ -158,13 +158,15 @@ class _Infer:
 
 
 def _finish(batch: dict[str, np.ndarray], stages: PhotoStages) -> dict[str, np.ndarray]:
-    """-> {src, reason ('' when the photo's outputs were written), backend, device}"""
-    reasons = []
+    """-> {src, reason ('' when the photo's outputs were written), warning (the decoder's, as
+    Job.warning; '' for none), backend, device}"""
+    reasons, warnings = [], []
     for src, ok, item, out in zip(batch["src"], batch["ok"], batch["item"], batch["out"]):
         record: Decoded | Failed = pickle.loads(item)
         failure = record if not ok else stages.finish(record, out)
         reasons.append("" if failure is None else failure.reason)
-    return {"src": batch["src"], "reason": np.array(reasons, object),
+        warnings.append((record.job.warning or "") if ok else "")
+    return {"src": batch["src"], "reason": np.array(reasons, object), "warning": np.array(warnings, object),
             "backend": batch["backend"], "device": batch["device"]}
 
 
@@ -320,11 +322,14 @@ def _collect(dataset: "ray.data.Dataset", outcomes: Outcomes, chunk: list[Job]) 
     ran_on: set[tuple[str, str]] = set()
     jobs = {os.fsencode(job.src): job for job in chunk}  # as the batches carry src
     for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
-        for src, reason in zip(batch["src"], batch["reason"]):
+        for src, reason, warning in zip(batch["src"], batch["reason"], batch["warning"]):
             if reason:
                 outcomes.failed(Failed(Path(os.fsdecode(src)), reason))
             else:
-                outcomes.processed(jobs.get(bytes(src)))
+                job = jobs.get(bytes(src))  # src as the user named it; the warning came from the worker's
+                if job is not None:
+                    job = replace(job, warning=warning or None)
+                outcomes.processed(job)
         ran_on |= {(str(b), str(d)) for b, d in zip(batch["backend"], batch["device"]) if b}
     return ran_on
 

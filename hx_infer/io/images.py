@@ -19,7 +19,7 @@ import shutil
 import stat
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -251,14 +251,35 @@ def _jpeg_problem(message: str) -> str | None:
     return None
 
 
-def _decode_jpeg_strict(image: Image.Image, data: bytes | None, reduce_to: int | None) -> np.ndarray | None:
-    """[h, w, 3] uint8 RGB of an opened JPEG, or None to let Pillow decode it (a mode or a
-    harmless warning that strict decoding refuses). DecodeError for lost pixels."""
+def _jpeg_warning(message: str) -> str:
+    """The reason given for a libjpeg warning that _jpeg_problem lets through. Harmless as far as
+    libjpeg can tell, but not always harmless: damage midway can leave nothing but a few stray
+    bytes before the end marker, so the photo is processed and named for its owner to look at."""
+    padding = _PADDING.match(message)
+    if padding is not None:
+        return (f"{padding.group(1)} stray bytes before the JPEG end marker: padding, or damage midway "
+                f"that libjpeg cannot tell from it")
+    return f"JPEG warning ({message.strip()})"
+
+
+class Photo(NamedTuple):
+    """A decoded photo, and what the decoder noticed but let through."""
+
+    rgb: np.ndarray  # [H, W, 3] uint8 RGB, upright (smaller than `size` for a reduced decode)
+    size: tuple[int, int]  # the upright photo's (width, height), from its header
+    warning: str | None  # a libjpeg warning taken as harmless (stray bytes before the end marker), or None
+
+
+def _decode_jpeg_strict(image: Image.Image, data: bytes | None, reduce_to: int | None
+                        ) -> tuple[np.ndarray | None, str | None]:
+    """(pixels, warning) of an opened JPEG: pixels [h, w, 3] uint8 RGB, or None to let Pillow decode
+    it (a mode strict decoding does not take, or a harmless warning that it refuses: the warning's
+    reason comes back with the None). DecodeError for lost pixels."""
     import simplejpeg
 
     colour = _JPEG_COLOURS.get(image.mode)
     if colour is None:
-        return None
+        return None, None
     if data is None:
         w, h = image.size
         image.fp.seek(0)
@@ -272,10 +293,10 @@ def _decode_jpeg_strict(image: Image.Image, data: bytes | None, reduce_to: int |
         problem = _jpeg_problem(str(e))
         if problem is not None:
             raise DecodeError(problem) from None
-        return None
+        return None, _jpeg_warning(str(e))
     if colour == "GRAY":
-        return cv2.cvtColor(pixels[:, :, 0], cv2.COLOR_GRAY2RGB)
-    return pixels
+        return cv2.cvtColor(pixels[:, :, 0], cv2.COLOR_GRAY2RGB), None
+    return pixels, None
 
 
 # EXIF orientation -> the same pixel permutation as _UPRIGHT's Pillow transpose, on arrays
@@ -327,23 +348,25 @@ def read_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = N
     formats at full size. The caller resizes; the result's size is NOT the photo's size
     (photo_size gives that, as does decode_photo).
     """
-    return decode_photo(path, max_pixels, data, reduce_to)[0]
+    return decode_photo(path, max_pixels, data, reduce_to).rgb
 
 
 def decode_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None = None,
-                 reduce_to: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """read_photo, plus the photo's upright (width, height) from the same opening of the file."""
+                 reduce_to: int | None = None) -> Photo:
+    """read_photo, plus the photo's upright (width, height) from the same opening of the file and
+    the libjpeg warning, if any, that did not stop it (see Photo)."""
     # From a path Pillow reads the header first and the rest as it decodes, so a 4 GB video
     # named .jpg costs one small read, not 4 GB of memory.
     with open_image(data if data is not None else Path(path)) as image:
         check_pixels(image, max_pixels)
         size = _upright_size(image)
         orientation = exif_orientation(image)
+        warning = None
         if image.format in ("JPEG", "MPO"):
-            pixels = _decode_jpeg_strict(image, data, reduce_to)
+            pixels, warning = _decode_jpeg_strict(image, data, reduce_to)
             if pixels is not None:
                 turn = _UPRIGHT_ARRAY.get(orientation)
-                return (np.ascontiguousarray(turn(pixels)) if turn else pixels), size
+                return Photo(np.ascontiguousarray(turn(pixels)) if turn else pixels, size, None)
         if reduce_to is not None:
             _draft(image, reduce_to)
         try:
@@ -357,7 +380,7 @@ def decode_photo(path: Path, max_pixels: int = 100_000_000, data: bytes | None =
         except Exception as e:
             raise DecodeError(_reason(e)) from None
         # After load(): Pillow's TIFF reader turns TIFFs upright itself and drops the tag then.
-        return upright_rgb(image), size
+        return Photo(upright_rgb(image), size, warning)
 
 
 def read_photo_bytes(path: Path, max_pixels: int = 100_000_000) -> bytes:
@@ -392,10 +415,16 @@ def read_photo_stream(stream: BinaryIO, max_pixels: int = 100_000_000) -> bytes:
     raise DecodeError(f"over {limit} bytes, more than a photo of --max-pixels {max_pixels} holds")
 
 
-def read_photo_and_view(path: Path, max_pixels: int, reduce_to: int, data: bytes | None = None
-                        ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+class PhotoAndView(NamedTuple):
+    rgb: np.ndarray  # [H, W, 3] uint8 RGB, upright, full size
+    view: np.ndarray  # [h, w, 3] uint8 RGB: the reduced decode (rgb itself when nothing reduces)
+    size: tuple[int, int]  # upright (width, height)
+    warning: str | None  # as Photo.warning, from either decode
+
+
+def read_photo_and_view(path: Path, max_pixels: int, reduce_to: int, data: bytes | None = None) -> PhotoAndView:
     """A photo at full size, the same photo as read_photo(..., reduce_to=reduce_to) gives it, and
-    its upright (width, height): (rgb [H, W, 3], view [h, w, 3], size), both uint8 RGB.
+    its upright (width, height): (rgb [H, W, 3], view [h, w, 3], size, warning), both uint8 RGB.
 
     For the runs that need the photo's pixels: the model is shown `view`, exactly what a
     matte-only run shows it, so a photo's matte is the same whatever else is written. A JPEG's
@@ -410,12 +439,11 @@ def read_photo_and_view(path: Path, max_pixels: int, reduce_to: int, data: bytes
             w, h = image.size
             image.fp.seek(0)
             data = image.fp.read(w * h * 4 + _JPEG_SLACK)
+    full = decode_photo(path, max_pixels, data=data)
     if not reduces:
-        rgb, size = decode_photo(path, max_pixels, data=data)
-        return rgb, rgb, size
-    rgb, size = decode_photo(path, max_pixels, data=data)
-    view, _ = decode_photo(path, max_pixels, data=data, reduce_to=reduce_to)
-    return rgb, view, size
+        return PhotoAndView(full.rgb, full.rgb, full.size, full.warning)
+    shown = decode_photo(path, max_pixels, data=data, reduce_to=reduce_to)
+    return PhotoAndView(full.rgb, shown.rgb, full.size, full.warning or shown.warning)
 
 
 def upright_rgb(image: Image.Image) -> np.ndarray:

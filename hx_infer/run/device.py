@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from ..backends.base import Backend
 from ..compose import Background
-from ..io.images import (DecodeError, atomic_write, check_pixels, exif_orientation, open_image, photo_size, read_photo,
-                         read_photo_and_view, read_photo_bytes)
+from ..io.images import (DecodeError, atomic_write, check_pixels, decode_photo, exif_orientation, open_image,
+                         read_photo, read_photo_and_view, read_photo_bytes)
 from ..model import ModelDir
 from ..transforms import Letterbox, fit
 from .config import RunConfig
@@ -483,22 +483,24 @@ class DeviceStages:
         self._pending: tuple[list[Job], Pending] | None = None
 
     def decode(self, job: Job) -> tuple[Job, HostPhoto] | Failed:
+        """The photo's bytes, decoded on the CPU unless nvJPEG takes them; a CPU decoder's warning
+        goes on the job, which submit and finish hand on to the outcome (nvJPEG gives none)."""
         max_pixels = self.config.options.max_pixels
         try:
             data = read_photo_bytes(job.src, max_pixels)  # header first, bounded; never a FIFO
             if self.reduced_decode:  # matte only: as the CPU path, a reduced decode and the header's size
-                size = photo_size(job.src, data=data)
-                return job, HostPhoto(size, rgb=read_photo(job.src, max_pixels, data=data, reduce_to=self.size))
+                photo = decode_photo(job.src, max_pixels, data=data, reduce_to=self.size)
+                return replace(job, warning=photo.warning), HostPhoto(photo.size, rgb=photo.rgb)
             header = gpu_decodable(data, max_pixels) if self.gpu_decode else None
             if header is not None:
                 swap = header.orientation in (5, 6, 7, 8)
                 size = (header.height, header.width) if swap else (header.width, header.height)
                 return job, HostPhoto(size, jpeg=data, header=header)
             if self.model_target == "alpha":  # shown what a matte-only run shows: the same matte
-                rgb, view, size = read_photo_and_view(job.src, max_pixels, self.size)
-                return job, HostPhoto(size, rgb=rgb, shown=None if view is rgb else view)
-            rgb = read_photo(job.src, max_pixels, data=data)
-            return job, HostPhoto((rgb.shape[1], rgb.shape[0]), rgb=rgb)
+                rgb, view, size, warning = read_photo_and_view(job.src, max_pixels, self.size)
+                return replace(job, warning=warning), HostPhoto(size, rgb=rgb, shown=None if view is rgb else view)
+            photo = decode_photo(job.src, max_pixels, data=data)
+            return replace(job, warning=photo.warning), HostPhoto(photo.size, rgb=photo.rgb)
         except Exception as e:  # noqa: BLE001 - see Failed.because
             return Failed.because(job.src, e)
 

@@ -48,7 +48,7 @@ class _Progress:
 
 class Outcomes:
     """Where each photo's outcome goes, whichever engine ran it: the tally for the report, the
-    progress bar, and `log` (one line per failure). Used from one thread only."""
+    progress bar, and `log` (one line per failure or warning). Used from one thread only."""
 
     def __init__(self, config: RunConfig, log: Callable[[str], None] | None = None,
                  index: OutputIndex | None = None):
@@ -58,11 +58,19 @@ class Outcomes:
         self.index = index  # what made each output: planning asks it, `processed` tells it
 
     def processed(self, job: Job | None = None) -> None:
-        """One input done, all its outputs written (`job`: recorded in the index)."""
+        """One input done, all its outputs written (`job`: recorded in the index, and its
+        warning, if the decoder left one, in the report and the log)."""
         self.tally.processed += 1
         self._progress.update(1)
+        if job is not None and job.warning is not None:
+            self._warned(job)
         if job is not None and self.index is not None:
             self.index.record(job.src, job.rel)
+
+    def _warned(self, job: Job) -> None:
+        self.tally.warn(str(job.src), job.warning)
+        if self._log is not None:
+            self._log(printable(f"{job.src}: warning: {job.warning}"))
 
     def skipped(self) -> None:
         self.tally.skipped += 1

@@ -1,6 +1,7 @@
 """The per-photo stages of `hx-infer run` on numpy, and the interface every engine's loop drives.
 
     decode(job)          worker thread: read the file, letterbox it    -> Decoded | Failed
+                         (a decoder's warning rides on the item's job: Job.warning)
     submit(batch)        the loop's thread: the model over a batch     -> (item, output) pairs ready to finish
     flush()              the loop's thread, at the end                 -> the pairs still held back
     finish(item, out)    worker thread: un-letterbox, refine, compose, encode, atomic write -> None | Failed
@@ -11,14 +12,14 @@ finish in its tasks, so a photo's files are the same bytes whichever engine wrot
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, NamedTuple, Protocol
 
 import numpy as np
 
 from ..backends.base import Backend
-from ..io.images import atomic_write, decode_photo, read_photo, read_photo_and_view
+from ..io.images import atomic_write, decode_photo, read_photo_and_view
 from ..model import ModelDir
 from ..transforms import Letterbox, letterbox, refine_matte, to_uint8, unletterbox
 from .config import RunConfig
@@ -49,9 +50,16 @@ class Decoded:
     rgb: np.ndarray | None  # [H, W, 3] uint8, kept only when an output or --refine needs pixels
 
 
+class MatteInput(NamedTuple):
+    x: np.ndarray  # [3, S, S] float32 in [-1, 1], letterboxed
+    box: Letterbox
+    warning: str | None  # what the decoder let through (io.images.Photo.warning), or None
+
+
 def matte_input(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-                data: bytes | None = None) -> tuple[np.ndarray, Letterbox]:
-    """A photo as a matte-only run feeds it to the model: ([3, S, S] float32 in [-1, 1], geometry).
+                data: bytes | None = None) -> MatteInput:
+    """A photo as a matte-only run feeds it to the model: ([3, S, S] float32 in [-1, 1], geometry,
+    the decoder's warning).
 
     A matte-only run never looks at full-resolution pixels: the JPEG decoder scales down
     (1/2, 1/4, 1/8) to about the model size, and the matte's size comes from the header.
@@ -59,8 +67,8 @@ def matte_input(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
     mattes `hx-infer run --outputs alpha` writes. data: the file's bytes when the caller holds them
     (path is then only a name). Raises DecodeError / OSError.
     """
-    rgb, (width, height) = decode_photo(path, max_pixels, data=data, reduce_to=size)  # one opening, header first
-    return letterbox(rgb, size, src_size=(width, height))
+    photo = decode_photo(path, max_pixels, data=data, reduce_to=size)  # one opening, header first
+    return MatteInput(*letterbox(photo.rgb, size, src_size=photo.size), photo.warning)
 
 
 def compose_outputs(restored: np.ndarray, rgb: np.ndarray | None, config: RunConfig, target: str,
@@ -94,17 +102,17 @@ class PhotoStages:
         max_pixels = self.config.options.max_pixels
         try:
             if self.reduced_decode:
-                x, box = matte_input(job.src, self.size, max_pixels)
-                return Decoded(job, x, box, None)
+                x, box, warning = matte_input(job.src, self.size, max_pixels)
+                return Decoded(replace(job, warning=warning), x, box, None)
             if self.keep_pixels:
                 # The model sees what a matte-only run shows it, so a photo's matte is the same
                 # whatever else is written (and `hx-infer eval` scores that very path).
-                rgb, view, size = read_photo_and_view(job.src, max_pixels, self.size)
+                rgb, view, size, warning = read_photo_and_view(job.src, max_pixels, self.size)
                 x, box = letterbox(view, self.size, src_size=size)
-                return Decoded(job, x, box, rgb)
-            rgb = read_photo(job.src, max_pixels)  # a painting model (target rgb): full size in and out
-            x, box = letterbox(rgb, self.size)
-            return Decoded(job, x, box, None)
+                return Decoded(replace(job, warning=warning), x, box, rgb)
+            photo = decode_photo(job.src, max_pixels)  # a painting model (target rgb): full size in and out
+            x, box = letterbox(photo.rgb, self.size)
+            return Decoded(replace(job, warning=photo.warning), x, box, None)
         except Exception as e:  # noqa: BLE001 - see Failed.because
             return Failed.because(job.src, e)
 

@@ -27,6 +27,10 @@ from .kinds import photo_output_path, video_output_path
 class Job:
     src: Path  # the photo as named by the user (not resolved)
     rel: Path  # its place below OUTPUT/<kind>/; the suffix is replaced per kind
+    # Set by the decode stage (dataclasses.replace): what the decoder let through but the report
+    # should name, such as stray bytes before a JPEG's end marker. The job is what every engine's
+    # stages hand on to the outcome, so the warning reaches the report without a path of its own.
+    warning: str | None = None
 
 
 @dataclass(frozen=True)

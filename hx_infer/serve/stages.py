@@ -47,11 +47,11 @@ def decode(body: bytes, params: RemoveParams, size: int, target: str, max_pixels
     try:
         if target == "alpha" and not keep:
             # A matte alone, as `hx-infer run --outputs alpha` makes it: a reduced JPEG decode.
-            x, box = matte_input(_NAME, size, max_pixels, data=body)
+            x, box, _ = matte_input(_NAME, size, max_pixels, data=body)  # a decoder's warning: for run's report only
             return Decoded(x, box, None)
         if keep:
             # The pixels at full size, and the model shown what a matte-only run shows it, as run does.
-            rgb, view, photo = read_photo_and_view(_NAME, max_pixels, size, data=body)
+            rgb, view, photo, _ = read_photo_and_view(_NAME, max_pixels, size, data=body)
             x, box = letterbox(view, size, src_size=photo)
             return Decoded(x, box, rgb)
         rgb = read_photo(_NAME, max_pixels, data=body)  # a painting model (target rgb): full size in and out

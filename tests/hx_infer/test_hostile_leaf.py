@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -219,6 +220,68 @@ def test_a_few_padding_bytes_before_the_end_are_not_damage(tmp_path, make_disc_p
     assert np.array_equal(read_photo(padded), read_photo(plain))
 
 
+def _padded(data: bytes, stray: int = 12) -> bytes:
+    """Stray bytes spliced in before the end marker: what padding cameras write looks like, and all
+    that libjpeg says of some damage midway ("N extraneous bytes before marker 0xd9"; the entropy
+    decoder may have taken a few of them in as data already, so N can be fewer)."""
+    assert data.endswith(b"\xff\xd9")
+    return data[:-2] + b"\x00" * stray + data[-2:]
+
+
+@pytest.mark.parametrize("reduce_to", [None, 32])
+def test_stray_bytes_before_the_end_are_decoded_and_named(tmp_path, make_disc_photo, reduce_to):
+    plain, padded = tmp_path / "plain.jpg", tmp_path / "padded.jpg"
+    plain.write_bytes(_jpeg(make_disc_photo))
+    padded.write_bytes(_padded(plain.read_bytes()))
+    photo = decode_photo(padded, reduce_to=reduce_to)
+    assert np.array_equal(photo.rgb, decode_photo(plain, reduce_to=reduce_to).rgb)
+    assert re.fullmatch(r"\d+ stray bytes before the JPEG end marker: padding, or damage midway .*", photo.warning)
+    assert decode_photo(plain, reduce_to=reduce_to).warning is None
+
+
+@pytest.mark.parametrize("outputs", ["alpha", "alpha,rgba"])  # the reduced decode alone; full and reduced
+def test_a_jpeg_with_stray_bytes_is_processed_and_listed_as_a_warning(tmp_path, make_disc_photo, tiny_model_dir,
+                                                                      outputs):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "clean.jpg").write_bytes(_jpeg(make_disc_photo))
+    (src / "padded.jpg").write_bytes(_padded(_jpeg(make_disc_photo)))
+    result = hx("run", src, tmp_path / "out", "--model", tiny_model_dir, "--backend", "ort", "--quiet",
+                "--outputs", outputs)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out/hx-report.json").read_text())
+    assert report["counts"] == {"processed": 2, "skipped": 0, "failed": 0} and report["failures"] == []
+    [warning] = report["warnings"]  # the clean photo has none
+    assert warning["path"] == str(src / "padded.jpg")
+    assert re.match(r"\d+ stray bytes before the JPEG end marker", warning["reason"])  # libjpeg counts them
+    for kind in outputs.split(","):
+        assert (tmp_path / f"out/{kind}/padded.png").is_file() and (tmp_path / f"out/{kind}/clean.png").is_file()
+    summary = result.stderr.strip().splitlines()[-1]
+    assert summary.startswith("hx-infer: 2 processed, 0 skipped, 0 failed in ") and "; 1 photo with a warning;" in summary
+
+
+def test_a_clean_run_has_no_warnings(tmp_path, make_disc_photo, tiny_model_dir):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "clean.jpg").write_bytes(_jpeg(make_disc_photo))
+    result = hx("run", src, tmp_path / "out", "--model", tiny_model_dir, "--backend", "ort", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out/hx-report.json").read_text())["warnings"] == []
+    assert "warning" not in result.stderr
+
+
+def test_a_painting_model_lists_stray_bytes_as_a_warning(tmp_path, make_disc_photo, tiny_rgb_model_dir):
+    from hx_infer import Extractor
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "padded.jpg").write_bytes(_padded(_jpeg(make_disc_photo)))
+    with Extractor(tiny_rgb_model_dir, backend="ort", device="cpu") as ex:
+        report = ex.run(src, tmp_path / "out", outputs="composite", progress=False)
+    assert report["counts"]["processed"] == 1
+    assert [w["path"] for w in report["warnings"]] == [str(src / "padded.jpg")]
+
+
 @pytest.mark.parametrize("outputs", ["alpha", "alpha,rgba"])
 def test_a_damaged_jpeg_is_reported_not_processed(tmp_path, make_disc_photo, tiny_model_dir, outputs):
     src = tmp_path / "in"
@@ -248,7 +311,7 @@ def test_strict_decoding_gives_pillows_pixels(tmp_path, make_disc_photo, mode, o
                 w, h = pillow.size
                 pillow.draft("RGB", (w * reduce_to // max(w, h), h * reduce_to // max(w, h)))
             expected = np.asarray(ImageOps.exif_transpose(pillow).convert("RGB"))
-        got, size = decode_photo(path, reduce_to=reduce_to)
+        got, size, _ = decode_photo(path, reduce_to=reduce_to)
         assert np.array_equal(got, expected), (orientation, reduce_to)
         assert size == (90, 130) if orientation >= 5 else (130, 90)
 
@@ -388,9 +451,9 @@ def test_the_model_sees_the_same_view_whatever_is_written(tmp_path, make_disc_ph
     exif[0x0112] = 6  # turned on its side: the case where the two paths differed most
     path = tmp_path / "photo.jpg"
     Image.fromarray(make_disc_photo(300, 420)[0]).save(path, quality=90, exif=exif)
-    rgb, view, size = read_photo_and_view(path, 10**8, 64)
+    rgb, view, size, _ = read_photo_and_view(path, 10**8, 64)
     assert rgb.shape == (420, 300, 3) and size == (300, 420) and view.shape[0] < rgb.shape[0]
     assert np.array_equal(rgb, read_photo(path))
     x, box = letterbox(view, 64, src_size=size)
-    expected_x, expected_box = matte_input(path, 64)
+    expected_x, expected_box, _ = matte_input(path, 64)
     assert np.array_equal(x, expected_x) and box == expected_box

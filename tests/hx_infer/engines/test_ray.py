@@ -36,6 +36,7 @@ needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray[data] is not installed 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 GOOD = ["a.jpg", "b.png", "nested/c.jpg", "nested/deeper/d.jpg", "nested/e.png"]
 BAD = "nested/bad.jpg"
+PADDED = "nested/c.jpg"  # given stray bytes before its end marker: processed, and listed as a warning
 
 
 def hx(*args) -> "CliRunner.invoke":
@@ -54,6 +55,8 @@ def tree(tmp_path_factory, make_disc_photo) -> Path:
     for i, rel in enumerate(GOOD):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(make_disc_photo(30 + 7 * i, 44 - 3 * i, seed=i)[0]).save(root / rel)
+    data = (root / PADDED).read_bytes()
+    (root / PADDED).write_bytes(data[:-2] + b"\x00" * 12 + data[-2:])
     (root / BAD).write_text("not a photo")
     return root
 
@@ -187,6 +190,15 @@ def test_a_bad_photo_is_reported_and_the_run_finishes(ray_run, local_run, tree):
     assert report["failures"] == [{"path": str(tree / BAD), "reason": "not an image"}]
     assert f"hx-infer: {tree / BAD}: not an image" in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_decoders_warning_comes_back_from_the_workers(ray_run, local_run, tree):
+    (_, report, _), (_, local_report) = ray_run, local_run
+    assert [w["path"] for w in report["warnings"]] == [str(tree / PADDED)]
+    assert "stray bytes before the JPEG end marker" in report["warnings"][0]["reason"]
+    assert report["warnings"] == local_report["warnings"]
 
 
 @pytest.mark.slow

@@ -269,6 +269,26 @@ def test_pipeline_on_device_writes_what_the_numpy_path_writes(photos, tiny_model
         assert levels(a, b) <= (LEVELS if rel.suffix == ".png" else 8), rel
 
 
+@pytest.mark.parametrize("outputs", ["alpha", "alpha,rgba"])
+def test_device_stages_list_stray_bytes_before_a_jpegs_end_as_a_warning(photos, tiny_model_dir, tmp_path,
+                                                                        monkeypatch, outputs):
+    """The CPU decodes of the device stages name what libjpeg let through, as the numpy path does."""
+    from hx_infer import Extractor
+
+    tree = tmp_path / "photos"
+    tree.mkdir()
+    buf = io.BytesIO()
+    Image.fromarray(photos[0]).save(buf, "JPEG", quality=90)
+    (tree / "clean.jpg").write_bytes(buf.getvalue())
+    (tree / "padded.jpg").write_bytes(buf.getvalue()[:-2] + b"\x00" * 12 + b"\xff\xd9")
+    monkeypatch.setattr(local, "choose_stages", lambda config, backend, model: gpu.DeviceStages(config, backend, model))
+    with Extractor(tiny_model_dir, backend="ort", device="cpu", batch_size=3) as ex:
+        report = ex.run(tree, tmp_path / "dev", outputs=outputs, progress=False)
+    assert report["counts"] == {"processed": 2, "skipped": 0, "failed": 0}
+    assert [w["path"] for w in report["warnings"]] == [str(tree / "padded.jpg")]
+    assert "stray bytes before the JPEG end marker" in report["warnings"][0]["reason"]
+
+
 # --- CUDA -------------------------------------------------------------------------------------
 
 

@@ -300,7 +300,6 @@ def test_every_output_set_shows_the_model_the_same_reduced_decode(tmp_path, tiny
             return real(path, *args, **kwargs)
         return decode
 
-    monkeypatch.setattr(pipeline, "read_photo", spy(pipeline.read_photo))
     monkeypatch.setattr(pipeline, "decode_photo", spy(pipeline.decode_photo))
     monkeypatch.setattr(pipeline, "read_photo_and_view", spy(pipeline.read_photo_and_view, position=1))
     with Extractor(tiny_model_dir, backend="ort", device="cpu") as ex:

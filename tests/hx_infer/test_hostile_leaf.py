@@ -384,7 +384,7 @@ def test_a_huge_non_image_costs_no_memory(tmp_path):
 
 def _clip(path: Path, codec: str, n: int = 60, width: int = 64, height: int = 48) -> bytes:
     av = pytest.importorskip("av")
-    from test_video import disc_frames
+    from video_clips import disc_frames
 
     frames, _ = disc_frames(n, width, height)
     with av.open(str(path), "w") as out:

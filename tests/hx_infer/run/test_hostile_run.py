@@ -289,7 +289,7 @@ def test_resume_skips_only_outputs_made_from_the_same_photo(tmp_path, tiny_model
 
 def test_png_frames_of_a_video_never_land_on_a_photo_folders_outputs(tmp_path, tiny_model_dir, make_disc_photo):
     pytest.importorskip("av")
-    from test_video import disc_frames, write_clip
+    from video_clips import disc_frames, write_clip
 
     src, out = tmp_path / "in", tmp_path / "out"
     write_clip(src / "clip.mp4", disc_frames(3, 64, 48)[0])
@@ -400,7 +400,7 @@ def test_a_new_background_picture_under_the_old_name_is_another_background(tmp_p
 
 def test_sigterm_is_like_ctrl_c(tmp_path, tiny_model_dir, make_disc_photo):
     pytest.importorskip("av")
-    from test_video import disc_frames, write_clip
+    from video_clips import disc_frames, write_clip
 
     src, out = tmp_path / "in", tmp_path / "out"
     write_clip(src / "long.mkv", disc_frames(400, 64, 48)[0])

@@ -251,8 +251,8 @@ def test_prepare_and_export_forward_and_report_errors(monkeypatch, tmp_path):
     class ExportError(Exception):
         pass
 
-    def export(ckpt, out, log, overwrite=False):
-        calls["export"] = (ckpt, out, overwrite)
+    def export(ckpt, out, log, overwrite=False, trust=False):
+        calls["export"] = (ckpt, out, overwrite, trust)
         if not ckpt.exists():
             raise ExportError(f"{ckpt}: no such checkpoint")
         return types.SimpleNamespace(root=out, preset="lite", size=64, target="alpha")
@@ -277,7 +277,7 @@ def test_prepare_and_export_forward_and_report_errors(monkeypatch, tmp_path):
     (tmp_path / "best.pt").touch()
     result = invoke("export", tmp_path / "best.pt", "--out", tmp_path / "model", "--overwrite")
     assert result.exit_code == 0 and "lite 64px -> alpha" in result.output
-    assert calls["export"] == (tmp_path / "best.pt", tmp_path / "model", True)
+    assert calls["export"] == (tmp_path / "best.pt", tmp_path / "model", True, False)
     assert_one_line_error(invoke("export", tmp_path / "gone.pt", "--out", tmp_path / "model"), "gone.pt")
 
 

@@ -546,7 +546,26 @@ def _remove_if_empty(folders: list[Path]) -> None:
             return
 
 
-def _open_run(out: Path, resume: bool, config: TrainConfig) -> dict | None:
+def _killed_first_epoch(best: Path, config: TrainConfig, data: Path) -> bool:
+    """Whether `best`, a best.pt with no last.pt, metrics, config.json or grids beside it, is what a
+    new run of this same command left when killed after its first best.pt was in place and before
+    its last.pt (the checkpoint writes in _fit_held): an hx checkpoint of epoch 1, made with
+    config (machine settings aside) from `data`."""
+    # Such a leftover cannot be told from an earlier run's epoch-1 best.pt whose last.pt, metrics
+    # and config.json were deleted, so the rule asks for the same options and data too: the new
+    # run then writes that very epoch again first, and replacing it loses nothing it does not make.
+    # (Writing last.pt first instead would move the gap, not close it: a kill between the two
+    # would leave a last.pt whose best_metric names a best.pt that was never written.)
+    try:
+        ckpt = read_checkpoint(best)
+    except TrainError:
+        return False
+    saved, given = ckpt["config"], dataclasses.asdict(config)
+    same = all(saved.get(name) == given[name] for name in FIELD_NAMES if name not in RUNTIME_FIELDS)
+    return same and ckpt["epoch"] == 1 and (ckpt.get("data") or {}).get("source") == str(data)
+
+
+def _open_run(out: Path, resume: bool, config: TrainConfig, data: Path) -> dict | None:
     """The checkpoint to resume from (None for a new run); TrainError if `out` does not fit."""
     last = out / LAST
     if not resume:
@@ -559,6 +578,8 @@ def _open_run(out: Path, resume: bool, config: TrainConfig) -> dict | None:
         found = [name for name in (BEST, METRICS, CONFIG) if os.path.lexists(out / name)]
         if os.path.lexists(samples) and not (samples.is_dir() and all(is_temp_name(p.name) for p in samples.iterdir())):
             found.append(f"{SAMPLES}/")
+        if found == [BEST] and _killed_first_epoch(out / BEST, config, data):
+            return None  # _fit_held removes it once the data has been read
         if found:
             raise TrainError(f"--out {out}: holds an earlier run's {', '.join(found)}; choose another "
                              "--out (a new run would replace them)")
@@ -686,7 +707,7 @@ def fit(config: TrainConfig | None, data: Path, out: Path, *, resume: bool = Fal
 def _fit_held(config: TrainConfig, device: torch.device, data: Path, out: Path, resume: bool, log: Log,
               progress: bool | None, command: str | None) -> dict:
     """fit, in a RUN this process holds."""
-    ckpt = _open_run(out, resume, config)
+    ckpt = _open_run(out, resume, config, data)
     # What the run started from: a resumed run's checkpoint says, and has its own weights; a new
     # run's --init-from is checked here, before anything is read or written.
     start_weights, started_from = None, ckpt.get("init_from") if ckpt is not None else None
@@ -728,6 +749,9 @@ def _fit_held(config: TrainConfig, device: torch.device, data: Path, out: Path, 
     keep_out = tuple(Path(p) for p in (data, config.backgrounds) if p is not None)
     if removed := clean_temporaries(out, keep_out=keep_out):
         log(f"removed {removed} temporary file(s) a killed run left in {out}")
+    if ckpt is None and (out / BEST).exists():  # _open_run let a new run past only this one
+        (out / BEST).unlink()
+        log(f"removed {out / BEST}: the first epoch of this command, killed before its last.pt")
 
     run = _Training.start(config, device)
     start, best_metric, last_record = 0, -math.inf, None

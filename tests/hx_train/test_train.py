@@ -551,6 +551,65 @@ def test_a_run_stopped_while_writing_its_first_checkpoint_leaves_nothing_in_the_
     assert read_checkpoint(run / LAST)["epoch"] == 1 and [m["epoch"] for m in read_metrics(run)] == [1]
 
 
+KILLED_BETWEEN_BEST_AND_LAST = """
+import os, sys
+from pathlib import Path
+import hx_train.train as hxtrain
+from hx_train.config import TrainConfig
+
+def killed(source, dest):  # kill -9 the instant after best.pt is in place, before last.pt is
+    assert Path(source).name == "best.pt" and Path(source).is_file()
+    os._exit(137)
+
+hxtrain._link_or_copy = killed
+hxtrain.fit(TrainConfig(**{config}), Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+def test_a_run_killed_between_its_first_best_pt_and_last_pt_does_not_block_the_same_command(dataset, tmp_path):
+    """kill -9 after a new run's first best.pt was in place but before its last.pt left RUN with
+    best.pt alone, and the same command was refused for holding an earlier run's files."""
+    run = tmp_path / "run"
+    config = dict(**TINY, epochs=1, epochs_decay=0)
+    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_BEST_AND_LAST.format(config=config),
+                             str(dataset), str(run)], cwd=Path(__file__).resolve().parents[2],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert killed.returncode == 137, killed.stderr
+    assert sorted(p.name for p in run.iterdir() if p.name != ".hx-lock") == ["best.pt"]
+    messages = []
+    fit(TrainConfig(**config), dataset, run, log=messages.append)
+    assert read_checkpoint(run / LAST)["epoch"] == 1 and [m["epoch"] for m in read_metrics(run)] == [1]
+    assert os.path.samefile(run / LAST, run / "best.pt")  # this run's best.pt, not the killed one's
+    assert any("best.pt" in m for m in messages)
+
+
+@pytest.mark.parametrize("change", ["other options", "other data", "epoch 2", "not hx"])
+def test_a_lone_best_pt_that_is_not_this_commands_first_epoch_is_kept(dataset, tmp_path, change):
+    """Only the killed first epoch of this same command is replaced: a lone best.pt made with
+    other options or data, of a later epoch, or not an hx checkpoint is an earlier run's result."""
+    run = tmp_path / "run"
+    fit(TrainConfig(**TINY, epochs=1, epochs_decay=0), dataset, run)
+    ckpt = torch.load(run / "best.pt", weights_only=True)  # not mmapped: best.pt is rewritten below
+    for name in ("last.pt", "metrics.jsonl", "config.json"):
+        (run / name).unlink()
+    for grid in (run / "samples").iterdir():
+        grid.unlink()
+    (run / "samples").rmdir()
+    data = dataset
+    if change == "epoch 2":
+        torch.save({**ckpt, "epoch": 2}, run / "best.pt")
+    elif change == "not hx":
+        (run / "best.pt").write_bytes(b"an earlier run's")
+    elif change == "other data":
+        data = tmp_path / "data"
+        data.symlink_to(dataset)
+    before = (run / "best.pt").read_bytes()
+    config = TrainConfig(**{**TINY, "batch_size": 2} if change == "other options" else TINY, epochs=1, epochs_decay=0)
+    with pytest.raises(TrainError, match="earlier run's best.pt"):
+        fit(config, data, run)
+    assert (run / "best.pt").read_bytes() == before and not (run / LAST).exists()
+
+
 def test_a_metrics_line_lost_after_its_checkpoint_comes_back_on_resume(dataset, tmp_path):
     """The metrics line follows the checkpoint now; a run killed between the two gets the line
     back from the checkpoint when resumed."""

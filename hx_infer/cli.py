@@ -320,7 +320,8 @@ def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, 
     write (.png: the rgba cutout, .jpg: the composite on --background) unless --output says
     otherwise; OUT '-' is an RGBA PNG, or a JPEG for --output composite. The matte is the one
     `hx-infer run` writes for that photo. OUT is written atomically; an OUT that exists is
-    refused unless --overwrite. Exit 0 done, 1 when IN is not a readable photo, 2 on bad usage.
+    refused unless --overwrite, and so is one in a folder that does not exist (none is made).
+    Exit 0 done, 1 when IN is not a readable photo, 2 on bad usage.
     """
     from .api import cut as cut_photo
     from .backends.base import BackendError
@@ -362,7 +363,19 @@ def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, 
         if os.path.isdir(dst):
             raise click.UsageError(f"OUT {dst} is a folder; name a file in it", ctx)
         if os.path.lexists(dst) and not overwrite:  # a dangling link too: it points somewhere the user chose
-            raise click.UsageError(f"OUT {dst} exists; not replaced (give --overwrite to replace it)", ctx)
+            raise click.UsageError(_out_exists(dst), ctx)
+        # One file, as cp writes it: a missing folder is more likely a typo than a wish for a new one.
+        folder = Path(dst).parent
+        try:
+            folder_is_dir = stat.S_ISDIR(os.stat(folder).st_mode)
+        except FileNotFoundError:
+            raise click.UsageError(f"OUT {dst}: no such folder {folder}; create it first", ctx) from None
+        except NotADirectoryError:  # a file higher up the path
+            folder_is_dir = False
+        except OSError:  # e.g. a folder on the way that cannot be searched: said when OUT is written
+            folder_is_dir = True
+        if not folder_is_dir:
+            raise click.UsageError(f"OUT {dst}: {folder} is not a folder", ctx)
     name = "stdin" if src == "-" else src
     unreadable = None
     try:  # read bounded: stdin or a path may be /dev/zero, which never ends
@@ -389,12 +402,22 @@ def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, 
     if unreadable:
         click.echo(unreadable, err=True)
         ctx.exit(EXIT_FAILED)
+    raced = False
     with _exit_on_errors(ctx):
         if dst == "-":
             sys.stdout.buffer.write(result)
             sys.stdout.buffer.flush()
         else:
-            atomic_write(Path(dst), result, replace=overwrite)  # one made meanwhile is kept too
+            try:  # no-clobber: checking and writing are one link, so one made meanwhile is kept
+                atomic_write(Path(dst), result, replace=overwrite, parents=False)
+            except FileExistsError:
+                raced = True
+    if raced:  # OUT made by another process while the model ran: the answer an OUT there before gets
+        raise click.UsageError(_out_exists(dst), ctx)
+
+
+def _out_exists(dst: str) -> str:
+    return f"OUT {dst} exists; not replaced (give --overwrite to replace it)"
 
 
 _MAX_TOLERANCE = 100  # px: evaluate.MAX_TOLERANCE (evaluate imports OpenCV, `--help` must not)

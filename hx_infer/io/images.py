@@ -549,7 +549,7 @@ def is_temp_name(name: str) -> bool:
 
 
 def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], replace: bool = True,
-                 durable: bool = False) -> None:
+                 durable: bool = False, parents: bool = True) -> None:
     """Write `data` to `path` so that `path` is either absent, the old file, or complete.
 
     data: the bytes, or a function that writes them to the open file (a checkpoint streamed by
@@ -558,6 +558,7 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], replace: 
     rename is atomic), then os.replace puts them in place. On any exception the temporary is
     removed and the exception re-raised. replace=False raises FileExistsError instead of
     replacing an existing `path` (atomically, via a hard link, where the file system has them).
+    parents=False: `path`'s folder is not made when missing (WriteError instead).
 
     fsync policy, the one for all of hx: by default no fsync. That protects against a killed
     process, not against power loss, and an fsync per file costs milliseconds, a large share of
@@ -568,7 +569,8 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], replace: 
     """
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if parents:
+            path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as e:  # a file where a folder of the path goes
         raise WriteError(path, _file_in_the_way(path.parent) or e) from None
     except OSError as e:

@@ -168,3 +168,46 @@ def test_an_existing_out_is_replaced_only_with_overwrite(tmp_path, photo, tiny_m
     r = hx("cut", photo, "-", *model)  # stdout: nothing of the user's to keep
     assert r.exit_code == 0 and r.stdout_bytes == out.read_bytes()
     assert "--overwrite" in hx("cut", "--help").stdout
+
+
+def test_an_out_made_by_another_process_meanwhile_is_refused_as_an_existing_one(tmp_path, photo, tiny_model_dir,
+                                                                                monkeypatch):
+    """OUT is checked before the photo is read and the model runs; one that another process made
+    in between was kept (the write is a no-clobber link) but answered exit 1, "OUT: already
+    exists", not the usage error (exit 2) an OUT there from the start gets."""
+    import hx_infer.api
+
+    model = ("--model", tiny_model_dir, "--backend", "ort", "--device", "cpu")
+    out = tmp_path / "raced.png"
+    real = hx_infer.api.cut
+
+    def cut_then_another_process_writes_out(*args, **kwargs):
+        result = real(*args, **kwargs)
+        out.write_bytes(b"the other process's")
+        return result
+
+    monkeypatch.setattr(hx_infer.api, "cut", cut_then_another_process_writes_out)
+    raced = hx("cut", photo, out, *model)
+    monkeypatch.undo()
+    plain = hx("cut", photo, out, *model)
+    assert_one_line_error(raced, f"OUT {out}", "exists", "--overwrite")
+    assert raced.stderr == plain.stderr
+    assert out.read_bytes() == b"the other process's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["me.jpg", "raced.png"]  # no temporary left
+
+
+def test_out_in_a_missing_folder_is_refused_and_no_folder_is_made(tmp_path, photo, tiny_model_dir, monkeypatch):
+    """OUT's missing folders were made silently, so a typo in the path (me/out.png for
+    mine/out.png) wrote the cutout somewhere new. Like cp, cut now names the missing folder
+    (exit 2) and makes none, before the photo is read; a file where the folder goes is refused too."""
+    model = ("--model", tiny_model_dir, "--backend", "ort", "--device", "cpu")
+    before = sorted(tmp_path.rglob("*"))
+    assert_one_line_error(hx("cut", photo, tmp_path / "absent" / "deeper" / "x.png", *model),
+                          f"OUT {tmp_path / 'absent' / 'deeper' / 'x.png'}", f"{tmp_path / 'absent' / 'deeper'}",
+                          "no such folder")
+    assert_one_line_error(hx("cut", photo, tmp_path / "me.jpg" / "x.png", *model), f"{photo}", "not a folder")
+    assert sorted(tmp_path.rglob("*")) == before
+    monkeypatch.chdir(tmp_path)  # a bare name is in the current folder
+    r = hx("cut", photo, "here.png", *model)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "here.png").is_file()

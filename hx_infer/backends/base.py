@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -326,20 +327,24 @@ def open_backend(model: ModelDir, spec: BackendSpec) -> Backend:
 class BackendHandle:
     """A model and the spec of the backend to run it with. The backend opens on this machine at
     the first use of `backend` and stays open until close(); an engine that runs the model
-    elsewhere (Ray's actors) reads only `model` and `spec`."""
+    elsewhere (Ray's actors) reads only `model` and `spec`. Safe from several threads: their first
+    uses at once open one backend, not one each."""
 
     def __init__(self, model: ModelDir, spec: BackendSpec):
         self.model = model
         self.spec = spec
         self._backend: Backend | None = None
+        self._lock = threading.Lock()
 
     @property
     def backend(self) -> Backend:
-        if self._backend is None:
-            self._backend = open_backend(self.model, self.spec)
-        return self._backend
+        with self._lock:
+            if self._backend is None:
+                self._backend = open_backend(self.model, self.spec)
+            return self._backend
 
     def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
+        with self._lock:
+            backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()

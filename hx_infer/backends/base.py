@@ -118,8 +118,9 @@ class Backend(ABC):
 
     The chores every backend shares live here: the shape and dtype checks, refusing a closed
     backend, converting between numpy and torch (a subclass names the kind its `_run` takes in
-    `works_on`), splitting a batch into pieces of at most `_chunk_size()`, and settling the
-    precision from what the subclass's model files offer (`precisions`).
+    `works_on`), splitting a batch into pieces of at most `_chunk_size()`, settling the
+    precision from what the subclass's model files offer (`precisions`), and running one infer()
+    at a time when several threads share the backend (close() waits for the one under way).
     """
 
     name: str = "?"
@@ -135,6 +136,10 @@ class Backend(ABC):
         self.batch_size = spec.batch_size
         self.precision = resolve_precision(type(self), spec.precision, self.device)
         self._closed = False
+        # One infer() at a time, whichever threads call it: the torch and trt backends' CUDA graphs
+        # replay static buffers, a trt execution context holds the addresses bound to it, and
+        # close() must not free what a call under way runs on.
+        self._lock = threading.Lock()
 
     def __enter__(self) -> "Backend":
         return self
@@ -143,10 +148,11 @@ class Backend(ABC):
         self.close()
 
     def close(self) -> None:
-        """Release sessions, engines and device memory. Idempotent."""
-        if not self._closed:
-            self._closed = True
-            self._release()
+        """Release sessions, engines and device memory, once a call under way has ended. Idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._release()
 
     def _release(self) -> None:
         """What close() frees; the subclass's own."""
@@ -159,11 +165,12 @@ class Backend(ABC):
             raise BackendError(f"{self.name}: expected a [N, 3, {s}, {s}] batch, got {list(shape)}")
         if isinstance(batch, np.ndarray) and batch.dtype != np.float32:
             raise BackendError(f"{self.name}: expected float32, got {batch.dtype}")
-        if self._closed:
-            raise BackendError(f"{self.name}: backend used after close()")
         x = _as_numpy(batch) if self.works_on == "numpy" else _as_torch(batch)
-        step = self._chunk_size() or len(x)
-        outputs = [self._run(x[start:stop]) for start, stop in split_batches(len(x), step)]
+        with self._lock:
+            if self._closed:
+                raise BackendError(f"{self.name}: backend used after close()")
+            step = self._chunk_size() or len(x)
+            outputs = [self._run(x[start:stop]) for start, stop in split_batches(len(x), step)]
         if len(outputs) == 1:
             out = outputs[0]
         elif self.works_on == "numpy":

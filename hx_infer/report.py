@@ -3,8 +3,9 @@
 The report is the one place a user learns which of 10^6 photos could not be read, so it keeps
 every failure (path and one-line reason) but nothing per successful file: memory stays flat.
 The one exception is `warnings`: photos processed although their decoder noticed something that
-may be damage (stray bytes before a JPEG's end marker), each with its reason. They are few in a
-healthy archive, and their owner needs the list to check those originals.
+may be damage (stray bytes before a JPEG's end marker), each with its reason, in this run or,
+for those a rerun skips as done, in the run that made their outputs (kept in the resume index).
+They are few in a healthy archive, and their owner needs the list to check those originals.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class Tally:
     processed: int = 0
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of processed photos
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of processed or skipped photos
 
     @property
     def failed(self) -> int:
@@ -38,7 +39,8 @@ class Tally:
         self.failures.append((printable(path), printable(reason)))
 
     def warn(self, path: str, reason: str) -> None:
-        """A processed photo the report names all the same (counted in `processed`)."""
+        """A photo the report names all the same (counted in `processed`, or in `skipped` when an
+        earlier run made its outputs)."""
         self.warnings.append((printable(path), printable(reason)))
 
 
@@ -90,7 +92,7 @@ def build_report(tally: Tally, wall_s: float, **run_facts) -> dict:
 
     Failures and warnings are sorted by path so two runs over the same inputs give the same lists
     whatever order the worker threads finished in. `counts` keeps its three keys (a warned photo
-    is processed): readers that compare it whole, or sum it, read it as before.
+    is processed, or skipped): readers that compare it whole, or sum it, read it as before.
     """
     return {
         **run_facts,

@@ -101,7 +101,7 @@ class _PhotoLoop:
         try:
             for planned in plan_jobs(config, self.outcomes.index):
                 if isinstance(planned, Skipped):
-                    self.outcomes.skipped()
+                    self.outcomes.skipped(planned)
                 elif isinstance(planned, Failed):
                     self.outcomes.failed(planned)
                 elif is_video_name(planned.src.name):

@@ -200,7 +200,7 @@ def _chunks(config: RunConfig, outcomes: Outcomes) -> Iterator[list[Job]]:
     chunk: list[Job] = []
     for planned in plan_jobs(config, outcomes.index):
         if isinstance(planned, Skipped):
-            outcomes.skipped()
+            outcomes.skipped(planned)
         elif isinstance(planned, Failed):
             outcomes.failed(planned)
         elif is_video_name(planned.src.name):

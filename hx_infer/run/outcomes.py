@@ -6,6 +6,7 @@ whichever engine ran the job.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Callable
 
 from ..model import ModelDir
@@ -14,7 +15,7 @@ from ..report import Tally, build_report, printable, write_report
 from ..version import __version__
 from .config import RunConfig
 from .index import OutputIndex
-from .plan import Failed, Job, iter_jobs
+from .plan import Failed, Job, Skipped, iter_jobs
 
 
 class _Progress:
@@ -63,18 +64,23 @@ class Outcomes:
         self.tally.processed += 1
         self._progress.update(1)
         if job is not None and job.warning is not None:
-            self._warned(job)
+            self._warned(job.src, job.warning)
         if job is not None and self.index is not None:
-            self.index.record(job.src, job.rel)
+            self.index.record(job.src, job.rel, job.warning)  # a redone photo's warning replaces the old one
 
-    def _warned(self, job: Job) -> None:
-        self.tally.warn(str(job.src), job.warning)
+    def _warned(self, src: Path, warning: str) -> None:
+        self.tally.warn(str(src), warning)
         if self._log is not None:
-            self._log(printable(f"{job.src}: warning: {job.warning}"))
+            self._log(printable(f"{src}: warning: {warning}"))
 
-    def skipped(self) -> None:
+    def skipped(self, skipped: Skipped | None = None) -> None:
+        """One input skipped as done; `skipped.warning`, the one its decoder left in the run that
+        made its outputs, goes to the report and the log again: that run's report may never have
+        been written (killed), and this one replaces it."""
         self.tally.skipped += 1
         self._progress.update()
+        if skipped is not None and skipped.warning is not None:
+            self._warned(skipped.src, skipped.warning)
 
     def failed(self, failure: Failed) -> None:
         self.tally.fail(str(failure.src), failure.reason)

@@ -36,6 +36,7 @@ class Job:
 @dataclass(frozen=True)
 class Skipped:
     src: Path
+    warning: str | None = None  # what the decoder left when its outputs were made (OutputIndex)
 
 
 @dataclass(frozen=True)
@@ -207,8 +208,9 @@ class ListCollisions:
 
 def plan_jobs(config: RunConfig, index: OutputIndex | None = None) -> Iterator[Job | Skipped | Failed]:
     """Each photo of the run as a Job to do, Skipped (all its outputs exist, made from it as far
-    as `index` knows) or Failed (it cannot run: its outputs would collide with an earlier
-    photo's, or with those another file made in an earlier run, or its folder cannot be listed).
+    as `index` knows; with the warning it recorded then) or Failed (it cannot run: its outputs
+    would collide with an earlier photo's, or with those another file made in an earlier run, or
+    its folder cannot be listed).
     Every photo is checked for collisions, skipped or not, so a resumed run reports the same."""
     unlistable: list[Failed] = []
     jobs = iter_jobs(config, on_error=lambda folder, e: unlistable.append(
@@ -234,8 +236,9 @@ def plan_jobs(config: RunConfig, index: OutputIndex | None = None) -> Iterator[J
             same = os.path.abspath(first) == os.path.abspath(job.src)
             yield Failed(job.src, "listed more than once" if same else f"output name collides with {first}")
         elif not config.options.overwrite and all(path.exists() for path in outputs):
-            verdict = index.verdict(job.src, job.rel) if index is not None else SKIP
-            yield Skipped(job.src) if verdict == SKIP else job if verdict == REDO else Failed(job.src, verdict)
+            verdict, warning = index.verdict(job.src, job.rel) if index is not None else (SKIP, None)
+            yield (Skipped(job.src, warning) if verdict == SKIP else job if verdict == REDO
+                   else Failed(job.src, verdict))
         else:
             yield job
     yield from unlistable

@@ -4,11 +4,13 @@ not regular files, huge non-images, Matroska/WebM videos cut short or damaged, a
 of --background and --max-pixels errors. Every fixture is made here, tiny, on the CPU."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -268,6 +270,81 @@ def test_a_clean_run_has_no_warnings(tmp_path, make_disc_photo, tiny_model_dir):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "out/hx-report.json").read_text())["warnings"] == []
     assert "warning" not in result.stderr
+
+
+def _clean_and_padded(tmp_path, make_disc_photo) -> Path:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "clean.jpg").write_bytes(_jpeg(make_disc_photo))
+    (src / "padded.jpg").write_bytes(_padded(_jpeg(make_disc_photo)))
+    return src
+
+
+def _run_alpha(src, out, model, *more) -> tuple[dict, str]:
+    """-> (report, summary line) of a run that exits 0."""
+    result = hx("run", src, out, "--model", model, "--backend", "ort", "--quiet", "--outputs", "alpha", *more)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "hx-report.json").read_text()), result.stderr.strip().splitlines()[-1]
+
+
+def test_a_rerun_lists_the_warnings_of_the_photos_it_skips(tmp_path, make_disc_photo, tiny_model_dir):
+    """A run killed before its report is resumed by rerunning it, which skips the photos done: their
+    warnings come from OUTPUT/hx-index.sqlite, kept with each photo's record (before: the rerun's
+    report listed none, and the archive's final report missed them). A photo redone takes its new
+    decode's warning, or none."""
+    src, out = _clean_and_padded(tmp_path, make_disc_photo), tmp_path / "out"
+    first, _ = _run_alpha(src, out, tiny_model_dir)
+    assert [w["path"] for w in first["warnings"]] == [str(src / "padded.jpg")]
+    (out / "hx-report.json").unlink()  # as a run killed before its end leaves OUTPUT
+    report, summary = _run_alpha(src, out, tiny_model_dir)
+    assert report["counts"] == {"processed": 0, "skipped": 2, "failed": 0}
+    assert report["warnings"] == first["warnings"]
+    assert "; 1 photo with a warning;" in summary
+
+    (src / "padded.jpg").write_bytes(_jpeg(make_disc_photo, 90, 120))  # replaced by a clean photo
+    report, summary = _run_alpha(src, out, tiny_model_dir)
+    assert report["counts"] == {"processed": 1, "skipped": 1, "failed": 0}
+    assert report["warnings"] == [] and "with a warning" not in summary
+    report, _ = _run_alpha(src, out, tiny_model_dir)
+    assert report["counts"]["skipped"] == 2 and report["warnings"] == []
+
+    (src / "padded.jpg").write_bytes(_padded(_jpeg(make_disc_photo)))
+    report, _ = _run_alpha(src, out, tiny_model_dir, "--overwrite")
+    assert report["counts"]["processed"] == 2 and report["warnings"] == first["warnings"]
+    report, _ = _run_alpha(src, out, tiny_model_dir)
+    assert report["counts"]["skipped"] == 2 and report["warnings"] == first["warnings"]
+
+
+def test_an_index_from_before_warnings_still_resumes(tmp_path, make_disc_photo, tiny_model_dir):
+    """OUTPUT/hx-index.sqlite of an hx that kept no warnings: opened, it gains the column; its
+    records still decide what is skipped, and hold no warning."""
+    src, out = _clean_and_padded(tmp_path, make_disc_photo), tmp_path / "out"
+    first, _ = _run_alpha(src, out, tiny_model_dir)
+    with contextlib.closing(sqlite3.connect(out / "hx-index.sqlite")) as db:  # the schema before warnings
+        rows = db.execute("SELECT name, source, size, mtime_ns FROM made").fetchall()
+        db.execute("DROP TABLE made")
+        db.execute("CREATE TABLE made (name BLOB PRIMARY KEY, source BLOB NOT NULL, "
+                   "size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL)")
+        db.executemany("INSERT INTO made VALUES (?, ?, ?, ?)", rows)
+        db.commit()
+    assert len(rows) == 2
+    report, _ = _run_alpha(src, out, tiny_model_dir)
+    assert report["counts"] == {"processed": 0, "skipped": 2, "failed": 0} and report["warnings"] == []
+
+    other = tmp_path / "s2" / "clean.jpg"  # another photo under a recorded name: still refused
+    other.parent.mkdir()
+    other.write_bytes(_jpeg(make_disc_photo, 90, 120))
+    result = hx("run", other.parent, out, "--model", tiny_model_dir, "--backend", "ort", "--quiet", "--outputs", "alpha")
+    assert result.exit_code == 1, result.output
+    [failure] = json.loads((out / "hx-report.json").read_text())["failures"]
+    assert failure["path"] == str(other) and str(src / "clean.jpg") in failure["reason"]
+
+    st = (src / "padded.jpg").stat()
+    os.utime(src / "padded.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: redone
+    report, _ = _run_alpha(src, out, tiny_model_dir)
+    assert report["counts"] == {"processed": 1, "skipped": 1, "failed": 0}
+    report, _ = _run_alpha(src, out, tiny_model_dir)
+    assert report["counts"]["skipped"] == 2 and report["warnings"] == first["warnings"]
 
 
 def test_a_painting_model_lists_stray_bytes_as_a_warning(tmp_path, make_disc_photo, tiny_rgb_model_dir):

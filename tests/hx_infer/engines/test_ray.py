@@ -204,13 +204,14 @@ def test_a_decoders_warning_comes_back_from_the_workers(ray_run, local_run, tree
 @pytest.mark.slow
 @needs_ray
 def test_a_second_run_skips_everything(ray_run, ray_head, tree, tiny_model_dir):
-    out, _, _ = ray_run
+    out, first, _ = ray_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     r = hx("run", tree, out, "--model", tiny_model_dir, "--backend", "ort", "--batch-size", 4,
            "--outputs", "alpha,rgba", "--quiet", "--engine", "ray", "--ray-address", ray_head)
     assert r.exit_code == 1, r.output  # BAD is tried again, and fails again
     report = json.loads((out / "hx-report.json").read_text())
     assert report["counts"] == {"processed": 0, "skipped": len(GOOD), "failed": 1}
+    assert report["warnings"] == first["warnings"] != []  # PADDED's, from the index the driver keeps
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
     assert not list(out.rglob("*.hx-tmp"))
 

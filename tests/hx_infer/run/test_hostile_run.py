@@ -287,6 +287,35 @@ def test_resume_skips_only_outputs_made_from_the_same_photo(tmp_path, tiny_model
     assert report_of(out)["counts"] == {"processed": 0, "skipped": 1, "failed": 0}
 
 
+def test_a_warned_photos_record_survives_a_kill(tmp_path):
+    """Records are committed 500 at a time, so a kill -9 loses the last ones (their photos are
+    then skipped by name alone, with no warning); a record with a warning is committed at once,
+    so the rerun after the kill still lists it. A second connection reads only what is committed,
+    as the rerun after a kill would."""
+    from hx_infer.run.index import SKIP, OutputIndex
+
+    out = tmp_path / "out"
+    out.mkdir()
+    clean, padded = tmp_path / "clean.jpg", tmp_path / "padded.jpg"
+    clean.write_bytes(b"x" * 10)
+    padded.write_bytes(b"y" * 12)
+    def after_a_kill(src: Path) -> tuple[str, str | None]:
+        rerun = OutputIndex(out)
+        try:
+            return rerun.verdict(src, Path(src.name))
+        finally:
+            rerun.close()
+
+    index = OutputIndex(out)
+    try:
+        index.record(clean, Path("clean.jpg"))
+        assert after_a_kill(clean) == (SKIP, None)  # not committed yet: no record, names alone
+        index.record(padded, Path("padded.jpg"), "12 stray bytes before the JPEG end marker")
+        assert after_a_kill(padded) == (SKIP, "12 stray bytes before the JPEG end marker")
+    finally:
+        index.close()
+
+
 def test_png_frames_of_a_video_never_land_on_a_photo_folders_outputs(tmp_path, tiny_model_dir, make_disc_photo):
     pytest.importorskip("av")
     from video_clips import disc_frames, write_clip

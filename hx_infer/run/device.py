@@ -497,7 +497,7 @@ class DeviceStages:
                 size = (header.height, header.width) if swap else (header.width, header.height)
                 return job, HostPhoto(size, jpeg=data, header=header)
             if self.model_target == "alpha":  # shown what a matte-only run shows: the same matte
-                rgb, view, size, warning = read_photo_and_view(job.src, max_pixels, self.size)
+                rgb, view, size, warning = read_photo_and_view(job.src, max_pixels, self.size, data=data)
                 return replace(job, warning=warning), HostPhoto(size, rgb=rgb, shown=None if view is rgb else view)
             photo = decode_photo(job.src, max_pixels, data=data)
             return replace(job, warning=photo.warning), HostPhoto(photo.size, rgb=photo.rgb)

@@ -318,8 +318,8 @@ def cut(ctx: click.Context, src: str, dst: str, output: str | None, model: str, 
 
     `cat me.jpg | hx-infer cut - - > me.png` writes an RGBA PNG. OUT's extension says what to
     write (.png: the rgba cutout, .jpg: the composite on --background) unless --output says
-    otherwise; OUT '-' is an RGBA PNG, or a JPEG for --output composite. The matte is the one
-    `hx-infer run` writes for that photo. OUT is written atomically; an OUT that exists is
+    otherwise; OUT '-' is an RGBA PNG (grey for --output alpha), or a JPEG for --output
+    composite. The matte is the one `hx-infer run` writes for that photo. OUT is written atomically; an OUT that exists is
     refused unless --overwrite, and so is one in a folder that does not exist (none is made).
     Exit 0 done, 1 when IN is not a readable photo, 2 on bad usage.
     """

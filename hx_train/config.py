@@ -13,7 +13,7 @@ from hx_infer.crops import BANDS
 
 TARGETS = ("alpha", "rgb")
 GAN_LOSSES = ("bce", "lsgan")
-SEG_LOSSES = ("none", "bce", "dice")
+SEG_LOSSES = ("none", "bce", "dice", "dice-people")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda")
 

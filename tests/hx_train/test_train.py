@@ -230,7 +230,7 @@ def test_missing_mask_and_corrupt_photo_are_named(tmp_path):
 
 
 @pytest.mark.parametrize("gan", ["bce", "lsgan"])
-@pytest.mark.parametrize("seg", ["none", "bce", "dice"])
+@pytest.mark.parametrize("seg", ["none", "bce", "dice", "dice-people"])
 def test_losses_are_named_terms_plus_total(gan, seg):
     torch.manual_seed(0)
     config = TrainConfig(gan_loss=gan, seg_loss=seg, lambda_l1=7.0, seg_weight=3.0)
@@ -249,9 +249,27 @@ def test_losses_are_named_terms_plus_total(gan, seg):
 def test_segmentation_loss_prefers_the_right_matte():
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 2:6, 2:6] = 1
-    for kind in ("bce", "dice"):
+    for kind in ("bce", "dice", "dice-people"):
         right, wrong = segmentation_loss(mask * 2 - 1, mask, kind), segmentation_loss(1 - mask * 2, mask, kind)
         assert right < wrong
+
+
+def test_dice_people_leaves_views_with_nobody_out_of_the_dice_term():
+    mask = torch.zeros(3, 1, 8, 8)
+    mask[0, :, 2:6, 2:6] = 1
+    mask[1, :, 0:3, 0:3] = 1  # mask[2] is a view with nobody
+    output = torch.rand(3, 1, 8, 8) * 2 - 1
+    dice = segmentation_loss(output, mask, "dice")
+    people = segmentation_loss(output, mask, "dice-people")
+    assert torch.isclose(people, segmentation_loss(output[:2], mask[:2], "dice"))
+    assert not torch.isclose(people, dice)
+    # A faint guess on the empty view moves dice, not dice-people.
+    fainter = output.clone()
+    fainter[2] = -1
+    assert torch.isclose(segmentation_loss(fainter, mask, "dice-people"), people)
+    assert segmentation_loss(fainter, mask, "dice") < dice
+    # A batch with nobody at all has no Dice term (not 0/0).
+    assert segmentation_loss(output[2:], mask[2:], "dice-people") == 0
 
 
 def test_lr_is_constant_then_decays_linearly_towards_zero():

@@ -12,7 +12,8 @@ person-free photos that `hx-train fit --backgrounds` held out (the same rule: hx
 choose_val with its default share and minimum, seed --seed) are run too, and the share of each
 photo called person (alpha > 127) is reported: mean and 90th percentile. --grid: per source, --n
 photos drawn by the seed and the --worst lowest full-photo IoUs, as rows of (photo | alpha | cutout
-on white), written atomically. --split train --limit N scores N training photos a source instead:
+on white), written atomically. --refine guided scores the refined mattes instead (hx-infer eval
+--refine). --split train --limit N scores N training photos a source instead:
 a model that scores no better on the photos it learned from than on val ones lacks capacity, one
 far better overfits. Prints a markdown table; --json saves everything. Never asserted in tests.
 """
@@ -96,14 +97,17 @@ def main() -> int:
     parser.add_argument("--split", choices=("val", "train"), default="val",
                         help="train: score the photos the model learned from (does it fit them? underfitting or overfitting)")
     parser.add_argument("--limit", type=int, default=0, help="at most this many photos a source, drawn by --seed")
+    parser.add_argument("--refine", choices=("none", "guided"), default="none",
+                        help="score the mattes of `hx-infer run --refine` (the grid and backgrounds stay unrefined)")
     args = parser.parse_args()
 
-    report: dict = {"model": args.model, "data": str(args.data), "split": args.split, "sources": {}}
+    report: dict = {"model": args.model, "data": str(args.data), "split": args.split, "refine": args.refine,
+                    "sources": {}}
     rows: list = []
     print("| source | crop | n | IoU mean | median | p10 | MAE | boundary F@3px |\n|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch, Extractor(args.model, backend="ort", device="cpu") as extractor:
         for name, folder in source_folders(args.data, Path(scratch), args.split, args.limit, args.seed).items():
-            results = evaluate(extractor.model, folder, extractor.backend)
+            results = evaluate(extractor.model, folder, extractor.backend, refine=args.refine)
             report["sources"][name] = {"crops": results["crops"], "images": results["images"]}
             for crop, s in results["crops"].items():
                 print(f"| {name} | {crop} | {s['n']} | {s['iou_mean']:.3f} | {s['iou_median']:.3f} | "

@@ -58,9 +58,9 @@ def segmentation_loss(output: torch.Tensor, mask: torch.Tensor, kind: str) -> to
                 return per_image.mean()
             # On an empty mask the Dice term is 1 - 1/(S + 1) for S = the matte's sum, so its
             # gradient near S = 0 is about 1 per pixel: thousands of times L1's, for the faintest
-            # guess anywhere in the view. Views with nobody (--p-empty, --p-plate) then teach the
-            # net to blank a whole photo when unsure, as the bundled model does on 5 of coco's
-            # 30 val photos (matte all zero, people up to 43 % of the frame).
+            # guess anywhere in the view. Views with nobody (--p-empty, --p-plate) may then teach
+            # the net to blank a whole photo when unsure: the bundled model's matte is all zero on 5
+            # of coco's 30 val photos. Trained this way from it, 2 (README, the bundled model).
             shows_people = (mask.sum((1, 2, 3)) > 0).float()
             return (per_image * shows_people).sum() / shows_people.sum().clamp(min=1.0)
     raise ValueError(f"unknown --seg-loss {kind!r}; choose none, bce or dice")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig
+from .config import SEG_LOSSES, TrainConfig
 
 
 def gan_loss(logits: torch.Tensor, real: bool, kind: str) -> torch.Tensor:
@@ -63,7 +63,7 @@ def segmentation_loss(output: torch.Tensor, mask: torch.Tensor, kind: str) -> to
             # of coco's 30 val photos. Trained this way from it, 2 (README, the bundled model).
             shows_people = (mask.sum((1, 2, 3)) > 0).float()
             return (per_image * shows_people).sum() / shows_people.sum().clamp(min=1.0)
-    raise ValueError(f"unknown --seg-loss {kind!r}; choose none, bce or dice")
+    raise ValueError(f"unknown --seg-loss {kind!r}; choose {', '.join(SEG_LOSSES)}")
 
 
 def generator_loss(fake_logits: torch.Tensor | None, output: torch.Tensor, target: torch.Tensor,

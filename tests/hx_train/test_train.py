@@ -254,6 +254,11 @@ def test_segmentation_loss_prefers_the_right_matte():
         assert right < wrong
 
 
+def test_unknown_segmentation_loss_names_every_choice():
+    with pytest.raises(ValueError, match="choose none, bce, dice, dice-people"):
+        segmentation_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), "lovasz")
+
+
 def test_dice_people_leaves_views_with_nobody_out_of_the_dice_term():
     mask = torch.zeros(3, 1, 8, 8)
     mask[0, :, 2:6, 2:6] = 1

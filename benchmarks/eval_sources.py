@@ -61,10 +61,15 @@ def source_folders(data: Path, scratch: Path, split: str = "val", limit: int = 0
     return folders
 
 
-def background_shares(extractor: Extractor, folder: Path, seed: int) -> dict:
+def held_out_backgrounds(folder: Path, seed: int) -> list[Path]:
+    """The person-free photos `hx-train fit --backgrounds FOLDER --seed SEED` kept out of training."""
     photos = find_backgrounds(folder)
     held_out = choose_val([p.name for p in photos], VAL_FRACTION, seed, MIN_VAL)
-    shares = [float((extractor.alpha(read_photo(p)) > 127).mean()) for p in photos if p.name in held_out]
+    return [p for p in photos if p.name in held_out]
+
+
+def background_shares(extractor: Extractor, folder: Path, seed: int) -> dict:
+    shares = [float((extractor.alpha(read_photo(p)) > 127).mean()) for p in held_out_backgrounds(folder, seed)]
     return {"n": len(shares), "fp_mean": float(np.mean(shares)), "fp_p90": float(np.percentile(shares, 90))}
 
 

@@ -6,8 +6,8 @@ a feature: hx-infer does not do this.
 
 Per source of a `hx-train prepare` root (DATA/sources.json), each val photo is decoded at full size
 and run whole (hx_infer.Extractor.alpha; `hx-infer eval` decodes JPEGs reduced, so its figures
-differ from these by a few thousandths). Where that matte calls under --trigger of the photo person (alpha > 127),
-the photo is run again as 2 x 2 overlapping tiles, each --frac of each side, every tile letterboxed
+differ from these by a few thousandths). Where that matte calls under --trigger of the photo
+person (alpha > 127), the photo is run again as 2 x 2 overlapping tiles, each --frac of each side, every tile letterboxed
 to the model's input on its own (so a person comes out 1/frac times larger), and the tiles' mattes,
 put back in place, are merged with the first by their maximum. Whole-photo IoU is reported both
 ways (hx_infer.evaluate.iou), and for the held-out person-free photos of --backgrounds (the ones
@@ -30,14 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing hx
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from eval_sources import source_folders  # noqa: E402  (benchmarks/eval_sources.py)
+from eval_sources import held_out_backgrounds, source_folders  # noqa: E402  (benchmarks/eval_sources.py)
 
 from hx_infer import Extractor  # noqa: E402
 from hx_infer.evaluate import iou  # noqa: E402
 from hx_infer.io.images import atomic_write, read_photo  # noqa: E402
 from hx_infer.io.pairs import read_mask  # noqa: E402
-from hx_train.data import find_backgrounds  # noqa: E402
-from hx_train.prepare import MIN_VAL, VAL_FRACTION, choose_val  # noqa: E402
 
 
 def tiled_alpha(extractor: Extractor, rgb: np.ndarray, frac: float) -> np.ndarray:
@@ -97,10 +95,9 @@ def main() -> int:
             print(f"| {name} | {len(rows)} | {tiled} | {a.mean():.3f} | {b.mean():.3f} | "
                   f"{int((a == 0).sum())}, {int((b == 0).sum())} |")
         if args.backgrounds:
-            photos = find_backgrounds(args.backgrounds)
-            held_out = choose_val([p.name for p in photos], VAL_FRACTION, args.seed, MIN_VAL)
             shares = np.array([[float((m > 127).mean()) for m in both_passes(
-                extractor, read_photo(p), args.frac, args.trigger)[:2]] for p in photos if p.name in held_out])
+                extractor, read_photo(p), args.frac, args.trigger)[:2]]
+                for p in held_out_backgrounds(args.backgrounds, args.seed)])
             report["backgrounds"] = {"n": len(shares), "fp_mean_whole": float(shares[:, 0].mean()),
                                      "fp_mean_with_tiles": float(shares[:, 1].mean()),
                                      "fp_p90_whole": float(np.percentile(shares[:, 0], 90)),

@@ -116,18 +116,13 @@ def decode_and_matte(extractor: "Extractor", data: bytes, keep_pixels: bool, ref
                      max_pixels: int = 100_000_000) -> tuple[np.ndarray | None, np.ndarray]:
     """A photo file's bytes -> (its upright pixels or None, its matte), decoded as `hx-infer run`
     decodes a file: reduced JPEG decode when only the matte is wanted and nothing refines it."""
-    from .io.images import read_photo_and_view
-    from .run.photos import matte_input
-    from .transforms import letterbox
+    from .run.photos import model_input
 
-    name = Path("<bytes>")
-    size = extractor.model.size
-    if not keep_pixels and refine == "none":
-        x, box, _ = matte_input(name, size, max_pixels, data=data)  # a decoder's warning: for run's report only
-        rgb = None
-    else:  # shown the matte-only decode, as `hx-infer run` shows it: the same matte
-        rgb, view, photo_size, _ = read_photo_and_view(name, max_pixels, size, data=data)
-        x, box = letterbox(view, size, src_size=photo_size)
+    # The reduced decode when only the matte is wanted and nothing refines it; otherwise the
+    # pixels too, with the model shown the matte-only decode, as `hx-infer run` shows it.
+    reduced = not keep_pixels and refine == "none"
+    x, box, rgb, _ = model_input(Path("<bytes>"), extractor.model.size, max_pixels, reduced=reduced,
+                                 keep_pixels=not reduced, data=data)  # a decoder's warning: for run's report only
     return rgb, extractor.mattes([(x, box, rgb)], refine)[0]
 
 

@@ -83,6 +83,31 @@ def compose_outputs(restored: np.ndarray, rgb: np.ndarray | None, config: RunCon
         yield kind, KINDS[kind].make(pixels, rgb, alpha)
 
 
+class ModelInput(NamedTuple):
+    x: np.ndarray  # [3, S, S] float32 in [-1, 1], letterboxed
+    box: Letterbox
+    rgb: np.ndarray | None  # [H, W, 3] uint8 at full size when keep_pixels, else None
+    warning: str | None
+
+
+def model_input(path: Path, size: int, max_pixels: int, reduced: bool, keep_pixels: bool,
+                data: bytes | None = None) -> ModelInput:
+    """A photo file as every photo path feeds it to the model (run's stages, serve, the Python API),
+    so a photo's matte is the same whichever of them made it. reduced: a matte alone, from the
+    reduced JPEG decode (matte_input). keep_pixels: the pixels at full size too, with the model
+    shown what a matte-only run shows it. Neither: a painting model's input, full size in and out.
+    data: the file's bytes when the caller holds them (path is then only a name). Raises
+    DecodeError / OSError."""
+    if reduced:
+        x, box, warning = matte_input(path, size, max_pixels, data=data)
+        return ModelInput(x, box, None, warning)
+    if keep_pixels:
+        rgb, view, photo_size, warning = read_photo_and_view(path, max_pixels, size, data=data)
+        return ModelInput(*letterbox(view, size, src_size=photo_size), rgb, warning)
+    photo = decode_photo(path, max_pixels, data=data)
+    return ModelInput(*letterbox(photo.rgb, size), None, photo.warning)
+
+
 @dataclass(frozen=True)
 class PhotoStages:
     """decode and finish on numpy, fixed for the run (no backend: Ray ships this to its tasks)."""
@@ -99,20 +124,10 @@ class PhotoStages:
                    reduced_decode=config.reduced_decode(model.target))
 
     def decode(self, job: Job) -> Decoded | Failed:
-        max_pixels = self.config.options.max_pixels
         try:
-            if self.reduced_decode:
-                x, box, warning = matte_input(job.src, self.size, max_pixels)
-                return Decoded(replace(job, warning=warning), x, box, None)
-            if self.keep_pixels:
-                # The model sees what a matte-only run shows it, so a photo's matte is the same
-                # whatever else is written (and `hx-infer eval` scores that very path).
-                rgb, view, size, warning = read_photo_and_view(job.src, max_pixels, self.size)
-                x, box = letterbox(view, self.size, src_size=size)
-                return Decoded(replace(job, warning=warning), x, box, rgb)
-            photo = decode_photo(job.src, max_pixels)  # a painting model (target rgb): full size in and out
-            x, box = letterbox(photo.rgb, self.size)
-            return Decoded(replace(job, warning=photo.warning), x, box, None)
+            x, box, rgb, warning = model_input(job.src, self.size, self.config.options.max_pixels,
+                                               self.reduced_decode, self.keep_pixels)
+            return Decoded(replace(job, warning=warning), x, box, rgb)
         except Exception as e:  # noqa: BLE001 - see Failed.because
             return Failed.because(job.src, e)
 

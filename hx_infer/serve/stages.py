@@ -14,10 +14,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..io.images import DecodeError, encode_png, open_image, read_photo, read_photo_and_view
+from ..io.images import DecodeError, encode_png, open_image
 from ..run.kinds import KINDS, PAINTED, NumpyPixels
-from ..run.photos import matte_input
-from ..transforms import Letterbox, letterbox, refine_matte, to_uint8, unletterbox
+from ..run.photos import model_input
+from ..transforms import Letterbox, refine_matte, to_uint8, unletterbox
 from .params import RemoveParams, RequestError
 
 _NAME = Path("request")  # read_photo and photo_size take a name beside the bytes
@@ -44,21 +44,12 @@ def decode(body: bytes, params: RemoveParams, size: int, target: str, max_pixels
         raise RequestError(413, "too_many_pixels", f"image: {width}x{height} = {width * height / 1e6:.1f} "
                                                     f"megapixels, over the server's --max-pixels {max_pixels}")
     keep = target == "alpha" and (params.refine != "none" or KINDS[params.output].needs_photo)
-    try:
-        if target == "alpha" and not keep:
-            # A matte alone, as `hx-infer run --outputs alpha` makes it: a reduced JPEG decode.
-            x, box, _ = matte_input(_NAME, size, max_pixels, data=body)  # a decoder's warning: for run's report only
-            return Decoded(x, box, None)
-        if keep:
-            # The pixels at full size, and the model shown what a matte-only run shows it, as run does.
-            rgb, view, photo, _ = read_photo_and_view(_NAME, max_pixels, size, data=body)
-            x, box = letterbox(view, size, src_size=photo)
-            return Decoded(x, box, rgb)
-        rgb = read_photo(_NAME, max_pixels, data=body)  # a painting model (target rgb): full size in and out
+    try:  # a decoder's warning is for run's report only
+        x, box, rgb, _ = model_input(_NAME, size, max_pixels, reduced=target == "alpha" and not keep, keep_pixels=keep,
+                                     data=body)
     except DecodeError as e:
         raise RequestError(*_decode_status(str(e)), f"image: {e}") from None
-    x, box = letterbox(rgb, size)
-    return Decoded(x, box, None)
+    return Decoded(x, box, rgb)
 
 
 def _decode_status(reason: str) -> tuple[int, str]:
